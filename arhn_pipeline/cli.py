@@ -1,0 +1,94 @@
+"""`arhn`: the project's command line (run the pipeline, manage sources, prepare models)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from arhn_pipeline import settings
+
+
+def dagster_instance():
+    """The persistent Dagster instance the UI reads: DAGSTER_HOME, by default var/dagster with the
+    project's dagster.yaml linked in."""
+    import dagster as dg
+
+    home = settings.dagster_home()
+    os.environ.setdefault("DAGSTER_HOME", str(home))
+    return dg.DagsterInstance.get()
+
+
+@click.group()
+def main() -> None:
+    """arhn-pipeline: find and fix false negatives in retrieval training data."""
+
+
+@main.group()
+def sources() -> None:
+    """The source registry (sources.yaml): one partition per entry."""
+
+
+@sources.command("list")
+def sources_list() -> None:
+    from arhn_pipeline.sources.registry import load_registry
+
+    for name, entry in load_registry().items():
+        exists = entry.path is None or entry.path.exists()
+        flag = "" if exists else "  [missing]"
+        default = "default" if entry.in_default_run else "       "
+        click.echo(f"{name:24} {entry.format:9} {default}  {entry.location}{flag}")
+
+
+@sources.command("sync")
+def sources_sync() -> None:
+    """Register every registry entry as a partition now (the sensor does it every 30 s)."""
+    from arhn_pipeline.partitions import sync_partitions
+
+    added, orphaned = sync_partitions(dagster_instance())
+    click.echo(f"added partitions: {added or 'none'}")
+    if orphaned:
+        click.echo(f"partitions no longer in the registry (history kept): {orphaned}")
+
+
+@main.command()
+@click.option("--subset", "subsets", multiple=True, help="partition(s) to run; default: the registry's default run")
+def run(subsets: tuple[str, ...]) -> None:
+    """Materialize every per-subset stage for the chosen partitions, recorded in the Dagster instance."""
+    from arhn_pipeline.definitions import defs
+    from arhn_pipeline.partitions import sync_partitions
+    from arhn_pipeline.sources.registry import load_registry
+
+    instance = dagster_instance()
+    sync_partitions(instance)
+    registry = load_registry()
+    chosen = list(subsets) or [name for name, e in registry.items() if e.in_default_run]
+    unknown = [s for s in chosen if s not in registry]
+    if unknown:
+        raise click.UsageError(f"not in the source registry: {unknown}; known: {sorted(registry)}")
+    job = defs.resolve_job_def("clean_subset")
+    failed = []
+    for subset in chosen:
+        click.echo(f"== {subset}")
+        result = job.execute_in_process(partition_key=subset, instance=instance, raise_on_error=False)
+        if not result.success:
+            failed.append(subset)
+    click.echo(f"\ndone: {len(chosen) - len(failed)} of {len(chosen)} partitions succeeded")
+    click.echo(f"DuckDB file: {settings.db_path()}")
+    click.echo("UI: DAGSTER_HOME=var/dagster .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000")
+    if failed:
+        click.echo(f"failed: {failed}", err=True)
+        sys.exit(1)
+
+
+@main.command("prepare-model")
+def prepare_model() -> None:
+    """Convert the packaged SmolLM2-135M-Instruct GGUF to a Hugging Face folder (once; later calls verify)."""
+    from arhn_pipeline.engine.prepare import prepare_smollm2
+
+    click.echo(f"SmolLM2-135M-Instruct ready: {prepare_smollm2(settings.models_dir())}")
+
+
+if __name__ == "__main__":
+    main()

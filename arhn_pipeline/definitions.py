@@ -1,0 +1,34 @@
+"""The whole pipeline as one Definitions object: each stage's assets and checks, the shared resources,
+and the jobs `arhn run` and the UI launch."""
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+
+from arhn_pipeline import settings
+from arhn_pipeline.engine.resources import engine_from_env
+from arhn_pipeline.partitions import source_registry_sensor
+from arhn_pipeline.raw_triplets import assets as raw_triplets_assets
+from arhn_pipeline.snippets import assets as snippets_assets
+
+STAGE_MODULES = [raw_triplets_assets, snippets_assets]
+
+clean_subset_job = dg.define_asset_job(
+    name="clean_subset",
+    selection=dg.AssetSelection.assets("raw_triplets").downstream(),
+    description="Every per-subset stage for one partition.",
+)
+
+
+def build_defs() -> dg.Definitions:
+    assets = dg.load_assets_from_modules(STAGE_MODULES)
+    checks = dg.load_asset_checks_from_modules(STAGE_MODULES)
+    return dg.Definitions(
+        assets=assets,
+        asset_checks=checks,
+        jobs=[clean_subset_job],
+        sensors=[source_registry_sensor],
+        resources={"duckdb": DuckDBResource(database=str(settings.db_path())), "llm": engine_from_env()},
+    )
+
+
+defs = build_defs()

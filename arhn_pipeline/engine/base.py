@@ -1,0 +1,95 @@
+"""What a stage hands the engine and what it gets back, and the resource interface every engine implements."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import dagster as dg
+from pydantic import Field
+
+
+@dataclass(frozen=True)
+class Structured:
+    """A constraint on the answer's form, enforced by the engine's structured-output decoding."""
+
+    kind: Literal["json", "choice", "regex"]
+    value: Any  # a JSON schema, a list of choices, or a regular expression
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "value": self.value}
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = 0
+
+    def as_dict(self) -> dict:
+        return {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}
+
+
+@dataclass(frozen=True)
+class LLMRequest:
+    """One chat request. `template` and `template_version` name the prompt file it was rendered from."""
+
+    messages: tuple[tuple[str, str], ...]  # (role, content)
+    template: str
+    template_version: str
+    sampling: Sampling = field(default_factory=Sampling)
+    structured: Structured | None = None
+
+    def chat(self) -> list[dict[str, str]]:
+        return [{"role": role, "content": content} for role, content in self.messages]
+
+    def cache_key(self, model_id: str) -> str:
+        """The call's identity: same model, template version, prompt and sampling -> same answer."""
+        payload = {
+            "model": model_id,
+            "template_version": self.template_version,
+            "messages": self.messages,
+            "sampling": self.sampling.as_dict(),
+            "structured": self.structured.as_dict() if self.structured else None,
+        }
+        blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class LLMResult:
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cached_prompt_tokens: int | None = None  # served from the prefix cache, when the engine reports it
+
+
+class LLMEngine(dg.ConfigurableResource):
+    """An engine that answers a batch of chat requests. Stages call `generate` through the call cache
+    (engine/cache.py) and never know which implementation is behind it."""
+
+    model: str = Field(description="model id (hub id or local folder); 'smollm2' is the packaged CPU default")
+
+    @property
+    @abstractmethod
+    def engine_name(self) -> str: ...
+
+    @abstractmethod
+    def generate(self, requests: list[LLMRequest]) -> list[LLMResult]:
+        """Answer every request, in order, in as few engine calls as the implementation can."""
+
+    @abstractmethod
+    def count_tokens(self, requests: list[LLMRequest]) -> list[int]:
+        """Prompt tokens of each request with its chat template applied."""
+
+    @abstractmethod
+    def truncate(self, text: str, max_tokens: int) -> tuple[str, bool]:
+        """Cut `text` to at most `max_tokens` tokens of this model; say whether it was cut."""
+
+    def model_id(self) -> str:
+        return self.model

@@ -1,0 +1,71 @@
+"""Prompt templates as files next to the stage that uses them.
+
+A template file is YAML with a `system` and a `user` message, each a Jinja2 template. Its content hash is
+its version: it goes into every call's cache key and into the stage asset's code_version, so editing a
+prompt re-asks exactly the calls it changes and marks exactly the assets that use it stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import jinja2
+import yaml
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+# Passages are shown between <passage> tags. Any tag-like text inside a passage is escaped, so a passage
+# cannot close its own block and speak as the instruction or as another passage.
+_TAG = re.compile(r"<(/?)(passage|query|instruction)", re.IGNORECASE)
+
+
+def quote(text: str) -> str:
+    return _TAG.sub(lambda m: f"&lt;{m.group(1)}{m.group(2)}", text)
+
+
+_ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False)
+_ENV.filters["quote"] = quote
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    name: str  # path relative to the package, e.g. snippets/snippet.prompt.yaml
+    version: str  # content hash
+    system: str | None
+    user: str
+
+    @classmethod
+    def load(cls, path: Path) -> PromptTemplate:
+        raw = path.read_bytes()
+        doc = yaml.safe_load(raw.decode("utf-8"))
+        if not isinstance(doc, dict) or "user" not in doc:
+            raise ValueError(f"prompt template {path}: expected a YAML mapping with a `user` message")
+        return cls(
+            name=_display_name(path),
+            version=hashlib.sha256(raw).hexdigest()[:12],
+            system=doc.get("system"),
+            user=doc["user"],
+        )
+
+    @cached_property
+    def _compiled(self) -> list[tuple[str, jinja2.Template]]:
+        parts = [("system", self.system)] if self.system else []
+        return [(role, _ENV.from_string(src)) for role, src in parts + [("user", self.user)]]
+
+    def render(self, **values) -> tuple[tuple[str, str], ...]:
+        return tuple((role, tpl.render(**values).strip()) for role, tpl in self._compiled)
+
+
+def _display_name(path: Path) -> str:
+    resolved = path.resolve()
+    return str(resolved.relative_to(PACKAGE_ROOT)) if resolved.is_relative_to(PACKAGE_ROOT) else str(path)
+
+
+def code_version(*parts: PromptTemplate | str) -> str:
+    """A stage's code_version: its prompt templates' versions and its parser's version, combined."""
+    joined = "|".join(p.version if isinstance(p, PromptTemplate) else str(p) for p in parts)
+    return hashlib.sha256(joined.encode()).hexdigest()[:12]

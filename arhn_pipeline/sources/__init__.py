@@ -1,0 +1,1 @@
+"""Where sub-datasets come from: the source registry, the row formats it accepts, and streaming readers."""

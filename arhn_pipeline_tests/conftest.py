@@ -1,0 +1,57 @@
+"""Shared fixtures. Tests that read ../shared/data skip when it is absent, except in CI (CI=true), where
+its absence fails them; tests that need the real vLLM engine share one engine per session."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from arhn_pipeline import settings
+
+PROJECT = settings.PROJECT_ROOT
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    path = settings.shared_data_dir()
+    if not path.is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but the shared data folder {path} is missing")
+        pytest.skip(f"needs the team's shared data at {path} (absent on this machine)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def isolated_state(tmp_path, monkeypatch):
+    """Every test gets its own DuckDB file, runtime dir and registry location; models stay shared."""
+    monkeypatch.setenv("ARHN_VAR_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("ARHN_MODELS_DIR", str(settings.models_dir()))
+    monkeypatch.setenv("ARHN_DB", str(tmp_path / "arhn.duckdb"))
+    monkeypatch.setenv("ARHN_VLLM_CACHE", str(PROJECT / "var" / "vllm-cache"))
+    yield
+
+
+@pytest.fixture
+def db(tmp_path):
+    conn = duckdb.connect(str(tmp_path / "arhn.duckdb"))
+    yield conn
+    conn.close()
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    with path.open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(row if isinstance(row, str) else json.dumps(row, ensure_ascii=False))
+            fh.write("\n")
+    return path
+
+
+def write_registry(path: Path, entries: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump({"sources": entries}), encoding="utf-8")
+    return path

@@ -1,0 +1,110 @@
+"""The call table as cache, with the scripted engine: re-runs send nothing, interrupted runs resume."""
+
+import pytest
+
+from arhn_pipeline.engine.base import LLMRequest, Sampling
+from arhn_pipeline.engine.cache import cached_generate
+from arhn_pipeline.engine.scripted import CALLS, ScriptedEngine, register_script
+from arhn_pipeline.store import ensure_schema
+
+
+@register_script("echo_last_word")
+def _echo(req: LLMRequest) -> str:
+    return req.messages[-1][1].split()[-1]
+
+
+def requests(n, template_version="v1", prefix="say"):
+    return [
+        LLMRequest(
+            messages=(("user", f"{prefix} word{i}"),),
+            template="t.yaml",
+            template_version=template_version,
+            sampling=Sampling(max_tokens=8),
+        )
+        for i in range(n)
+    ]
+
+
+class SentLog(ScriptedEngine):
+    """Records every prompt it is sent, and can fail after a number of batches (a crash mid-stage)."""
+
+    fail_after_batches: int = -1
+
+    def generate(self, reqs):
+        sent = SENT.setdefault(self.script, [])
+        if self.fail_after_batches >= 0 and len(BATCHES) >= self.fail_after_batches:
+            raise RuntimeError("engine process killed")
+        BATCHES.append(len(reqs))
+        sent.extend(r.messages[-1][1] for r in reqs)
+        return super().generate(reqs)
+
+
+SENT: dict[str, list[str]] = {}
+BATCHES: list[int] = []
+
+
+@pytest.fixture(autouse=True)
+def _reset():
+    SENT.clear()
+    BATCHES.clear()
+
+
+def test_second_run_sends_nothing(db):
+    ensure_schema(db)
+    engine = SentLog(script="echo_last_word")
+    calls, stats = cached_generate(db, engine, requests(10))
+    assert [c.response for c in calls] == [f"word{i}" for i in range(10)]
+    assert (stats.cache_misses, stats.cache_hits) == (10, 0)
+    before = CALLS["echo_last_word"]
+    calls2, stats2 = cached_generate(db, engine, requests(10))
+    assert CALLS["echo_last_word"] == before
+    assert (stats2.cache_misses, stats2.cache_hits) == (0, 10)
+    assert [c.call_id for c in calls2] == [c.call_id for c in calls]
+
+
+def test_duplicate_requests_in_one_batch_are_sent_once(db):
+    engine = SentLog(script="echo_last_word")
+    reqs = requests(3) + requests(3)
+    calls, stats = cached_generate(db, engine, reqs)
+    assert len(calls) == 6 and SENT["echo_last_word"] == ["say word0", "say word1", "say word2"]
+    assert stats.cache_misses == 3
+
+
+def test_interrupted_run_resumes_and_sends_each_key_once(db):
+    crashing = SentLog(script="echo_last_word", fail_after_batches=2)
+    with pytest.raises(RuntimeError, match="killed"):
+        cached_generate(db, crashing, requests(10), batch_size=3)
+    # the two batches answered before the crash were stored
+    assert db.execute("SELECT count(*) FROM llm_calls").fetchone()[0] == 6
+    calls, stats = cached_generate(db, SentLog(script="echo_last_word"), requests(10), batch_size=3)
+    assert (stats.cache_hits, stats.cache_misses) == (6, 4)
+    sent = SENT["echo_last_word"]
+    assert sorted(sent) == sorted(f"say word{i}" for i in range(10))  # each exactly once across both runs
+    assert [c.response for c in calls] == [f"word{i}" for i in range(10)]
+
+
+def test_changed_prompt_reasks_only_what_changed(db):
+    engine = SentLog(script="echo_last_word")
+    cached_generate(db, engine, requests(5))
+    SENT.clear()
+    changed = requests(5)
+    changed[2] = LLMRequest(
+        messages=(("user", "say other2"),), template="t.yaml", template_version="v1", sampling=Sampling(max_tokens=8)
+    )
+    cached_generate(db, engine, changed)
+    assert SENT["echo_last_word"] == ["say other2"]
+    # a new template version changes every key
+    SENT.clear()
+    cached_generate(db, engine, requests(5, template_version="v2"))
+    assert len(SENT["echo_last_word"]) == 5
+
+
+def test_call_table_answers_what_was_asked_and_answered(db):
+    engine = ScriptedEngine(script="echo_last_word")
+    calls, _ = cached_generate(db, engine, requests(1))
+    row = db.execute(
+        "SELECT model, engine, template, template_version, messages->>'$[0].content', response, prompt_tokens, "
+        "completion_tokens FROM llm_calls WHERE call_id = ?",
+        [calls[0].call_id],
+    ).fetchone()
+    assert row == ("scripted:echo_last_word", "scripted", "t.yaml", "v1", "say word0", "word0", 6, 1)

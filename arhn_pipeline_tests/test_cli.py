@@ -1,0 +1,108 @@
+"""The command line as a user runs it: `arhn`, `dagster asset materialize`, and `dagster dev` serving the UI."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from arhn_pipeline_tests.conftest import PROJECT
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def cli_env(tmp_path):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(PROJECT / "dagster.yaml", home / "dagster.yaml")
+    env = dict(os.environ, DAGSTER_HOME=str(home), ARHN_ENGINE="scripted", ARHN_DB=str(tmp_path / "cli.duckdb"))
+    return env
+
+
+def run(args, env, timeout=300):
+    proc = subprocess.run(args, env=env, cwd=PROJECT, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def test_sources_sync_then_dagster_asset_materialize_one_partition(cli_env):
+    out = run([BIN / "arhn", "sources", "sync"], cli_env)
+    assert "sample_geo" in out
+    run(
+        [
+            BIN / "dagster",
+            "asset",
+            "materialize",
+            "-m",
+            "arhn_pipeline.definitions",
+            "--select",
+            "raw_triplets",
+            "--partition",
+            "sample_bio",
+        ],
+        cli_env,
+    )
+    with duckdb.connect(cli_env["ARHN_DB"], read_only=True) as conn:
+        rows = conn.execute("SELECT subset, count(*) FROM queries GROUP BY subset").fetchall()
+    assert rows == [("sample_bio", 16)]
+
+
+def test_sources_list_names_every_entry(cli_env):
+    out = run([BIN / "arhn", "sources", "list"], cli_env)
+    for name in ("sample_geo", "sample_bio", "sample_fin", "scifact_train", "rlhn_fiqa"):
+        assert name in out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def graphql(port: int, query: str) -> dict:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def test_dagster_dev_serves_the_ui_with_the_assets(cli_env):
+    port = _free_port()
+    proc = subprocess.Popen(
+        [BIN / "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+        env=cli_env,
+        cwd=PROJECT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        nodes = None
+        while time.monotonic() < deadline:
+            try:
+                data = graphql(port, "{ assetNodes { assetKey { path } } }")
+                nodes = {"/".join(n["assetKey"]["path"]) for n in data["data"]["assetNodes"]}
+                if nodes:
+                    break
+            except OSError:
+                pass
+            time.sleep(1)
+        assert nodes and {"raw_triplets", "snippets"} <= nodes
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as resp:
+            assert resp.status == 200 and b"<html" in resp.read().lower()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)

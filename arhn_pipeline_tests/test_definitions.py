@@ -1,0 +1,59 @@
+"""The shipped Definitions, the partition sensor, and in-process runs through Dagster (scripted engine)."""
+
+import dagster as dg
+import pytest
+
+from arhn_pipeline.definitions import build_defs
+from arhn_pipeline.engine.scripted import CALLS
+from arhn_pipeline.partitions import source_registry_sensor, subset_partitions
+
+
+@pytest.fixture
+def defs(monkeypatch):
+    monkeypatch.setenv("ARHN_ENGINE", "scripted")
+    monkeypatch.setenv("ARHN_SCRIPT", "constant_no")
+    return build_defs()
+
+
+def test_definitions_load_with_every_asset_check_job_and_sensor(defs):
+    graph = defs.resolve_asset_graph()
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} >= {"raw_triplets", "snippets"}
+    checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
+    assert checks >= {
+        ("raw_triplets", "quarantine_share"),
+        ("raw_triplets", "every_query_has_positive_and_negative"),
+        ("snippets", "every_pair_has_a_snippet"),
+        ("snippets", "snippet_unparsed_share"),
+    }
+    assert defs.resolve_job_def("clean_subset").partitions_def == subset_partitions
+    assert defs.resolve_sensor_def("source_registry_sensor").default_status == dg.DefaultSensorStatus.RUNNING
+    for key in graph.get_all_asset_keys():
+        assert graph.get(key).partitions_def == subset_partitions
+
+
+def test_sensor_adds_one_partition_per_registry_entry():
+    instance = dg.DagsterInstance.ephemeral()
+    result = source_registry_sensor(dg.build_sensor_context(instance=instance))
+    added = result.dynamic_partitions_requests[0].partition_keys
+    assert {"sample_geo", "sample_bio", "sample_fin", "scifact_train"} <= set(added)
+    instance.add_dynamic_partitions("subset", list(added))
+    assert isinstance(source_registry_sensor(dg.build_sensor_context(instance=instance)), dg.SkipReason)
+
+
+def test_partition_run_then_rerun_sends_nothing_to_the_engine(defs):
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("subset", ["sample_fin"])
+    job = defs.resolve_job_def("clean_subset")
+    first = job.execute_in_process(partition_key="sample_fin", instance=instance)
+    assert first.success
+    meta = first.asset_materializations_for_node("snippets")[0].metadata
+    assert meta["llm_cache_misses"].value == 176
+    before = CALLS["constant_no"]
+    second = job.execute_in_process(partition_key="sample_fin", instance=instance)
+    meta = second.asset_materializations_for_node("snippets")[0].metadata
+    assert CALLS["constant_no"] == before
+    assert (meta["llm_cache_hits"].value, meta["llm_cache_misses"].value) == (176, 0)
+    # "no" is not a JSON snippet: every answer is recorded as unparsed, never as NO_ANSWER
+    assert meta["status_unparsed"].value == 176 and "status_no_answer" not in meta
+    evals = {e.check_name: e.passed for e in second.get_asset_check_evaluations()}
+    assert evals["snippet_unparsed_share"] is False and evals["every_pair_has_a_snippet"] is True
