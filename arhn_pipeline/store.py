@@ -63,6 +63,63 @@ CREATE TABLE IF NOT EXISTS snippets (
     template_version  VARCHAR NOT NULL,
     model             VARCHAR NOT NULL
 );
+-- ARHN stage 2: every candidate's place in its query's final listwise ranking.
+CREATE TABLE IF NOT EXISTS rankings (
+    subset        VARCHAR NOT NULL,
+    query_id      VARCHAR NOT NULL,
+    passage_id    VARCHAR NOT NULL,
+    role          VARCHAR NOT NULL,
+    rank          INTEGER NOT NULL,     -- 0 = best
+    placed        BOOLEAN NOT NULL,     -- the model placed it (false: appended by permutation repair)
+    positive_rank INTEGER NOT NULL,     -- best rank among the query's original positives
+    call_ids      VARCHAR[] NOT NULL    -- the window calls it was shown in
+);
+-- One row per listwise request (window) with what its parser repaired.
+CREATE TABLE IF NOT EXISTS ranking_windows (
+    subset           VARCHAR NOT NULL,
+    query_id         VARCHAR NOT NULL,
+    window_index     INTEGER NOT NULL,  -- in the order they were asked (back to front)
+    span_start       INTEGER NOT NULL,
+    span_end         INTEGER NOT NULL,
+    shown            VARCHAR[] NOT NULL, -- passage ids in the order shown (identifier k = shown[k-1])
+    status           VARCHAR NOT NULL,  -- parsed | repaired | unparsed
+    repairs          VARCHAR,
+    call_id          VARCHAR NOT NULL,
+    template_version VARCHAR NOT NULL,
+    model            VARCHAR NOT NULL
+);
+-- One decision per (method, query, candidate): what happened to it, which rule fired, and the evidence.
+CREATE TABLE IF NOT EXISTS decisions (
+    subset          VARCHAR NOT NULL,
+    method          VARCHAR NOT NULL,   -- arhn:R | arhn:F | arhn:R+F | rlhn:<technique>
+    query_id        VARCHAR NOT NULL,
+    passage_id      VARCHAR NOT NULL,
+    role            VARCHAR NOT NULL,   -- the original role
+    action          VARCHAR NOT NULL,   -- keep | to_positive | drop_negative | drop_query
+    rule            VARCHAR NOT NULL,
+    snippet_status  VARCHAR,
+    snippet         VARCHAR,
+    snippet_call_id VARCHAR,
+    rank            INTEGER,
+    positive_rank   INTEGER,
+    rank_call_ids   VARCHAR[],
+    verdict         VARCHAR,            -- RLHN: better | worse | none | unparsed
+    verdict_call_id VARCHAR,
+    prompt_versions VARCHAR NOT NULL,   -- stage=version, ...
+    model           VARCHAR
+);
+-- The cleaned collection per method, in BGE shape: kept and relabeled positives, kept negatives.
+CREATE OR REPLACE VIEW cleaned_triplets AS
+SELECT d.subset, d.method, d.query_id, any_value(q.text) AS query, any_value(q.prompt) AS prompt,
+       list(p.text ORDER BY d.role DESC, c.original_rank)
+           FILTER (WHERE d.action = 'to_positive' OR (d.role = 'positive' AND d.action = 'keep')) AS pos,
+       list(p.text ORDER BY c.original_rank) FILTER (WHERE d.role = 'negative' AND d.action = 'keep') AS neg
+FROM decisions d
+JOIN queries q USING (subset, query_id)
+JOIN candidates c USING (subset, query_id, passage_id)
+JOIN passages p USING (passage_id)
+GROUP BY d.subset, d.method, d.query_id
+HAVING count(*) FILTER (WHERE d.action = 'drop_query') = 0;
 """
 
 PARTITIONED_TABLES = ("queries", "candidates", "quarantine")  # written by raw_triplets
@@ -87,13 +144,18 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
     conn.execute(CALLS_SCHEMA)
 
 
-def replace_partition(conn: duckdb.DuckDBPyConnection, table: str, subset: str, frame: pl.DataFrame) -> None:
-    """Swap a partition's rows for `frame` in one transaction: other partitions are untouched, and a
-    failure leaves the previous rows."""
+def replace_partition(
+    conn: duckdb.DuckDBPyConnection, table: str, subset: str, frame: pl.DataFrame, methods: list[str] | None = None
+) -> None:
+    """Swap a partition's rows (only those of `methods`, when given) for `frame` in one transaction: other
+    partitions are untouched, and a failure leaves the previous rows."""
     cols = [r[0] for r in conn.execute(f"DESCRIBE {table}").fetchall()]
     conn.execute("BEGIN TRANSACTION")
     try:
-        conn.execute(f"DELETE FROM {table} WHERE subset = ?", [subset])
+        if methods is None:
+            conn.execute(f"DELETE FROM {table} WHERE subset = ?", [subset])
+        else:
+            conn.execute(f"DELETE FROM {table} WHERE subset = ? AND method IN (SELECT unnest(?))", [subset, methods])
         if frame.height:
             conn.register("_partition_rows", frame.select(cols))
             conn.execute(f"INSERT INTO {table} SELECT * FROM _partition_rows")

@@ -130,9 +130,7 @@ def _digest(t: Triplet) -> bytes:
     return h.digest()
 
 
-def ingest(
-    conn: duckdb.DuckDBPyConnection, subset: str, entry: SourceEntry, batch_size: int = 20_000
-) -> IngestStats:
+def ingest(conn: duckdb.DuckDBPyConnection, subset: str, entry: SourceEntry, batch_size: int = 20_000) -> IngestStats:
     """Replace `subset`'s rows with the source's: all or nothing.
 
     Batches go to staging tables, committed as they come (so memory stays flat: one long transaction
