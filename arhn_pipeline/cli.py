@@ -82,6 +82,40 @@ def run(subsets: tuple[str, ...]) -> None:
         sys.exit(1)
 
 
+@main.command()
+@click.option("--subset", required=True, help="a partition whose raw_triplets are materialized")
+@click.option("--stage", type=click.Choice(["snippets", "rankings", "all"]), default="all")
+def estimate(subset: str, stage: str) -> None:
+    """Requests, prompt tokens and expected generated tokens of the LLM stages, before running them.
+
+    Counts use the configured model's own tokenizer (ARHN_ENGINE / ARHN_MODEL); no engine is started.
+    Rankings beyond the first sliding window are estimated from the starting order.
+    """
+    import duckdb
+
+    from arhn_pipeline.engine.estimate import estimate as run_estimate
+    from arhn_pipeline.engine.resources import engine_from_env
+    from arhn_pipeline.rankings.assets import RankingPlan, RankingsConfig
+    from arhn_pipeline.snippets.assets import SnippetsConfig, snippet_requests
+    from arhn_pipeline.store import load_pairs
+
+    llm = engine_from_env()
+    with duckdb.connect(str(settings.db_path())) as conn:
+        pairs = load_pairs(conn, subset)
+        if pairs.is_empty():
+            raise click.UsageError(f"no rows for {subset!r} in {settings.db_path()}: materialize raw_triplets first")
+        click.echo(
+            f"{subset}: {pairs['query_id'].n_unique():,} queries, {pairs.height:,} pairs, model {llm.model_id()}"
+        )
+        if stage in ("snippets", "all"):
+            requests, _ = snippet_requests(pairs, llm, SnippetsConfig())
+            click.echo("\n".join(run_estimate(conn, llm, "snippets", requests).lines()))
+        if stage in ("rankings", "all"):
+            plan = RankingPlan(pairs, llm, RankingsConfig())
+            requests = [r for step in range(plan.steps) for r in plan.requests(step)[1]]
+            click.echo("\n".join(run_estimate(conn, llm, "rankings", requests).lines()))
+
+
 @main.command("prepare-model")
 def prepare_model() -> None:
     """Convert the packaged SmolLM2-135M-Instruct GGUF to a Hugging Face folder (once; later calls verify)."""

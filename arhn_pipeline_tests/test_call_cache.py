@@ -108,3 +108,15 @@ def test_call_table_answers_what_was_asked_and_answered(db):
         [calls[0].call_id],
     ).fetchone()
     assert row == ("scripted:echo_last_word", "scripted", "t.yaml", "v1", "say word0", "word0", 6, 1)
+
+
+def test_estimate_counts_what_is_still_to_send(db):
+    from arhn_pipeline.engine.estimate import estimate
+
+    engine = ScriptedEngine(script="echo_last_word")
+    cached_generate(db, engine, requests(4))
+    est = estimate(db, engine, "toy", requests(10))
+    assert (est.requests, est.cached) == (10, 4)
+    assert est.prompt_tokens == sum(engine.count_tokens(requests(10)[4:]))
+    assert est.completion_tokens_bound == 6 * 8
+    assert est.completion_tokens_expected == 6  # one word per earlier answer

@@ -5,7 +5,7 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from arhn_pipeline.engine.base import LLMEngine
+from arhn_pipeline.engine.base import LLMEngine, LLMRequest
 from arhn_pipeline.engine.cache import CallStats, cached_generate, set_parse_status
 from arhn_pipeline.engine.prompts import code_version
 from arhn_pipeline.markdown import md_table
@@ -25,34 +25,48 @@ class RankingsConfig(dg.Config):
     max_unparsed_share: float = Field(default=0.05, description="the unparsed-window check fails above this")
 
 
+class RankingPlan:
+    """Each query's candidates in their starting order and its window spans. Window k's content depends on
+    the answers to windows before it, so requests are built one step at a time."""
+
+    def __init__(self, pairs: pl.DataFrame, llm: LLMEngine, config: RankingsConfig):
+        self.shown: dict[str, str] = {}
+        self.states: dict[str, core.QueryRanking] = {}
+        self.query_text: dict[str, str] = {}
+        for (qid,), group in pairs.group_by("query_id", maintain_order=True):
+            keys = group["passage_id"].to_list()
+            self.query_text[qid] = group["query"][0]
+            for key, text in zip(keys, group["passage"], strict=True):
+                if key not in self.shown:
+                    self.shown[key] = llm.truncate(text, config.passage_max_tokens)[0]
+            self.states[qid] = core.QueryRanking(order=core.shuffled(keys, qid) if config.shuffle else keys)
+        self.spans = {q: core.windows(len(s.order), config.window_size, config.stride) for q, s in self.states.items()}
+        self.steps = max((len(s) for s in self.spans.values()), default=0)
+
+    def requests(self, step: int) -> tuple[list[str], list[LLMRequest]]:
+        active = [qid for qid in self.states if step < len(self.spans[qid])]
+        out = []
+        for qid in active:
+            start, end = self.spans[qid][step]
+            passages = [self.shown[k] for k in self.states[qid].order[start:end]]
+            out.append(core.build_request(self.query_text[qid], passages))
+        return active, out
+
+
 def rank_partition(
     pairs: pl.DataFrame, llm: LLMEngine, conn, config: RankingsConfig, log=None
 ) -> tuple[dict[str, core.QueryRanking], CallStats]:
     """Rank every query's candidate set; window k of every query goes to the engine in one batch."""
-    shown: dict[str, str] = {}
-    states: dict[str, core.QueryRanking] = {}
-    query_text: dict[str, str] = {}
-    for qid, group in pairs.group_by("query_id", maintain_order=True):
-        qid = qid[0]
-        keys = group["passage_id"].to_list()
-        query_text[qid] = group["query"][0]
-        for key, text in zip(keys, group["passage"], strict=True):
-            if key not in shown:
-                shown[key] = llm.truncate(text, config.passage_max_tokens)[0]
-        states[qid] = core.QueryRanking(order=core.shuffled(keys, qid) if config.shuffle else keys)
-    spans = {qid: core.windows(len(s.order), config.window_size, config.stride) for qid, s in states.items()}
+    plan = RankingPlan(pairs, llm, config)
+    states = plan.states
     total = CallStats()
-    for step in range(max((len(s) for s in spans.values()), default=0)):
-        active = [qid for qid in states if step < len(spans[qid])]
-        requests = []
-        for qid in active:
-            start, end = spans[qid][step]
-            requests.append(core.build_request(query_text[qid], [shown[k] for k in states[qid].order[start:end]]))
+    for step in range(plan.steps):
+        active, requests = plan.requests(step)
         calls, stats = cached_generate(conn, llm, requests, config.batch_size, log=log)
         for field in vars(total):
             setattr(total, field, getattr(total, field) + getattr(stats, field))
         for qid, call in zip(active, calls, strict=True):
-            span = spans[qid][step]
+            span = plan.spans[qid][step]
             states[qid].apply(span, core.parse_permutation(call.response, span[1] - span[0]), call.call_id)
     return states, total
 

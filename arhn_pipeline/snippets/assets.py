@@ -5,7 +5,7 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from arhn_pipeline.engine.base import LLMEngine
+from arhn_pipeline.engine.base import LLMEngine, LLMRequest
 from arhn_pipeline.engine.cache import cached_generate, set_parse_status
 from arhn_pipeline.engine.prompts import code_version
 from arhn_pipeline.markdown import md_table
@@ -22,6 +22,19 @@ class SnippetsConfig(dg.Config):
     max_unparsed_share: float = Field(default=0.05, description="the unparsed-share check fails above this")
 
 
+def snippet_requests(
+    pairs: pl.DataFrame, llm: LLMEngine, config: SnippetsConfig
+) -> tuple[list[LLMRequest], dict[str, tuple[str, bool]]]:
+    """One request per pair, and each passage as shown (cut to the token budget, and whether it was cut)."""
+    shown: dict[str, tuple[str, bool]] = {}
+    requests = []
+    for row in pairs.iter_rows(named=True):
+        if row["passage_id"] not in shown:
+            shown[row["passage_id"]] = llm.truncate(row["passage"], config.passage_max_tokens)
+        requests.append(core.build_request(row["query"], shown[row["passage_id"]][0], config.snippet_max_tokens))
+    return requests, shown
+
+
 @dg.asset(
     partitions_def=subset_partitions,
     deps=[raw_triplets],
@@ -36,12 +49,7 @@ def snippets(context: dg.AssetExecutionContext, config: SnippetsConfig, duckdb: 
     subset = context.partition_key
     with duckdb.get_connection() as conn:
         pairs = load_pairs(conn, subset)
-        shown: dict[str, tuple[str, bool]] = {}
-        requests = []
-        for row in pairs.iter_rows(named=True):
-            if row["passage_id"] not in shown:
-                shown[row["passage_id"]] = llm.truncate(row["passage"], config.passage_max_tokens)
-            requests.append(core.build_request(row["query"], shown[row["passage_id"]][0], config.snippet_max_tokens))
+        requests, shown = snippet_requests(pairs, llm, config)
         context.log.info(f"{subset}: {len(requests)} snippet requests")
         calls, stats = cached_generate(conn, llm, requests, config.batch_size, log=context.log.info)
         verdicts = [core.judge_snippet(c.response, p) for c, p in zip(calls, pairs["passage"], strict=True)]
