@@ -122,6 +122,23 @@ GROUP BY d.subset, d.method, d.query_id
 HAVING count(*) FILTER (WHERE d.action = 'drop_query') = 0;
 """
 
+# Views that join across stages (created after every table, the call table included).
+VIEWS = """
+-- Why was this candidate kept, relabeled or dropped? One row per decision with its texts and raw answers.
+CREATE OR REPLACE VIEW decision_trail AS
+SELECT d.subset, d.method, d.query_id, q.text AS query, d.passage_id, p.text AS passage, d.role,
+       d.action, d.rule,
+       d.snippet_status, d.snippet, d.snippet_call_id, sc.response AS snippet_response,
+       d.rank, d.positive_rank, d.rank_call_ids,
+       d.verdict, d.verdict_call_id, vc.response AS verdict_response,
+       d.prompt_versions, d.model
+FROM decisions d
+JOIN queries q USING (subset, query_id)
+JOIN passages p USING (passage_id)
+LEFT JOIN llm_calls sc ON sc.call_id = d.snippet_call_id
+LEFT JOIN llm_calls vc ON vc.call_id = d.verdict_call_id;
+"""
+
 PARTITIONED_TABLES = ("queries", "candidates", "quarantine")  # written by raw_triplets
 
 _WS = re.compile(r"\s+")
@@ -142,6 +159,7 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
 
     conn.execute(SCHEMA)
     conn.execute(CALLS_SCHEMA)
+    conn.execute(VIEWS)
 
 
 def replace_partition(

@@ -180,3 +180,9 @@ def test_every_flagembedding_sample_is_read_or_quarantined_with_a_reason(shared_
         assert stats.queries + stats.quarantined_rows + stats.duplicate_lines == lines, path.name
         reasons = db.execute("SELECT count(*) FROM quarantine WHERE subset = ? AND reason = ''", [path.stem]).fetchone()
         assert reasons[0] == 0
+
+
+def test_limit_reads_a_slice(tmp_path, db):
+    path = write_jsonl(tmp_path / "a.jsonl", [good(i) for i in range(10)])
+    stats = ingest(db, "a", SourceEntry(name="a", format="bge", path=path, limit=4))
+    assert stats.lines == 4 and stats.queries == 4

@@ -22,10 +22,11 @@ class Record:
 
 
 def iter_records(entry: SourceEntry) -> Iterator[Record]:
-    if entry.path is not None:
-        yield from _iter_jsonl(entry)
-    else:
-        yield from _iter_hub(entry)
+    records = _iter_jsonl(entry) if entry.path is not None else _iter_hub(entry)
+    for n, rec in enumerate(records):
+        if entry.limit is not None and n >= entry.limit:
+            return
+        yield rec
 
 
 def _iter_jsonl(entry: SourceEntry) -> Iterator[Record]:

@@ -35,6 +35,7 @@ class SourceEntry(BaseModel):
     format: Format
     path: Path | None = None
     hub: HubSource | None = None
+    limit: int | None = Field(default=None, ge=1, description="read only the first N records (a slice)")
     description: str = ""
     in_default_run: bool = Field(
         default=True, description="materialized by `arhn run`; entries that need ../shared say false"
