@@ -120,3 +120,12 @@ def test_estimate_counts_what_is_still_to_send(db):
     assert est.prompt_tokens == sum(engine.count_tokens(requests(10)[4:]))
     assert est.completion_tokens_bound == 6 * 8
     assert est.completion_tokens_expected == 6  # one word per earlier answer
+
+
+def test_engine_sampling_overrides_are_part_of_the_key(db):
+    greedy, warm = ScriptedEngine(script="echo_last_word"), ScriptedEngine(script="echo_last_word", temperature=0.7)
+    cached_generate(db, greedy, requests(2))
+    _, stats = cached_generate(db, warm, requests(2))
+    assert stats.cache_misses == 2
+    temps = db.execute("SELECT DISTINCT sampling->>'$.temperature' FROM llm_calls ORDER BY 1").fetchall()
+    assert [t[0] for t in temps] == ["0.0", "0.7"]

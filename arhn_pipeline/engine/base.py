@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import dagster as dg
@@ -74,6 +74,24 @@ class LLMEngine(dg.ConfigurableResource):
     (engine/cache.py) and never know which implementation is behind it."""
 
     model: str = Field(description="model id (hub id or local folder); 'smollm2' is the packaged CPU default")
+    temperature: float | None = Field(
+        default=None, description="overrides every stage's sampling temperature (stages default to 0, greedy)"
+    )
+    top_p: float | None = Field(default=None, description="overrides every stage's top_p")
+    max_tokens_scale: float = Field(
+        default=1.0, description="multiplies every stage's generation budget (reasoning models need more)"
+    )
+
+    def with_defaults(self, request: LLMRequest) -> LLMRequest:
+        """The request with this engine's sampling overrides applied (before its cache key is taken)."""
+        s = request.sampling
+        sampling = Sampling(
+            max_tokens=max(1, round(s.max_tokens * self.max_tokens_scale)),
+            temperature=s.temperature if self.temperature is None else self.temperature,
+            top_p=s.top_p if self.top_p is None else self.top_p,
+            seed=s.seed,
+        )
+        return request if sampling == s else replace(request, sampling=sampling)
 
     @property
     @abstractmethod

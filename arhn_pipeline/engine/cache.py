@@ -86,6 +86,7 @@ def cached_generate(
     """Answer `requests` (in order) from the call table, sending only missing keys to the engine."""
     ensure_calls_table(conn)
     model = engine.model_id()
+    requests = [engine.with_defaults(r) for r in requests]
     keys = [r.cache_key(model) for r in requests]
     stored = _lookup(conn, set(keys))
     stats = CallStats(requests=len(requests))

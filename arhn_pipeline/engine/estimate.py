@@ -37,6 +37,7 @@ class Estimate:
 def estimate(conn: duckdb.DuckDBPyConnection, llm: LLMEngine, stage: str, requests: list[LLMRequest]) -> Estimate:
     ensure_calls_table(conn)
     model = llm.model_id()
+    requests = [llm.with_defaults(r) for r in requests]
     keys = [r.cache_key(model) for r in requests]
     known = {
         r[0]
