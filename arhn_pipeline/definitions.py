@@ -6,13 +6,14 @@ from dagster_duckdb import DuckDBResource
 
 from arhn_pipeline import settings
 from arhn_pipeline.engine.resources import engine_from_env
+from arhn_pipeline.judgments import assets as judgments_assets
 from arhn_pipeline.partitions import source_registry_sensor
 from arhn_pipeline.rankings import assets as rankings_assets
 from arhn_pipeline.raw_triplets import assets as raw_triplets_assets
 from arhn_pipeline.relabel import assets as relabel_assets
 from arhn_pipeline.snippets import assets as snippets_assets
 
-STAGE_MODULES = [raw_triplets_assets, snippets_assets, rankings_assets, relabel_assets]
+STAGE_MODULES = [raw_triplets_assets, snippets_assets, rankings_assets, judgments_assets, relabel_assets]
 
 clean_subset_job = dg.define_asset_job(
     name="clean_subset",

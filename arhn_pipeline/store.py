@@ -88,6 +88,22 @@ CREATE TABLE IF NOT EXISTS ranking_windows (
     template_version VARCHAR NOT NULL,
     model            VARCHAR NOT NULL
 );
+-- RLHN cascade: one verdict per (stage, query, negative) for every query the stage saw.
+CREATE TABLE IF NOT EXISTS verdicts (
+    subset           VARCHAR NOT NULL,
+    stage_index      INTEGER NOT NULL,   -- 0 = first stage of the cascade
+    stage            VARCHAR NOT NULL,
+    query_id         VARCHAR NOT NULL,
+    passage_id       VARCHAR NOT NULL,
+    verdict          VARCHAR NOT NULL,   -- better | worse | none | unparsed
+    score            DOUBLE,             -- margin stage: cosine of the negative to the query
+    status           VARCHAR NOT NULL,   -- parsed | repaired | unparsed (the answer for the whole query)
+    notes            VARCHAR,
+    call_id          VARCHAR,            -- LLM stages -> llm_calls
+    model            VARCHAR NOT NULL,
+    template_version VARCHAR,
+    final            BOOLEAN NOT NULL    -- the last stage that saw this query: its verdict stands
+);
 -- One decision per (method, query, candidate): what happened to it, which rule fired, and the evidence.
 CREATE TABLE IF NOT EXISTS decisions (
     subset          VARCHAR NOT NULL,

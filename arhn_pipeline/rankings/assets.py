@@ -175,4 +175,5 @@ def every_candidate_set_is_fully_ranked(context: dg.AssetCheckExecutionContext, 
     description="Unparsed listwise answers stay below RankingsConfig.max_unparsed_share.",
 )
 def ranking_unparsed_share(context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource):
-    return unparsed_check(duckdb, "ranking_windows", context.partition_key, RankingsConfig().max_unparsed_share)
+    with duckdb.get_connection() as conn:
+        return unparsed_check(conn, "ranking_windows", context.partition_key, RankingsConfig().max_unparsed_share)

@@ -5,11 +5,12 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
+from arhn_pipeline.judgments.assets import judgments
 from arhn_pipeline.markdown import md_table
 from arhn_pipeline.partitions import subset_partitions
 from arhn_pipeline.rankings import core as rankings_core
 from arhn_pipeline.rankings.assets import rankings
-from arhn_pipeline.relabel import arhn
+from arhn_pipeline.relabel import arhn, rlhn
 from arhn_pipeline.snippets import core as snippets_core
 from arhn_pipeline.snippets.assets import snippets
 from arhn_pipeline.store import replace_partition
@@ -24,6 +25,14 @@ class RelabeledConfig(dg.Config):
     )
     allow_unverified_snippets: bool = Field(
         default=False, description="count snippets not found in their passage as answer evidence (F)"
+    )
+    rlhn_techniques: list[str] = Field(
+        default=["rlhn", "hn_remove", "remove"],
+        description="RLHN techniques to decide from the cascade's final verdicts: rlhn, hn_remove, remove, default",
+    )
+    rlhn_max_flagged: int = Field(default=8, description="RLHN: a query with more flagged negatives is dropped")
+    rlhn_count: str = Field(
+        default="better_and_worse", description="RLHN: which verdicts flag a negative: better, or better_and_worse"
     )
 
 
@@ -78,12 +87,80 @@ def arhn_decisions(evidence: pl.DataFrame, subset: str, methods: list[str], allo
                     model=ev["snippet_model"],
                 )
             )
-    return pl.DataFrame(rows, schema_overrides={"verdict": pl.String, "verdict_call_id": pl.String})
+    return pl.DataFrame(rows, schema=DECISION_SCHEMA)
+
+
+RLHN_EVIDENCE = """
+SELECT c.query_id, c.passage_id, c.role, v.verdict, v.call_id AS verdict_call_id, v.stage, v.model,
+       v.template_version
+FROM candidates c
+LEFT JOIN verdicts v ON v.subset = c.subset AND v.query_id = c.query_id AND v.passage_id = c.passage_id AND v.final
+WHERE c.subset = ?
+ORDER BY c.query_id, c.role DESC, c.original_rank
+"""
+
+
+def rlhn_decisions(evidence: pl.DataFrame, subset: str, config: RelabeledConfig) -> pl.DataFrame:
+    rows = []
+    for (qid,), group in evidence.group_by("query_id", maintain_order=True):
+        negs = group.filter(pl.col("role") == "negative")
+        stage = negs["stage"].drop_nulls()
+        versions = f"judgments={negs['template_version'].drop_nulls().first() or 'margin'},rules={RULES_VERSION}"
+        for technique in config.rlhn_techniques:
+            pos_decision, neg_decisions = rlhn.decide_query(
+                negs["verdict"].to_list(), technique, config.rlhn_max_flagged, config.rlhn_count
+            )
+            decided = iter(neg_decisions)
+            for ev in group.iter_rows(named=True):
+                action, rule = pos_decision if ev["role"] == "positive" else next(decided)
+                rows.append(
+                    dict(
+                        subset=subset,
+                        method=f"rlhn:{technique}",
+                        query_id=qid,
+                        passage_id=ev["passage_id"],
+                        role=ev["role"],
+                        action=action,
+                        rule=rule,
+                        snippet_status=None,
+                        snippet=None,
+                        snippet_call_id=None,
+                        rank=None,
+                        positive_rank=None,
+                        rank_call_ids=None,
+                        verdict=ev["verdict"],
+                        verdict_call_id=ev["verdict_call_id"],
+                        prompt_versions=versions + (f",stage={stage.first()}" if stage.len() else ""),
+                        model=ev["model"],
+                    )
+                )
+    return pl.DataFrame(rows, schema=DECISION_SCHEMA)
+
+
+DECISION_SCHEMA = {
+    "subset": pl.String,
+    "method": pl.String,
+    "query_id": pl.String,
+    "passage_id": pl.String,
+    "role": pl.String,
+    "action": pl.String,
+    "rule": pl.String,
+    "snippet_status": pl.String,
+    "snippet": pl.String,
+    "snippet_call_id": pl.String,
+    "rank": pl.Int64,
+    "positive_rank": pl.Int64,
+    "rank_call_ids": pl.List(pl.String),
+    "verdict": pl.String,
+    "verdict_call_id": pl.String,
+    "prompt_versions": pl.String,
+    "model": pl.String,
+}
 
 
 @dg.asset(
     partitions_def=subset_partitions,
-    deps=[snippets, rankings],
+    deps=[snippets, rankings, judgments],
     code_version=RULES_VERSION,
     kinds={"duckdb"},
     group_name="relabel",
@@ -94,12 +171,35 @@ def arhn_decisions(evidence: pl.DataFrame, subset: str, methods: list[str], allo
 def relabeled(context: dg.AssetExecutionContext, config: RelabeledConfig, duckdb: DuckDBResource):
     subset = context.partition_key
     unknown = set(config.arhn_methods) - set(arhn.METHODS)
-    if unknown:
-        raise dg.Failure(f"unknown ARHN method(s) {sorted(unknown)}; choose from {sorted(arhn.METHODS)}")
+    unknown |= set(config.rlhn_techniques) - set(rlhn.TECHNIQUES)
+    if unknown or config.rlhn_count not in rlhn.COUNTED:
+        raise dg.Failure(
+            f"unknown method(s) {sorted(unknown)} or rlhn_count {config.rlhn_count!r}; ARHN: "
+            f"{sorted(arhn.METHODS)}, RLHN: {list(rlhn.TECHNIQUES)}, rlhn_count: {list(rlhn.COUNTED)}"
+        )
+    frames, methods, skipped = [], [], []
     with duckdb.get_connection() as conn:
-        evidence = conn.execute(ARHN_EVIDENCE, [subset]).pl()
-        decisions = arhn_decisions(evidence, subset, config.arhn_methods, config.allow_unverified_snippets)
-        methods = [f"arhn:{m}" for m in config.arhn_methods]
+        have = dict(
+            conn.execute(
+                "SELECT 'rankings', count(*) FROM rankings WHERE subset = $s UNION ALL "
+                "SELECT 'verdicts', count(*) FROM verdicts WHERE subset = $s",
+                {"s": subset},
+            ).fetchall()
+        )
+        if config.arhn_methods and have["rankings"]:
+            evidence = conn.execute(ARHN_EVIDENCE, [subset]).pl()
+            frames.append(arhn_decisions(evidence, subset, config.arhn_methods, config.allow_unverified_snippets))
+            methods += [f"arhn:{m}" for m in config.arhn_methods]
+        elif config.arhn_methods:
+            skipped.append("ARHN: rankings not materialized for this partition")
+        if config.rlhn_techniques and have["verdicts"]:
+            frames.append(rlhn_decisions(conn.execute(RLHN_EVIDENCE, [subset]).pl(), subset, config))
+            methods += [f"rlhn:{t}" for t in config.rlhn_techniques]
+        elif config.rlhn_techniques:
+            skipped.append("RLHN: judgments not materialized for this partition")
+        if not frames:
+            raise dg.Failure(f"no evidence to decide from for {subset!r}: {'; '.join(skipped)}")
+        decisions = pl.concat(frames)
         replace_partition(conn, "decisions", subset, decisions, methods=methods)
         examples = conn.execute(
             """
@@ -116,6 +216,7 @@ def relabeled(context: dg.AssetExecutionContext, config: RelabeledConfig, duckdb
     return dg.MaterializeResult(
         metadata={
             "methods": ", ".join(methods),
+            "skipped": "; ".join(skipped) or "none",
             **{f"{methods[0]}/{a}": int(n) for a, n in first["action"].value_counts().sort("action").iter_rows()},
             "decisions_by_rule": dg.MetadataValue.md(
                 md_table(["method", "action", "rule", "candidates"], summary.rows())

@@ -109,14 +109,18 @@ def every_pair_has_a_snippet(context: dg.AssetCheckExecutionContext, duckdb: Duc
     description="Unparsed answers stay below SnippetsConfig.max_unparsed_share; rows stay for inspection.",
 )
 def snippet_unparsed_share(context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource):
-    return unparsed_check(duckdb, "snippets", context.partition_key, SnippetsConfig().max_unparsed_share)
-
-
-def unparsed_check(duckdb: DuckDBResource, table: str, subset: str, threshold: float) -> dg.AssetCheckResult:
     with duckdb.get_connection() as conn:
-        unparsed, total = conn.execute(
-            f"SELECT count(*) FILTER (WHERE status = 'unparsed'), count(*) FROM {table} WHERE subset = ?", [subset]
-        ).fetchone()
+        return unparsed_check(conn, "snippets", context.partition_key, SnippetsConfig().max_unparsed_share)
+
+
+def unparsed_check(
+    conn, table: str, subset: str, threshold: float, column: str = "status", where: str = ""
+) -> dg.AssetCheckResult:
+    """Shared by the LLM stages: the share of rows whose answer could not be read, against a threshold."""
+    unparsed, total = conn.execute(
+        f"SELECT count(*) FILTER (WHERE {column} = 'unparsed'), count(*) FROM {table} WHERE subset = ? {where}",
+        [subset],
+    ).fetchone()
     share = unparsed / total if total else 0.0
     return dg.AssetCheckResult(
         passed=share <= threshold,

@@ -1,0 +1,225 @@
+"""The `judgments` asset: RLHN's cascade. Stage 1 sees every query; stage k+1 sees only the queries stage k
+flagged (or could not read), and its verdict replaces stage k's."""
+
+from typing import Literal
+
+import dagster as dg
+import numpy as np
+import polars as pl
+from dagster_duckdb import DuckDBResource
+from pydantic import Field
+
+from arhn_pipeline import embeddings
+from arhn_pipeline.engine.base import LLMEngine
+from arhn_pipeline.engine.cache import CallStats, cached_generate, set_parse_status
+from arhn_pipeline.engine.prompts import PromptTemplate, code_version
+from arhn_pipeline.judgments import core
+from arhn_pipeline.markdown import md_table
+from arhn_pipeline.partitions import subset_partitions
+from arhn_pipeline.raw_triplets.assets import raw_triplets
+from arhn_pipeline.snippets.assets import unparsed_check
+from arhn_pipeline.store import load_pairs, replace_partition
+
+DEFAULT_TEMPLATE = PromptTemplate.load(core.DEFAULT_PROMPT)
+
+
+class CascadeStage(dg.Config):
+    name: str = Field(description="the stage's name in verdict rows")
+    kind: Literal["margin", "llm"] = Field(description="margin: embedding similarity; llm: an LLM judge")
+    model: str | None = Field(
+        default=None, description="llm: the model (default: the llm resource's); margin: the embedder"
+    )
+    prompt: str | None = Field(default=None, description="llm: a prompt file (default: judgments/judge.prompt.yaml)")
+    margin: float = Field(default=0.1, description="margin: flag negatives scoring >= (1 - margin) x the positive")
+    passage_max_tokens: int = Field(default=128, description="llm: each passage is cut to this many tokens")
+
+
+class JudgmentsConfig(dg.Config):
+    stages: list[CascadeStage] = Field(
+        default=[
+            {"name": "margin", "kind": "margin", "margin": 0.1},
+            {"name": "llm_judge", "kind": "llm"},
+        ],
+        description="the cascade, cheapest first",
+    )
+    batch_size: int = Field(default=64, description="LLM requests per engine call")
+    max_unparsed_share: float = Field(default=0.05, description="the unparsed check fails above this share")
+
+
+class QuerySet:
+    """A partition's queries with their first positive and their negatives, in source order."""
+
+    def __init__(self, pairs: pl.DataFrame):
+        self.query: dict[str, str] = {}
+        self.positive: dict[str, str] = {}
+        self.positives: dict[str, list[str]] = {}
+        self.negatives: dict[str, list[tuple[str, str]]] = {}
+        for row in pairs.iter_rows(named=True):
+            qid = row["query_id"]
+            self.query[qid] = row["query"]
+            if row["role"] == "positive":
+                self.positive.setdefault(qid, row["passage"])
+                self.positives.setdefault(qid, []).append(row["passage"])
+            else:
+                self.negatives.setdefault(qid, []).append((row["passage_id"], row["passage"]))
+
+
+def run_margin_stage(qs: QuerySet, active: list[str], stage: CascadeStage) -> dict[str, dict]:
+    model = embeddings.load(stage.model or embeddings.DEFAULT_EMBEDDER)
+    texts = sorted({t for q in active for t in qs.positives[q] + [n for _, n in qs.negatives[q]]})
+    index = {t: i for i, t in enumerate(texts)}
+    passage_vecs = model.encode(texts, normalize_embeddings=True, batch_size=64, convert_to_numpy=True)
+    query_vecs = model.encode([qs.query[q] for q in active], normalize_embeddings=True, convert_to_numpy=True)
+    out = {}
+    for qvec, qid in zip(query_vecs, active, strict=True):
+        pos = np.stack([passage_vecs[index[t]] for t in qs.positives[qid]])
+        neg = np.stack([passage_vecs[index[t]] for _, t in qs.negatives[qid]])
+        labels, scores = core.margin_labels(qvec, pos, neg, stage.margin)
+        out[qid] = dict(verdict=core.Verdict(labels, "parsed"), scores=scores, call_id=None)
+    return out
+
+
+def run_llm_stage(qs: QuerySet, active: list[str], stage: CascadeStage, llm: LLMEngine, conn, batch_size, log):
+    template = PromptTemplate.load(_prompt_path(stage.prompt)) if stage.prompt else DEFAULT_TEMPLATE
+    requests = []
+    for qid in active:
+        cut = [llm.truncate(t, stage.passage_max_tokens)[0] for _, t in qs.negatives[qid]]
+        positive = llm.truncate(qs.positive[qid], stage.passage_max_tokens)[0]
+        requests.append(core.build_request(template, qs.query[qid], positive, cut))
+    calls, stats = cached_generate(conn, llm, requests, batch_size, log=log)
+    out = {}
+    for qid, call in zip(active, calls, strict=True):
+        verdict = core.parse_verdict(call.response, len(qs.negatives[qid]))
+        out[qid] = dict(verdict=verdict, scores=None, call_id=call.call_id, template=template.version)
+    set_parse_status(conn, {v["call_id"]: v["verdict"].status for v in out.values()})
+    return out, stats
+
+
+def _prompt_path(name: str):
+    from pathlib import Path
+
+    path = Path(name)
+    return path if path.is_absolute() else core.DEFAULT_PROMPT.parent / path
+
+
+def _engine_for(stage: CascadeStage, llm: LLMEngine, current: LLMEngine | None) -> LLMEngine:
+    wanted = llm if not stage.model or stage.model == llm.model else llm.model_copy(update={"model": stage.model})
+    if current is not None and current is not wanted and hasattr(current, "shutdown"):
+        current.shutdown()  # one model in memory at a time
+    return wanted
+
+
+@dg.asset(
+    partitions_def=subset_partitions,
+    deps=[raw_triplets],
+    code_version=code_version(DEFAULT_TEMPLATE, core.PARSER_VERSION),
+    kinds={"duckdb", "vllm"},
+    group_name="rlhn",
+    pool="llm_engine",
+    description="RLHN's cascade of judges: per (stage, query, negative) a verdict (better / worse / none / "
+    "unparsed); each stage sees only what the stage before it flagged.",
+)
+def judgments(context: dg.AssetExecutionContext, config: JudgmentsConfig, duckdb: DuckDBResource, llm: LLMEngine):
+    subset = context.partition_key
+    rows, summary = [], []
+    total = CallStats()
+    engine = None
+    with duckdb.get_connection() as conn:
+        qs = QuerySet(load_pairs(conn, subset))
+        active = list(qs.query)
+        for k, stage in enumerate(config.stages):
+            if not active:
+                break
+            if stage.kind == "margin":
+                results, model_id = run_margin_stage(qs, active, stage), stage.model or embeddings.DEFAULT_EMBEDDER
+            else:
+                engine = _engine_for(stage, llm, engine)
+                results, stats = run_llm_stage(qs, active, stage, engine, conn, config.batch_size, context.log.info)
+                model_id = engine.model_id()
+                for field in vars(total):
+                    setattr(total, field, getattr(total, field) + getattr(stats, field))
+            forwarded = [q for q in active if results[q]["verdict"].flagged]
+            last = k == len(config.stages) - 1
+            for qid in active:
+                r = results[qid]
+                final = last or qid not in forwarded
+                for i, (pid, _) in enumerate(qs.negatives[qid]):
+                    rows.append(
+                        dict(
+                            subset=subset,
+                            stage_index=k,
+                            stage=stage.name,
+                            query_id=qid,
+                            passage_id=pid,
+                            verdict=r["verdict"].labels[i],
+                            score=r["scores"][i] if r["scores"] else None,
+                            status=r["verdict"].status,
+                            notes=r["verdict"].notes or None,
+                            call_id=r["call_id"],
+                            model=model_id,
+                            template_version=r.get("template"),
+                            final=final,
+                        )
+                    )
+            labels = [lab for q in active for lab in results[q]["verdict"].labels]
+            summary.append(
+                (
+                    stage.name,
+                    stage.kind,
+                    len(active),
+                    len(forwarded),
+                    *(labels.count(v) for v in (core.BETTER, core.WORSE, core.NONE, core.UNPARSED)),
+                )
+            )
+            context.log.info(f"stage {stage.name}: saw {len(active)} queries, flagged {len(forwarded)}")
+            active = forwarded
+        frame = pl.DataFrame(
+            rows,
+            schema_overrides={
+                "score": pl.Float64,
+                "notes": pl.String,
+                "call_id": pl.String,
+                "template_version": pl.String,
+            },
+        )
+        replace_partition(conn, "verdicts", subset, frame)
+    final = frame.filter(pl.col("final"))
+    return dg.MaterializeResult(
+        metadata={
+            "queries": len(qs.query),
+            **{f"final_{v}": int(n) for v, n in final["verdict"].value_counts().sort("verdict").iter_rows()},
+            "stages": dg.MetadataValue.md(
+                md_table(
+                    [
+                        "stage",
+                        "kind",
+                        "queries seen",
+                        "queries flagged (sent on)",
+                        "better",
+                        "worse",
+                        "none",
+                        "unparsed",
+                    ],
+                    summary,
+                )
+            ),
+            **total.as_metadata(),
+        }
+    )
+
+
+@dg.asset_check(
+    asset=judgments,
+    blocking=False,
+    description="Unparsed final verdicts stay below JudgmentsConfig.max_unparsed_share.",
+)
+def judgment_unparsed_share(context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource):
+    with duckdb.get_connection() as conn:
+        return unparsed_check(
+            conn,
+            "verdicts",
+            context.partition_key,
+            JudgmentsConfig().max_unparsed_share,
+            column="verdict",
+            where="AND final",
+        )
