@@ -31,7 +31,7 @@ class SentLog(ScriptedEngine):
     fail_after_batches: int = -1
 
     def generate(self, reqs):
-        sent = SENT.setdefault(self.script, [])
+        sent = SENT.setdefault(self.model, [])
         if self.fail_after_batches >= 0 and len(BATCHES) >= self.fail_after_batches:
             raise RuntimeError("engine process killed")
         BATCHES.append(len(reqs))
@@ -51,7 +51,7 @@ def _reset():
 
 def test_second_run_sends_nothing(db):
     ensure_schema(db)
-    engine = SentLog(script="echo_last_word")
+    engine = SentLog(model="echo_last_word")
     calls, stats = cached_generate(db, engine, requests(10))
     assert [c.response for c in calls] == [f"word{i}" for i in range(10)]
     assert (stats.cache_misses, stats.cache_hits) == (10, 0)
@@ -63,7 +63,7 @@ def test_second_run_sends_nothing(db):
 
 
 def test_duplicate_requests_in_one_batch_are_sent_once(db):
-    engine = SentLog(script="echo_last_word")
+    engine = SentLog(model="echo_last_word")
     reqs = requests(3) + requests(3)
     calls, stats = cached_generate(db, engine, reqs)
     assert len(calls) == 6 and SENT["echo_last_word"] == ["say word0", "say word1", "say word2"]
@@ -71,12 +71,12 @@ def test_duplicate_requests_in_one_batch_are_sent_once(db):
 
 
 def test_interrupted_run_resumes_and_sends_each_key_once(db):
-    crashing = SentLog(script="echo_last_word", fail_after_batches=2)
+    crashing = SentLog(model="echo_last_word", fail_after_batches=2)
     with pytest.raises(RuntimeError, match="killed"):
         cached_generate(db, crashing, requests(10), batch_size=3)
     # the two batches answered before the crash were stored
     assert db.execute("SELECT count(*) FROM llm_calls").fetchone()[0] == 6
-    calls, stats = cached_generate(db, SentLog(script="echo_last_word"), requests(10), batch_size=3)
+    calls, stats = cached_generate(db, SentLog(model="echo_last_word"), requests(10), batch_size=3)
     assert (stats.cache_hits, stats.cache_misses) == (6, 4)
     sent = SENT["echo_last_word"]
     assert sorted(sent) == sorted(f"say word{i}" for i in range(10))  # each exactly once across both runs
@@ -84,7 +84,7 @@ def test_interrupted_run_resumes_and_sends_each_key_once(db):
 
 
 def test_changed_prompt_reasks_only_what_changed(db):
-    engine = SentLog(script="echo_last_word")
+    engine = SentLog(model="echo_last_word")
     cached_generate(db, engine, requests(5))
     SENT.clear()
     changed = requests(5)
@@ -100,7 +100,7 @@ def test_changed_prompt_reasks_only_what_changed(db):
 
 
 def test_call_table_answers_what_was_asked_and_answered(db):
-    engine = ScriptedEngine(script="echo_last_word")
+    engine = ScriptedEngine(model="echo_last_word")
     calls, _ = cached_generate(db, engine, requests(1))
     row = db.execute(
         "SELECT model, engine, template, template_version, messages->>'$[0].content', response, prompt_tokens, "
@@ -113,7 +113,7 @@ def test_call_table_answers_what_was_asked_and_answered(db):
 def test_estimate_counts_what_is_still_to_send(db):
     from arhn_pipeline.engine.estimate import estimate
 
-    engine = ScriptedEngine(script="echo_last_word")
+    engine = ScriptedEngine(model="echo_last_word")
     cached_generate(db, engine, requests(4))
     est = estimate(db, engine, "toy", requests(10))
     assert (est.requests, est.cached) == (10, 4)
@@ -123,7 +123,7 @@ def test_estimate_counts_what_is_still_to_send(db):
 
 
 def test_engine_sampling_overrides_are_part_of_the_key(db):
-    greedy, warm = ScriptedEngine(script="echo_last_word"), ScriptedEngine(script="echo_last_word", temperature=0.7)
+    greedy, warm = ScriptedEngine(model="echo_last_word"), ScriptedEngine(model="echo_last_word", temperature=0.7)
     cached_generate(db, greedy, requests(2))
     _, stats = cached_generate(db, warm, requests(2))
     assert stats.cache_misses == 2

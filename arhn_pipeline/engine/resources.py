@@ -18,5 +18,5 @@ def engine_from_env() -> LLMEngine:
     if kind == "vllm":
         return VLLMEngine(model=os.environ.get("ARHN_MODEL", SMOLLM2))
     if kind == "scripted":
-        return ScriptedEngine(script=os.environ.get("ARHN_SCRIPT", "constant_no"))
+        return ScriptedEngine(model=os.environ.get("ARHN_SCRIPT", "constant_no"))
     raise ValueError(f"ARHN_ENGINE must be 'vllm' or 'scripted', not {kind!r}")

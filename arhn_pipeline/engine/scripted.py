@@ -30,23 +30,23 @@ def _constant_no(req: LLMRequest) -> str:
 
 
 class ScriptedEngine(LLMEngine):
-    """Answers each request with SCRIPTS[script](request); token counts are whitespace words."""
+    """Answers each request with SCRIPTS[model](request): a scripted engine's "model" is its script, so a
+    cascade stage that names another model gets another script. Token counts are whitespace words."""
 
-    model: str = "scripted"
-    script: str = Field(default="constant_no", description="name of a function registered with register_script")
+    model: str = Field(default="constant_no", description="the script: a function registered with register_script")
 
     @property
     def engine_name(self) -> str:
         return "scripted"
 
     def model_id(self) -> str:
-        return f"scripted:{self.script}"
+        return f"scripted:{self.model}"
 
     def generate(self, requests: list[LLMRequest]) -> list[LLMResult]:
-        if self.script not in SCRIPTS:
-            raise KeyError(f"no script named {self.script!r}; registered: {sorted(SCRIPTS)}")
-        fn = SCRIPTS[self.script]
-        CALLS[self.script] += len(requests)
+        if self.model not in SCRIPTS:
+            raise KeyError(f"no script named {self.model!r}; registered: {sorted(SCRIPTS)}")
+        fn = SCRIPTS[self.model]
+        CALLS[self.model] += len(requests)
         out = []
         for req, n in zip(requests, self.count_tokens(requests), strict=True):
             text = fn(req)
