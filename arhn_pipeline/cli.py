@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -114,6 +115,24 @@ def estimate(subset: str, stage: str) -> None:
             plan = RankingPlan(pairs, llm, RankingsConfig())
             requests = [r for step in range(plan.steps) for r in plan.requests(step)[1]]
             click.echo("\n".join(run_estimate(conn, llm, "rankings", requests).lines()))
+
+
+@main.command("export")
+@click.option("--method", default="arhn:R+F", show_default=True, help="original, arhn:R+F, rlhn:rlhn, ...")
+@click.option("--pruned", default=None, help="export a pruned collection by name instead of a method")
+@click.option("--subset", "subsets", multiple=True, help="only these sub-datasets")
+@click.option("--format", "fmt", type=click.Choice(["bge", "tevatron", "hf"]), default="bge", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="a .jsonl file, or a folder for hf")
+@click.option("--push-to-hub", default=None, help="hf: also push the dataset to this hub repo id")
+def export_cmd(method, pruned, subsets, fmt, out, push_to_hub) -> None:
+    """Write a cleaned (or the original, or a pruned) collection as BGE JSONL, Tevatron JSONL or a HF dataset."""
+    import duckdb
+
+    from arhn_pipeline.export import export
+
+    with duckdb.connect(str(settings.db_path()), read_only=True) as conn:
+        n = export(conn, fmt, out, method=method, subsets=list(subsets) or None, pruned=pruned, push_to_hub=push_to_hub)
+    click.echo(f"wrote {n:,} queries to {out}")
 
 
 @main.command("prepare-model")

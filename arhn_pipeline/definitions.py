@@ -2,23 +2,29 @@
 and the jobs `arhn run` and the UI launch."""
 
 import dagster as dg
-from dagster_duckdb import DuckDBResource
 
 from arhn_pipeline import settings
 from arhn_pipeline.engine.resources import engine_from_env
 from arhn_pipeline.judgments import assets as judgments_assets
 from arhn_pipeline.partitions import source_registry_sensor
+from arhn_pipeline.prune import assets as prune_assets
 from arhn_pipeline.rankings import assets as rankings_assets
 from arhn_pipeline.raw_triplets import assets as raw_triplets_assets
 from arhn_pipeline.relabel import assets as relabel_assets
 from arhn_pipeline.snippets import assets as snippets_assets
+from arhn_pipeline.store import DuckDBStore
 
-STAGE_MODULES = [raw_triplets_assets, snippets_assets, rankings_assets, judgments_assets, relabel_assets]
+STAGE_MODULES = [raw_triplets_assets, snippets_assets, rankings_assets, judgments_assets, relabel_assets, prune_assets]
 
 clean_subset_job = dg.define_asset_job(
     name="clean_subset",
-    selection=dg.AssetSelection.assets("raw_triplets").downstream(),
+    selection=dg.AssetSelection.assets("raw_triplets").downstream() - dg.AssetSelection.assets("pruned_collection"),
     description="Every per-subset stage for one partition.",
+)
+collection_job = dg.define_asset_job(
+    name="build_collection",
+    selection=dg.AssetSelection.assets("pruned_collection"),
+    description="The collection-wide stages, after the partitions: the pruned collection.",
 )
 
 
@@ -28,9 +34,9 @@ def build_defs() -> dg.Definitions:
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,
-        jobs=[clean_subset_job],
+        jobs=[clean_subset_job, collection_job],
         sensors=[source_registry_sensor],
-        resources={"duckdb": DuckDBResource(database=str(settings.db_path())), "llm": engine_from_env()},
+        resources={"duckdb": DuckDBStore(database=str(settings.db_path())), "llm": engine_from_env()},
     )
 
 

@@ -11,9 +11,11 @@ import hashlib
 import re
 import unicodedata
 from collections.abc import Iterable
+from contextlib import contextmanager
 
 import duckdb
 import polars as pl
+from dagster_duckdb import DuckDBResource
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS passages (
@@ -88,6 +90,17 @@ CREATE TABLE IF NOT EXISTS ranking_windows (
     template_version VARCHAR NOT NULL,
     model            VARCHAR NOT NULL
 );
+-- The pruned collection: the kept sub-datasets of one cleaning method, in BGE shape.
+CREATE TABLE IF NOT EXISTS pruned_collection (
+    name     VARCHAR NOT NULL,   -- PrunedCollectionConfig.name
+    method   VARCHAR NOT NULL,   -- original | arhn:R+F | rlhn:rlhn | ...
+    subset   VARCHAR NOT NULL,
+    query_id VARCHAR NOT NULL,
+    query    VARCHAR NOT NULL,
+    prompt   VARCHAR,
+    pos      VARCHAR[] NOT NULL,
+    neg      VARCHAR[] NOT NULL
+);
 -- RLHN cascade: one verdict per (stage, query, negative) for every query the stage saw.
 CREATE TABLE IF NOT EXISTS verdicts (
     subset           VARCHAR NOT NULL,
@@ -140,6 +153,15 @@ HAVING count(*) FILTER (WHERE d.action = 'drop_query') = 0;
 
 # Views that join across stages (created after every table, the call table included).
 VIEWS = """
+-- The collection as ingested, in the same shape as cleaned_triplets (method 'original').
+CREATE OR REPLACE VIEW original_triplets AS
+SELECT c.subset, 'original' AS method, c.query_id, any_value(q.text) AS query, any_value(q.prompt) AS prompt,
+       list(p.text ORDER BY c.original_rank) FILTER (WHERE c.role = 'positive') AS pos,
+       list(p.text ORDER BY c.original_rank) FILTER (WHERE c.role = 'negative') AS neg
+FROM candidates c JOIN queries q USING (subset, query_id) JOIN passages p USING (passage_id)
+GROUP BY c.subset, c.query_id;
+CREATE OR REPLACE VIEW triplets AS
+SELECT * FROM original_triplets UNION ALL BY NAME SELECT * FROM cleaned_triplets;
 -- Why was this candidate kept, relabeled or dropped? One row per decision with its texts and raw answers.
 CREATE OR REPLACE VIEW decision_trail AS
 SELECT d.subset, d.method, d.query_id, q.text AS query, d.passage_id, p.text AS passage, d.role,
@@ -225,3 +247,13 @@ def table_counts(conn: duckdb.DuckDBPyConnection, subset: str) -> dict[str, int]
         table: conn.execute(f"SELECT count(*) FROM {table} WHERE subset = ?", [subset]).fetchone()[0]
         for table in PARTITIONED_TABLES
     }
+
+
+class DuckDBStore(DuckDBResource):
+    """The pipeline's DuckDB file: a DuckDBResource whose connections come with every table and view made."""
+
+    @contextmanager
+    def get_connection(self):
+        with super().get_connection() as conn:
+            ensure_schema(conn)
+            yield conn
