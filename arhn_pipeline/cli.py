@@ -135,6 +135,63 @@ def export_cmd(method, pruned, subsets, fmt, out, push_to_hub) -> None:
     click.echo(f"wrote {n:,} queries to {out}")
 
 
+@main.command()
+@click.option("--subset", required=True, help="a registry entry with a `reference` (e.g. trec_dl19_judged)")
+@click.option(
+    "--detector",
+    "detectors",
+    multiple=True,
+    help="margin:M, cascade, stage:NAME, arhn:R+F, rlhn:rlhn, ... (default: margins and what is stored)",
+)
+def agreement(subset: str, detectors: tuple[str, ...]) -> None:
+    """Precision, recall, F1 and Cohen's kappa of false-negative detectors against the subset's reference."""
+    import duckdb
+
+    from arhn_pipeline import agreement as ag
+    from arhn_pipeline.raw_triplets.ingest import ingest
+    from arhn_pipeline.sources.registry import load_registry
+    from arhn_pipeline.store import ensure_schema
+
+    entry = load_registry().get(subset)
+    if entry is None or entry.reference is None:
+        raise click.UsageError(f"{subset!r} is not a registry entry with a `reference`")
+    ref = ag.load_reference(entry.reference.format, entry.reference.path)
+    with duckdb.connect(str(settings.db_path())) as conn:
+        ensure_schema(conn)
+        if not conn.execute("SELECT count(*) FROM queries WHERE subset = ?", [subset]).fetchone()[0]:
+            click.echo(f"ingesting {subset} first")
+            ingest(conn, subset, entry)
+        chosen = list(detectors) or ["margin:0.05", "margin:0.1"] + stored_detectors(conn, subset)
+        header = [
+            "detector",
+            "pairs",
+            "no_prediction",
+            "reference_rate",
+            "flag_rate",
+            "precision",
+            "recall",
+            "f1",
+            "kappa",
+        ]
+        click.echo(f"{subset}: reference {entry.reference.format} ({len(ref):,} labelled negatives)")
+        click.echo("  ".join(f"{h:>14}" for h in header))
+        for detector in chosen:
+            s = ag.scores(ag.predictions(conn, subset, detector), ref)
+            click.echo("  ".join(f"{v:>14}" for v in [detector] + [s[h] for h in header[1:]]))
+
+
+def stored_detectors(conn, subset: str) -> list[str]:
+    methods = [
+        r[0]
+        for r in conn.execute("SELECT DISTINCT method FROM decisions WHERE subset = ? ORDER BY 1", [subset]).fetchall()
+    ]
+    stages = [
+        f"stage:{r[0]}"
+        for r in conn.execute("SELECT DISTINCT stage FROM verdicts WHERE subset = ? ORDER BY 1", [subset]).fetchall()
+    ]
+    return (["cascade"] if stages else []) + stages + methods
+
+
 @main.command("prepare-model")
 def prepare_model() -> None:
     """Convert the packaged SmolLM2-135M-Instruct GGUF to a Hugging Face folder (once; later calls verify)."""

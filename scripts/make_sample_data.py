@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from arhn_pipeline.store import passage_key  # noqa: E402
 
 OUT = Path(__file__).resolve().parent.parent / "data" / "samples"
 
@@ -514,7 +518,11 @@ def build(out: Path = OUT) -> None:
             for k in neg_keys:
                 own_kind = k[1] if k[0] == e["key"] else None
                 label = {"fn": "false_negative", "amb": "ambiguous"}.get(own_kind, "negative")
-                labels.append({"subset": subset, "query_id": qid, "passage_id": pid[k], "label": label})
+                text = topic["entities"][_index(topic, k[0])][k[1]]
+                labels.append(
+                    {"subset": subset, "query_id": qid, "passage_id": pid[k], "passage_key": passage_key(text),
+                     "label": label}
+                )
             if "eval" in e:
                 question, kind = e["eval"]
                 eid = f"{qid}-eval"

@@ -258,3 +258,34 @@ def one_decision_per_candidate_and_method(context: dg.AssetCheckExecutionContext
             {"s": context.partition_key},
         ).fetchone()[0]
     return dg.AssetCheckResult(passed=bad == 0, metadata={"candidates_without_exactly_one_decision": bad})
+
+
+@dg.asset_check(
+    asset=relabeled,
+    blocking=False,
+    description="For partitions whose registry entry names a reference: precision, recall, F1 and kappa "
+    "of every method's and the cascade's false-negative calls against it (informational).",
+)
+def agreement_with_reference(context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource):
+    from arhn_pipeline import agreement as ag
+    from arhn_pipeline.cli import stored_detectors
+    from arhn_pipeline.sources.registry import load_registry
+
+    entry = load_registry().get(context.partition_key)
+    if entry is None or entry.reference is None:
+        return dg.AssetCheckResult(passed=True, metadata={"reference": "none for this partition"})
+    ref = ag.load_reference(entry.reference.format, entry.reference.path)
+    header = ["detector", "pairs", "no_prediction", "reference_rate", "flag_rate", "precision", "recall", "f1", "kappa"]
+    with duckdb.get_connection() as conn:
+        table = []
+        for detector in stored_detectors(conn, context.partition_key):
+            s = ag.scores(ag.predictions(conn, context.partition_key, detector), ref)
+            table.append([detector] + [s[h] for h in header[1:]])
+    return dg.AssetCheckResult(
+        passed=True,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "reference": f"{entry.reference.format}: {entry.reference.path.name}",
+            "agreement": dg.MetadataValue.md(md_table(header, table)),
+        },
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -28,6 +28,15 @@ class HubSource(BaseModel):
     filter: dict[str, Any] = Field(default_factory=dict, description="keep rows whose columns equal these")
 
 
+class Reference(BaseModel):
+    """Labels to measure false-negative detectors against (arhn agreement, and relabeled's agreement check)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["human_grades", "rlhn_labels", "sample_labels"]
+    path: Path
+
+
 class SourceEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -35,6 +44,7 @@ class SourceEntry(BaseModel):
     format: Format
     path: Path | None = None
     hub: HubSource | None = None
+    reference: Reference | None = None
     limit: int | None = Field(default=None, ge=1, description="read only the first N records (a slice)")
     description: str = ""
     in_default_run: bool = Field(
@@ -85,6 +95,8 @@ def load_registry(path: Path | None = None) -> dict[str, SourceEntry]:
         spec = dict(spec or {})
         if "path" in spec:
             spec["path"] = _expand(str(spec["path"]), path.parent)
+        if spec.get("reference"):
+            spec["reference"]["path"] = _expand(str(spec["reference"]["path"]), path.parent)
         if spec.get("hub", {}).get("data_files"):
             spec["hub"]["data_files"] = [str(_expand(f, path.parent)) for f in spec["hub"]["data_files"]]
         try:

@@ -1,0 +1,114 @@
+"""Agreement of a false-negative detector with a reference: precision, recall, F1 and Cohen's kappa of
+"this negative is a false negative", over the negatives the reference labels.
+
+References: `human_grades` (TREC DL judged files: a NIST grade >= 2 is a false negative; ungraded negatives
+are left out), `rlhn_labels` (RLHN's released GPT-4o cascade labels: the final stage's better + worse) and
+`sample_labels` (the embedded samples' planted labels; ambiguous negatives are left out).
+Detectors: `cascade` (the judgments' final verdicts), `stage:NAME` (one cascade stage), `arhn:R+F`,
+`rlhn:hn_remove`, ... (a method's decisions: anything but keep), and `margin:M` (the embedding margin,
+computed on the spot). An answer that could not be parsed is no prediction: counted, never scored.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import numpy as np
+
+from arhn_pipeline.store import passage_key
+
+Key = tuple[str, str]  # (query_id, passage_id)
+
+
+def load_reference(fmt: str, path: Path) -> dict[Key, bool]:
+    ref: dict[Key, bool] = {}
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            qid = str(row.get("query_id", row.get("qid")))
+            if fmt == "human_grades":
+                for text, grade in zip(row["neg"], row["neg_human_grades"], strict=True):
+                    if grade is not None:
+                        ref[(qid, passage_key(text))] = grade >= 2
+            elif fmt == "rlhn_labels":
+                final = row.get("stage2_gpt4o") or row["stage1_gpt4o_mini"]
+                flagged = set(final.get("better", [])) | set(final.get("worse", []))
+                for i, text in enumerate(row["neg"]):
+                    ref[(qid, passage_key(text))] = i in flagged
+            elif fmt == "sample_labels":  # data/samples/labels.jsonl; ambiguous negatives are left out
+                if row["label"] != "ambiguous":
+                    ref[(qid, row["passage_key"])] = row["label"] == "false_negative"
+            else:
+                raise ValueError(f"unknown reference format {fmt!r}: human_grades, rlhn_labels or sample_labels")
+    return ref
+
+
+def predictions(conn: duckdb.DuckDBPyConnection, subset: str, detector: str) -> dict[Key, bool | None]:
+    if detector.startswith("margin:"):
+        return margin_predictions(conn, subset, float(detector.split(":", 1)[1]))
+    if detector == "cascade" or detector.startswith("stage:"):
+        where = "final" if detector == "cascade" else "stage = ?"
+        params = [subset] if detector == "cascade" else [subset, detector.split(":", 1)[1]]
+        rows = conn.execute(
+            f"SELECT query_id, passage_id, verdict FROM verdicts WHERE subset = ? AND {where}", params
+        ).fetchall()
+        pred = {(q, p): None if v == "unparsed" else v in ("better", "worse") for q, p, v in rows}
+        if detector.startswith("stage:"):  # queries the stage never saw were cleared by an earlier stage
+            for q, p in conn.execute(
+                "SELECT query_id, passage_id FROM candidates WHERE subset = ? AND role = 'negative'", [subset]
+            ).fetchall():
+                pred.setdefault((q, p), False)
+        return pred
+    rows = conn.execute(
+        "SELECT query_id, passage_id, action, rule FROM decisions "
+        "WHERE subset = ? AND method = ? AND role = 'negative'",
+        [subset, detector],
+    ).fetchall()
+    return {(q, p): None if "unparsed" in rule else action != "keep" for q, p, action, rule in rows}
+
+
+def margin_predictions(conn: duckdb.DuckDBPyConnection, subset: str, margin: float) -> dict[Key, bool]:
+    from arhn_pipeline import embeddings
+    from arhn_pipeline.judgments.core import margin_labels
+    from arhn_pipeline.store import load_pairs
+
+    pairs = load_pairs(conn, subset)
+    model = embeddings.load()
+    texts = pairs["passage"].unique().to_list()
+    vecs = dict(zip(texts, model.encode(texts, normalize_embeddings=True, batch_size=64), strict=True))
+    out = {}
+    for (qid,), g in pairs.group_by("query_id", maintain_order=True):
+        q = model.encode([g["query"][0]], normalize_embeddings=True)[0]
+        pos = np.stack([vecs[t] for t, r in zip(g["passage"], g["role"], strict=True) if r == "positive"])
+        negs = [(pid, t) for pid, t, r in zip(g["passage_id"], g["passage"], g["role"], strict=True) if r == "negative"]
+        labels, _ = margin_labels(q, pos, np.stack([vecs[t] for _, t in negs]), margin)
+        out.update({(qid, pid): label != "none" for (pid, _), label in zip(negs, labels, strict=True)})
+    return out
+
+
+def scores(pred: dict[Key, bool | None], ref: dict[Key, bool]) -> dict[str, float | int]:
+    both = [(pred[k], ref[k]) for k in ref if k in pred and pred[k] is not None]
+    tp = sum(p and r for p, r in both)
+    fp = sum(p and not r for p, r in both)
+    fn = sum(r and not p for p, r in both)
+    tn = len(both) - tp - fp - fn
+    n = len(both)
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    observed = (tp + tn) / n if n else 0.0
+    expected = ((tp + fp) * (tp + fn) + (fn + tn) * (fp + tn)) / (n * n) if n else 0.0
+    kappa = (observed - expected) / (1 - expected) if expected < 1 else 0.0
+    return {
+        "pairs": n,
+        "no_prediction": sum(1 for k in ref if k in pred and pred[k] is None),
+        "not_covered": sum(1 for k in ref if k not in pred),
+        "reference_rate": round((tp + fn) / n, 3) if n else 0.0,
+        "flag_rate": round((tp + fp) / n, 3) if n else 0.0,
+        "precision": round(precision, 3),
+        "recall": round(recall, 3),
+        "f1": round(f1, 3),
+        "kappa": round(kappa, 3),
+    }
