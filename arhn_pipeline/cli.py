@@ -75,6 +75,14 @@ def run(subsets: tuple[str, ...]) -> None:
         result = job.execute_in_process(partition_key=subset, instance=instance, raise_on_error=False)
         if not result.success:
             failed.append(subset)
+    if not failed:
+        click.echo("== collection")
+        if (
+            not defs.resolve_job_def("build_collection")
+            .execute_in_process(instance=instance, raise_on_error=False)
+            .success
+        ):
+            failed.append("build_collection")
     click.echo(f"\ndone: {len(chosen) - len(failed)} of {len(chosen)} partitions succeeded")
     click.echo(f"DuckDB file: {settings.db_path()}")
     click.echo("UI: DAGSTER_HOME=var/dagster .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000")
