@@ -17,18 +17,26 @@ def defs(monkeypatch):
 
 def test_definitions_load_with_every_asset_check_job_and_sensor(defs):
     graph = defs.resolve_asset_graph()
-    assert {k.to_user_string() for k in graph.get_all_asset_keys()} >= {"raw_triplets", "snippets"}
+    per_subset = {"raw_triplets", "snippets", "rankings", "judgments", "relabeled"}
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == per_subset | {"pruned_collection"}
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
     assert checks >= {
         ("raw_triplets", "quarantine_share"),
         ("raw_triplets", "every_query_has_positive_and_negative"),
         ("snippets", "every_pair_has_a_snippet"),
         ("snippets", "snippet_unparsed_share"),
+        ("rankings", "every_candidate_set_is_fully_ranked"),
+        ("rankings", "ranking_unparsed_share"),
+        ("judgments", "judgment_unparsed_share"),
+        ("relabeled", "one_decision_per_candidate_and_method"),
+        ("relabeled", "agreement_with_reference"),
     }
     assert defs.resolve_job_def("clean_subset").partitions_def == subset_partitions
+    assert defs.resolve_job_def("build_collection").partitions_def is None
     assert defs.resolve_sensor_def("source_registry_sensor").default_status == dg.DefaultSensorStatus.RUNNING
     for key in graph.get_all_asset_keys():
-        assert graph.get(key).partitions_def == subset_partitions
+        expected = subset_partitions if key.to_user_string() in per_subset else None
+        assert graph.get(key).partitions_def == expected
 
 
 def test_sensor_adds_one_partition_per_registry_entry():

@@ -111,3 +111,15 @@ class LLMEngine(dg.ConfigurableResource):
 
     def model_id(self) -> str:
         return self.model
+
+    def context_window(self) -> int | None:
+        """Tokens a prompt plus its answer may take, when the engine has a limit."""
+        return None
+
+    def passage_budget(self, configured: int, passages: int, max_tokens: int, overhead: int = 400) -> int:
+        """Tokens per passage for a prompt showing `passages` of them: the configured budget, lowered so that
+        the whole prompt and its answer fit the context window."""
+        window = self.context_window()
+        if window is None:
+            return configured
+        return max(16, min(configured, (window - overhead - max_tokens) // max(passages, 1)))

@@ -99,7 +99,23 @@ class VLLMEngine(LLMEngine):
             self._llm = LLM(**kwargs)
         return self._llm
 
+    def context_window(self) -> int | None:
+        return self.max_model_len
+
     def generate(self, requests: list[LLMRequest]) -> list[LLMResult]:
+        """Answer the requests in one vLLM call. A prompt that cannot fit the context window is not sent (vLLM
+        would fail the whole batch): its result is empty with finish_reason `prompt_too_long`."""
+        if not requests:
+            return []
+        sizes = self.count_tokens(requests)
+        fits = [n + r.sampling.max_tokens <= self.max_model_len for n, r in zip(sizes, requests, strict=True)]
+        answered = iter(self._generate([r for r, ok in zip(requests, fits, strict=True) if ok]))
+        return [
+            next(answered) if ok else LLMResult("", "prompt_too_long", prompt_tokens=n, completion_tokens=0)
+            for n, ok in zip(sizes, fits, strict=True)
+        ]
+
+    def _generate(self, requests: list[LLMRequest]) -> list[LLMResult]:
         if not requests:
             return []
         from vllm import SamplingParams

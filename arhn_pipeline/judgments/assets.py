@@ -83,8 +83,10 @@ def run_llm_stage(qs: QuerySet, active: list[str], stage: CascadeStage, llm: LLM
     template = PromptTemplate.load(_prompt_path(stage.prompt)) if stage.prompt else DEFAULT_TEMPLATE
     requests = []
     for qid in active:
-        cut = [llm.truncate(t, stage.passage_max_tokens)[0] for _, t in qs.negatives[qid]]
-        positive = llm.truncate(qs.positive[qid], stage.passage_max_tokens)[0]
+        n = len(qs.negatives[qid])
+        budget = llm.passage_budget(stage.passage_max_tokens, n + 1, core.answer_budget(n))
+        cut = [llm.truncate(t, budget)[0] for _, t in qs.negatives[qid]]
+        positive = llm.truncate(qs.positive[qid], budget)[0]
         requests.append(core.build_request(template, qs.query[qid], positive, cut))
     calls, stats = cached_generate(conn, llm, requests, batch_size, log=log)
     out = {}

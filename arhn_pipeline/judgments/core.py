@@ -29,13 +29,17 @@ def schema(n: int) -> dict:
     }
 
 
+def answer_budget(n: int) -> int:
+    return 24 + 4 * n
+
+
 def build_request(template: PromptTemplate, query: str, positive: str, negatives: list[str]) -> LLMRequest:
     n = len(negatives)
     return LLMRequest(
         messages=template.render(query=query, positive=positive, negatives=negatives),
         template=template.name,
         template_version=template.version,
-        sampling=Sampling(max_tokens=24 + 4 * n, temperature=0.0),
+        sampling=Sampling(max_tokens=answer_budget(n), temperature=0.0),
         structured=Structured("json", schema(n)),
     )
 

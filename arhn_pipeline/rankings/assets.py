@@ -33,12 +33,14 @@ class RankingPlan:
         self.shown: dict[str, str] = {}
         self.states: dict[str, core.QueryRanking] = {}
         self.query_text: dict[str, str] = {}
+        size = min(config.window_size, int(pairs.group_by("query_id").len()["len"].max() or 1))
+        budget = llm.passage_budget(config.passage_max_tokens, size, core.answer_budget(size))
         for (qid,), group in pairs.group_by("query_id", maintain_order=True):
             keys = group["passage_id"].to_list()
             self.query_text[qid] = group["query"][0]
             for key, text in zip(keys, group["passage"], strict=True):
                 if key not in self.shown:
-                    self.shown[key] = llm.truncate(text, config.passage_max_tokens)[0]
+                    self.shown[key] = llm.truncate(text, budget)[0]
             self.states[qid] = core.QueryRanking(order=core.shuffled(keys, qid) if config.shuffle else keys)
         self.spans = {q: core.windows(len(s.order), config.window_size, config.stride) for q, s in self.states.items()}
         self.steps = max((len(s) for s in self.spans.values()), default=0)

@@ -33,13 +33,17 @@ def schema(n: int) -> dict:
     }
 
 
-def build_request(query: str, passages: list[str], max_tokens_per_id: int = 4) -> LLMRequest:
+def answer_budget(n: int) -> int:
+    return 16 + 4 * n
+
+
+def build_request(query: str, passages: list[str]) -> LLMRequest:
     n = len(passages)
     return LLMRequest(
         messages=TEMPLATE.render(query=query, passages=passages),
         template=TEMPLATE.name,
         template_version=TEMPLATE.version,
-        sampling=Sampling(max_tokens=16 + max_tokens_per_id * n, temperature=0.0),
+        sampling=Sampling(max_tokens=answer_budget(n), temperature=0.0),
         structured=Structured("json", schema(n)),
     )
 
