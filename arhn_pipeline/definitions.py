@@ -5,6 +5,7 @@ import dagster as dg
 
 from arhn_pipeline import settings
 from arhn_pipeline.engine.resources import engine_from_env
+from arhn_pipeline.evaluate import assets as evaluate_assets
 from arhn_pipeline.judgments import assets as judgments_assets
 from arhn_pipeline.partitions import source_registry_sensor
 from arhn_pipeline.prune import assets as prune_assets
@@ -13,12 +14,22 @@ from arhn_pipeline.raw_triplets import assets as raw_triplets_assets
 from arhn_pipeline.relabel import assets as relabel_assets
 from arhn_pipeline.snippets import assets as snippets_assets
 from arhn_pipeline.store import DuckDBStore
+from arhn_pipeline.train import assets as train_assets
 
-STAGE_MODULES = [raw_triplets_assets, snippets_assets, rankings_assets, judgments_assets, relabel_assets, prune_assets]
+STAGE_MODULES = [
+    raw_triplets_assets,
+    snippets_assets,
+    rankings_assets,
+    judgments_assets,
+    relabel_assets,
+    prune_assets,
+    train_assets,
+    evaluate_assets,
+]
 
 clean_subset_job = dg.define_asset_job(
     name="clean_subset",
-    selection=dg.AssetSelection.assets("raw_triplets").downstream() - dg.AssetSelection.assets("pruned_collection"),
+    selection=dg.AssetSelection.assets("raw_triplets", "snippets", "rankings", "judgments", "relabeled"),
     description="Every per-subset stage for one partition.",
 )
 collection_job = dg.define_asset_job(
@@ -28,13 +39,25 @@ collection_job = dg.define_asset_job(
 )
 
 
+train_job = dg.define_asset_job(
+    name="train_retriever",
+    selection=dg.AssetSelection.assets("trained_retriever"),
+    description="Fine-tune the retriever for one variant (partition).",
+)
+eval_job = dg.define_asset_job(
+    name="evaluate_retrievers",
+    selection=dg.AssetSelection.assets("retriever_eval"),
+    description="Score the base model and every trained variant on the configured BEIR sets.",
+)
+
+
 def build_defs() -> dg.Definitions:
     assets = dg.load_assets_from_modules(STAGE_MODULES)
     checks = dg.load_asset_checks_from_modules(STAGE_MODULES)
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,
-        jobs=[clean_subset_job, collection_job],
+        jobs=[clean_subset_job, collection_job, train_job, eval_job],
         sensors=[source_registry_sensor],
         resources={"duckdb": DuckDBStore(database=str(settings.db_path())), "llm": engine_from_env()},
     )

@@ -101,6 +101,16 @@ CREATE TABLE IF NOT EXISTS pruned_collection (
     pos      VARCHAR[] NOT NULL,
     neg      VARCHAR[] NOT NULL
 );
+-- Retriever evaluation: one row per (variant, eval set); `base` is the untrained model.
+CREATE TABLE IF NOT EXISTS retriever_eval (
+    variant       VARCHAR NOT NULL,
+    eval_set      VARCHAR NOT NULL,
+    ndcg_at_10    DOUBLE NOT NULL,
+    recall_at_100 DOUBLE NOT NULL,
+    queries       INTEGER NOT NULL,
+    model_path    VARCHAR NOT NULL,
+    evaluated_at  TIMESTAMP NOT NULL
+);
 -- RLHN cascade: one verdict per (stage, query, negative) for every query the stage saw.
 CREATE TABLE IF NOT EXISTS verdicts (
     subset           VARCHAR NOT NULL,

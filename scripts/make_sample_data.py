@@ -520,8 +520,13 @@ def build(out: Path = OUT) -> None:
                 label = {"fn": "false_negative", "amb": "ambiguous"}.get(own_kind, "negative")
                 text = topic["entities"][_index(topic, k[0])][k[1]]
                 labels.append(
-                    {"subset": subset, "query_id": qid, "passage_id": pid[k], "passage_key": passage_key(text),
-                     "label": label}
+                    {
+                        "subset": subset,
+                        "query_id": qid,
+                        "passage_id": pid[k],
+                        "passage_key": passage_key(text),
+                        "label": label,
+                    }
                 )
             if "eval" in e:
                 question, kind = e["eval"]

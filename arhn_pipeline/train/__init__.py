@@ -1,0 +1,1 @@
+"""Fine-tune a retriever on a collection (original or cleaned) with MultipleNegativesRankingLoss."""

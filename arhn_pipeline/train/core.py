@@ -1,0 +1,123 @@
+"""Training examples and the sentence-transformers fine-tuning loop (no Dagster).
+
+One example per (query, positive): relabeled positives add examples, as RLHN's `rlhn` technique intends.
+MultipleNegativesRankingLoss needs the same number of hard negatives in every example; when a cleaned query
+has fewer than asked, `negative_rule` decides:
+  - `sample_with_replacement` (Tevatron's rule): draw the query's own negatives again; a query left with no
+    negative at all borrows from other queries;
+  - `pad_from_other_queries`: fill up with negatives of other queries, drawn with the seed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+RULES = ("sample_with_replacement", "pad_from_other_queries")
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    negatives_per_query: int = 3
+    negative_rule: str = "sample_with_replacement"
+    scale: float = 20.0  # MNRL's inverse temperature
+    epochs: int = 1
+    learning_rate: float = 2e-5
+    batch_size: int = 16
+    max_length: int = 256
+    seed: int = 42
+    query_prefix: str = ""  # e.g. "query: " for E5
+    passage_prefix: str = ""  # e.g. "passage: " for E5
+    warmup_ratio: float = 0.1
+
+
+def examples(rows: list[dict], s: TrainingSettings) -> tuple[list[dict], dict[str, int]]:
+    """rows: {query, pos: [...], neg: [...]} -> columns anchor, positive, negative_1..k; and counts of what
+    the negative rule had to do."""
+    if s.negative_rule not in RULES:
+        raise ValueError(f"negative_rule must be one of {RULES}")
+    rng = random.Random(s.seed)
+    k = s.negatives_per_query
+    pool = [n for r in rows for n in r["neg"]]
+    counts = {"examples": 0, "queries": 0, "short_of_negatives": 0, "borrowed_negatives": 0}
+    out = []
+    for r in rows:
+        if not r["pos"]:
+            continue
+        counts["queries"] += 1
+        own = list(r["neg"])
+        for pos in r["pos"]:
+            if len(own) >= k:
+                negs = rng.sample(own, k)
+            else:
+                counts["short_of_negatives"] += 1
+                if s.negative_rule == "sample_with_replacement" and own:
+                    negs = own + [rng.choice(own) for _ in range(k - len(own))]
+                else:
+                    others = [n for n in pool if n not in own and n not in r["pos"]]
+                    extra = rng.sample(others, min(k - len(own), len(others)))
+                    counts["borrowed_negatives"] += len(extra)
+                    negs = own + extra
+                if len(negs) < k:
+                    continue
+            row = {"anchor": s.query_prefix + r["query"], "positive": s.passage_prefix + pos}
+            row.update({f"negative_{i + 1}": s.passage_prefix + n for i, n in enumerate(negs)})
+            out.append(row)
+    counts["examples"] = len(out)
+    return out, counts
+
+
+def fine_tune(
+    base_model: str, rows: list[dict], out_dir: Path, s: TrainingSettings, log: Callable[[str], None] = print
+) -> dict:
+    """Fine-tune `base_model` (a sentence-transformers name or folder) on `rows`; save it to `out_dir`."""
+    import datasets
+    import torch
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
+    from sentence_transformers import SentenceTransformerTrainingArguments as Args
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from transformers import TrainerCallback, set_seed
+
+    from arhn_pipeline import embeddings
+
+    set_seed(s.seed)
+    torch.manual_seed(s.seed)
+    data, counts = examples(rows, s)
+    if not data:
+        raise ValueError("no training example: every query lacks a positive or enough negatives")
+    model = SentenceTransformer(
+        embeddings.model_location(base_model), device="cpu" if not torch.cuda.is_available() else None
+    )
+    model.max_seq_length = s.max_length
+
+    class Progress(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs:
+                log(f"step {state.global_step}/{state.max_steps}: {logs}")
+
+    args = Args(
+        output_dir=str(out_dir / "checkpoints"),
+        num_train_epochs=s.epochs,
+        per_device_train_batch_size=s.batch_size,
+        learning_rate=s.learning_rate,
+        warmup_ratio=s.warmup_ratio,
+        seed=s.seed,
+        data_seed=s.seed,
+        logging_steps=max(1, len(data) // s.batch_size // 10),
+        save_strategy="no",
+        report_to="none",
+        batch_sampler="no_duplicates",
+        use_cpu=not torch.cuda.is_available(),
+    )
+    trainer = SentenceTransformerTrainer(
+        model=model,
+        args=args,
+        train_dataset=datasets.Dataset.from_list(data),
+        loss=MultipleNegativesRankingLoss(model, scale=s.scale),
+        callbacks=[Progress()],
+    )
+    result = trainer.train()
+    model.save(str(out_dir))
+    return {**counts, "steps": result.global_step, "train_loss": round(float(result.training_loss), 4)}
