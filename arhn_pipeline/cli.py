@@ -53,10 +53,15 @@ def sources_sync() -> None:
         click.echo(f"partitions no longer in the registry (history kept): {orphaned}")
 
 
+DEFAULT_VARIANTS = ("original", "arhn_RF", "rlhn_rlhn")
+
+
 @main.command()
 @click.option("--subset", "subsets", multiple=True, help="partition(s) to run; default: the registry's default run")
-def run(subsets: tuple[str, ...]) -> None:
-    """Materialize every per-subset stage for the chosen partitions, recorded in the Dagster instance."""
+@click.option("--train/--no-train", default=True, help="fine-tune and evaluate the retriever variants afterwards")
+def run(subsets: tuple[str, ...], train: bool) -> None:
+    """Materialize the pipeline for the chosen partitions, then the collection, the retriever variants
+    (original, ARHN R+F, RLHN) and their evaluation; every run is recorded in the Dagster instance."""
     from arhn_pipeline.definitions import defs
     from arhn_pipeline.partitions import sync_partitions
     from arhn_pipeline.sources.registry import load_registry
@@ -68,27 +73,42 @@ def run(subsets: tuple[str, ...]) -> None:
     unknown = [s for s in chosen if s not in registry]
     if unknown:
         raise click.UsageError(f"not in the source registry: {unknown}; known: {sorted(registry)}")
-    job = defs.resolve_job_def("clean_subset")
-    failed = []
-    for subset in chosen:
-        click.echo(f"== {subset}")
-        result = job.execute_in_process(partition_key=subset, instance=instance, raise_on_error=False)
+    steps = [("clean_subset", subset) for subset in chosen] + [("build_collection", None)]
+    if train:
+        steps += [("train_retriever", v) for v in DEFAULT_VARIANTS] + [("evaluate_retrievers", None)]
+    failed = None
+    for job_name, partition in steps:
+        click.echo(f"== {job_name}" + (f" {partition}" if partition else ""))
+        result = defs.resolve_job_def(job_name).execute_in_process(
+            partition_key=partition, instance=instance, raise_on_error=False
+        )
         if not result.success:
-            failed.append(subset)
-    if not failed:
-        click.echo("== collection")
-        if (
-            not defs.resolve_job_def("build_collection")
-            .execute_in_process(instance=instance, raise_on_error=False)
-            .success
-        ):
-            failed.append("build_collection")
-    click.echo(f"\ndone: {len(chosen) - len(failed)} of {len(chosen)} partitions succeeded")
-    click.echo(f"DuckDB file: {settings.db_path()}")
-    click.echo("UI: DAGSTER_HOME=var/dagster .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000")
+            failed = f"{job_name} {partition or ''}".strip()
+            break
+    click.echo(f"\nDuckDB file: {settings.db_path()}")
     if failed:
-        click.echo(f"failed: {failed}", err=True)
+        click.echo(f"failed: {failed} (its run log is in the Dagster UI)", err=True)
+    click.echo(
+        "Open the UI:  DAGSTER_HOME=$PWD/var/dagster .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000"
+        "  (then http://127.0.0.1:3000)"
+    )
+    example = _explain_example(chosen)
+    if example:
+        click.echo(f"Audit a relabeled negative:  .venv/bin/arhn explain {example}")
+    if failed:
         sys.exit(1)
+
+
+def _explain_example(subsets: list[str]) -> str | None:
+    import duckdb
+
+    with duckdb.connect(str(settings.db_path()), read_only=True) as conn:
+        row = conn.execute(
+            "SELECT subset, query_id, passage_id FROM decisions WHERE subset IN (SELECT unnest(?::VARCHAR[])) "
+            "AND action != 'keep' ORDER BY method = 'arhn:R+F' DESC, subset, query_id LIMIT 1",
+            [subsets],
+        ).fetchone()
+    return f"--subset {row[0]} --query {row[1]} --passage {row[2]}" if row else None
 
 
 @main.command()
@@ -198,6 +218,24 @@ def stored_detectors(conn, subset: str) -> list[str]:
         for r in conn.execute("SELECT DISTINCT stage FROM verdicts WHERE subset = ? ORDER BY 1", [subset]).fetchall()
     ]
     return (["cascade"] if stages else []) + stages + methods
+
+
+@main.command()
+@click.option("--subset", required=True)
+@click.option("--query", "query_id", required=True, help="the query id (queries.query_id)")
+@click.option("--passage", "passage_id", default=None, help="one candidate's passage id; default: all candidates")
+def explain(subset: str, query_id: str, passage_id: str | None) -> None:
+    """Why each candidate of a query was kept, relabeled or dropped: per method the rule, snippet, ranks,
+    cascade verdicts, prompt versions, model and raw answers."""
+    import duckdb
+
+    from arhn_pipeline.audit import explain as run_explain
+
+    with duckdb.connect(str(settings.db_path()), read_only=True) as conn:
+        try:
+            click.echo(run_explain(conn, subset, query_id, passage_id))
+        except LookupError as exc:
+            raise click.ClickException(str(exc)) from None
 
 
 @main.command("prepare-model")
