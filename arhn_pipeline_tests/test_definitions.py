@@ -6,6 +6,7 @@ import pytest
 from arhn_pipeline.definitions import build_defs
 from arhn_pipeline.engine.scripted import CALLS
 from arhn_pipeline.partitions import source_registry_sensor, subset_partitions
+from arhn_pipeline.train.assets import variant_partitions
 
 
 @pytest.fixture
@@ -18,7 +19,11 @@ def defs(monkeypatch):
 def test_definitions_load_with_every_asset_check_job_and_sensor(defs):
     graph = defs.resolve_asset_graph()
     per_subset = {"raw_triplets", "snippets", "rankings", "judgments", "relabeled"}
-    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == per_subset | {"pruned_collection"}
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == per_subset | {
+        "pruned_collection",
+        "trained_retriever",
+        "retriever_eval",
+    }
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
     assert checks >= {
         ("raw_triplets", "quarantine_share"),
@@ -35,8 +40,16 @@ def test_definitions_load_with_every_asset_check_job_and_sensor(defs):
     assert defs.resolve_job_def("build_collection").partitions_def is None
     assert defs.resolve_sensor_def("source_registry_sensor").default_status == dg.DefaultSensorStatus.RUNNING
     for key in graph.get_all_asset_keys():
-        expected = subset_partitions if key.to_user_string() in per_subset else None
+        name = key.to_user_string()
+        expected = (
+            subset_partitions if name in per_subset else variant_partitions if name == "trained_retriever" else None
+        )
         assert graph.get(key).partitions_def == expected
+        assert graph.get(key).automation_condition is not None
+    assert defs.resolve_sensor_def("prompt_change_automation").default_status == dg.DefaultSensorStatus.RUNNING
+    assert defs.resolve_schedule_def("nightly_refresh").default_status == dg.DefaultScheduleStatus.STOPPED
+    pools = [set(graph.get(dg.AssetKey(n)).pools) for n in ("snippets", "rankings", "judgments")]
+    assert pools == [{"llm_engine"}] * 3
 
 
 def test_sensor_adds_one_partition_per_registry_entry():

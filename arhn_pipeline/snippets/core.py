@@ -10,7 +10,8 @@ from pathlib import Path
 from arhn_pipeline.engine.base import LLMRequest, Sampling, Structured
 from arhn_pipeline.engine.prompts import PromptTemplate
 
-TEMPLATE = PromptTemplate.load(Path(__file__).with_name("snippet.prompt.yaml"))
+TEMPLATE_PATH = Path(__file__).with_name("snippet.prompt.yaml")
+TEMPLATE = PromptTemplate.load(TEMPLATE_PATH)
 PARSER_VERSION = "snippet-parser-1"
 NO_ANSWER = "NO_ANSWER"
 

@@ -102,7 +102,7 @@ def fine_tune(
         num_train_epochs=s.epochs,
         per_device_train_batch_size=s.batch_size,
         learning_rate=s.learning_rate,
-        warmup_ratio=s.warmup_ratio,
+        warmup_steps=s.warmup_ratio,  # a float below 1 is a share of the steps (Transformers v5)
         seed=s.seed,
         data_seed=s.seed,
         logging_steps=max(1, len(data) // s.batch_size // 10),
