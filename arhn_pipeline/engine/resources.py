@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from arhn_pipeline.engine import sample_oracle  # noqa: F401  (registers the sample_oracle script)
 from arhn_pipeline.engine.base import LLMEngine
 from arhn_pipeline.engine.scripted import ScriptedEngine
 from arhn_pipeline.engine.vllm_engine import SMOLLM2, VLLMEngine

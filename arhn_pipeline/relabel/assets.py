@@ -204,7 +204,8 @@ def relabeled(context: dg.AssetExecutionContext, config: RelabeledConfig, duckdb
         examples = conn.execute(
             """
             SELECT d.method, d.query_id, left(q.text, 60), left(p.text, 90), d.action, d.rule, d.snippet_status,
-                   left(d.snippet, 60), d.rank, d.positive_rank, d.snippet_call_id
+                   left(d.snippet, 60), d.rank, d.positive_rank, d.verdict,
+                   'arhn explain --subset ' || d.subset || ' --query ' || d.query_id || ' --passage ' || d.passage_id
             FROM decisions d JOIN queries q USING (subset, query_id) JOIN passages p USING (passage_id)
             WHERE d.subset = ? AND d.method = ? AND d.action != 'keep'
             ORDER BY d.query_id, d.rank LIMIT 10
@@ -234,7 +235,8 @@ def relabeled(context: dg.AssetExecutionContext, config: RelabeledConfig, duckdb
                         "snippet",
                         "rank",
                         "positive rank",
-                        "snippet call",
+                        "verdict",
+                        "full evidence",
                     ],
                     examples,
                 )

@@ -1,0 +1,120 @@
+"""The UI as a user drives it: the real Dagster webserver (`dagster dev`) and Debian's chromium (headless,
+through Playwright). Open the asset graph, launch a materialization of a sample partition from the
+Launchpad, wait for it, and find the audit table on the relabeled asset's page. Screenshots are kept in
+test-artifacts/ui/."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from arhn_pipeline_tests.conftest import PROJECT
+from arhn_pipeline_tests.test_cli import _free_port, graphql
+
+pytestmark = pytest.mark.browser
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = PROJECT / "test-artifacts" / "ui"
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def webserver(tmp_path):
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{CHROMIUM} is missing: scripts/test.sh installs Debian's chromium")
+        pytest.skip(f"needs Debian's chromium at {CHROMIUM} (scripts/setup.sh --browser)")
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(PROJECT / "dagster.yaml", home / "dagster.yaml")
+    # the sample oracle judges the sample partitions from their planted labels, so relabeling happens
+    env = dict(
+        os.environ,
+        DAGSTER_HOME=str(home),
+        ARHN_ENGINE="scripted",
+        ARHN_SCRIPT="sample_oracle",
+        ARHN_DB=str(tmp_path / "ui.duckdb"),
+    )
+    subprocess.run([BIN / "arhn", "sources", "sync"], env=env, cwd=PROJECT, check=True, capture_output=True)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [BIN / "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+        env=env,
+        cwd=PROJECT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if graphql(port, "{ assetNodes { id } }")["data"]["assetNodes"]:
+                    break
+            except OSError:
+                time.sleep(1)
+        yield port
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def run_statuses(port: int) -> list[str]:
+    data = graphql(port, "{ runsOrError { ... on Runs { results { status } } } }")
+    return [r["status"] for r in data["data"]["runsOrError"]["results"]]
+
+
+def test_launch_a_partition_from_the_ui_and_read_the_audit_table(webserver):
+    from playwright.sync_api import sync_playwright
+
+    port = webserver
+    base = f"http://127.0.0.1:{port}"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    args = [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.goto(f"{base}/asset-groups")
+            page.get_by_role("button", name="Skip").click(timeout=30_000)  # the first-visit newsletter dialog
+            # the lineage view shows the asset groups in graph order
+            for group in ("ingest", "arhn", "rlhn", "relabel", "collection", "retriever"):
+                page.get_by_text(group, exact=True).first.wait_for(timeout=30_000)
+            page.screenshot(path=ARTIFACTS / "1-asset-graph.png")
+
+            page.goto(f"{base}/locations/arhn_pipeline.definitions/jobs/clean_subset/playground")
+            page.get_by_placeholder("Partition").fill("sample_geo")
+            page.get_by_role("menuitem", name="sample_geo").first.click()
+            page.get_by_role("button", name="Launch Run").click()
+            page.wait_for_url("**/runs/**", timeout=30_000)
+            page.screenshot(path=ARTIFACTS / "2-run-launched.png")
+
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and run_statuses(port) != ["SUCCESS"]:
+                assert "FAILURE" not in run_statuses(port)
+                time.sleep(2)
+            assert run_statuses(port) == ["SUCCESS"]
+
+            page.goto(f"{base}/assets/relabeled?view=partitions&partition=sample_geo")
+            page.get_by_text("decisions_by_rule").wait_for(timeout=30_000)
+            page.get_by_text("[Show Markdown]").first.click()
+            dialog = page.get_by_role("dialog")
+            dialog.get_by_text("R_ranked_above_positive").first.wait_for(timeout=30_000)
+            audit = dialog.inner_text()
+            page.screenshot(path=ARTIFACTS / "3-audit-table.png")
+        finally:
+            browser.close()
+    assert "full evidence" in audit and "arhn explain --subset sample_geo --query sample_geo-" in audit
+    assert "to_positive" in audit
