@@ -106,3 +106,23 @@ def test_dagster_dev_serves_the_ui_with_the_assets(cli_env):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_arhn_explain_tells_why_a_negative_was_relabeled(cli_env):
+    env = dict(cli_env, ARHN_SCRIPT="sample_oracle")
+    run([BIN / "arhn", "run", "--subset", "sample_geo", "--no-train"], env)
+    with duckdb.connect(env["ARHN_DB"], read_only=True) as conn:
+        pid = conn.execute(
+            "SELECT passage_id FROM decisions WHERE method = 'arhn:R+F' AND query_id = 'sample_geo-nile' "
+            "AND action = 'to_positive'"
+        ).fetchone()[0]
+    out = run([BIN / "arhn", "explain", "--subset", "sample_geo", "--query", "sample_geo-nile", "--passage", pid], env)
+    assert "how long is the nile river" in out and "Measured from its most distant source" in out
+    assert "arhn:R+F         to_positive    R_ranked_above_positive" in out
+    assert "snippet: answer_verified" in out and 'raw answer: {"snippet": "Measured from' in out
+    assert "rank: 0 (positive at 1)" in out and "raw ranking" in out and '{"ranking": [' in out
+    assert "cascade stage 0 margin (all-MiniLM-L6-v2)" in out
+    assert "prompt versions: snippets=" in out and "model: scripted:sample_oracle" in out
+    assert "also appears in" in out
+    whole = run([BIN / "arhn", "explain", "--subset", "sample_geo", "--query", "sample_geo-nile"], env)
+    assert whole.count("negative #") == 10 and whole.count("positive #") == 1
