@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -78,34 +79,40 @@ def graphql(port: int, query: str) -> dict:
         return json.loads(resp.read())
 
 
-def test_dagster_dev_serves_the_ui_with_the_assets(cli_env):
+@contextmanager
+def dagster_dev(env: dict, timeout: float = 120):
+    """`dagster dev -w workspace.yaml` on a free loopback port; yields the port once the assets are served."""
     port = _free_port()
     proc = subprocess.Popen(
         [BIN / "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-        env=cli_env,
+        env=env,
         cwd=PROJECT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 120
-        nodes = None
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                data = graphql(port, "{ assetNodes { assetKey { path } } }")
-                nodes = {"/".join(n["assetKey"]["path"]) for n in data["data"]["assetNodes"]}
-                if nodes:
+                if graphql(port, "{ assetNodes { id } }")["data"]["assetNodes"]:
                     break
             except OSError:
                 pass
             time.sleep(1)
-        assert nodes and {"raw_triplets", "snippets"} <= nodes
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as resp:
-            assert resp.status == 200 and b"<html" in resp.read().lower()
+        yield port
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_dagster_dev_serves_the_ui_with_the_assets(cli_env):
+    with dagster_dev(cli_env) as port:
+        data = graphql(port, "{ assetNodes { assetKey { path } } }")
+        nodes = {"/".join(n["assetKey"]["path"]) for n in data["data"]["assetNodes"]}
+        assert {"raw_triplets", "snippets", "rankings", "judgments", "relabeled", "retriever_eval"} <= nodes
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as resp:
+            assert resp.status == 200 and b"<html" in resp.read().lower()
 
 
 def test_arhn_explain_tells_why_a_negative_was_relabeled(cli_env):

@@ -5,7 +5,6 @@ test-artifacts/ui/."""
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from arhn_pipeline_tests.conftest import PROJECT
-from arhn_pipeline_tests.test_cli import _free_port, graphql
+from arhn_pipeline_tests.test_cli import dagster_dev, graphql
 
 pytestmark = pytest.mark.browser
 CHROMIUM = "/usr/bin/chromium"
@@ -40,27 +39,8 @@ def webserver(tmp_path):
         ARHN_DB=str(tmp_path / "ui.duckdb"),
     )
     subprocess.run([BIN / "arhn", "sources", "sync"], env=env, cwd=PROJECT, check=True, capture_output=True)
-    port = _free_port()
-    proc = subprocess.Popen(
-        [BIN / "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-        env=env,
-        cwd=PROJECT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if graphql(port, "{ assetNodes { id } }")["data"]["assetNodes"]:
-                    break
-            except OSError:
-                time.sleep(1)
+    with dagster_dev(env) as port:
         yield port
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
 def run_statuses(port: int) -> list[str]:

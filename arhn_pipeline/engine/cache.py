@@ -48,6 +48,10 @@ class CallStats:
     cached_prompt_tokens: int = 0
     engine_seconds: float = 0.0
 
+    def add(self, other: CallStats) -> None:
+        for name in vars(self):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
     @property
     def requests_per_second(self) -> float:
         return self.cache_misses / self.engine_seconds if self.engine_seconds else 0.0

@@ -14,10 +14,8 @@ from arhn_pipeline.engine.base import LLMEngine
 from arhn_pipeline.engine.cache import CallStats, cached_generate, set_parse_status
 from arhn_pipeline.engine.prompts import PromptTemplate, code_version
 from arhn_pipeline.judgments import core
+from arhn_pipeline.llm_stage import llm_stage_asset, unparsed_check
 from arhn_pipeline.markdown import md_table
-from arhn_pipeline.partitions import subset_partitions
-from arhn_pipeline.raw_triplets.assets import raw_triplets
-from arhn_pipeline.snippets.assets import unparsed_check
 from arhn_pipeline.store import load_pairs, replace_partition
 
 DEFAULT_TEMPLATE = PromptTemplate.load(core.DEFAULT_PROMPT)
@@ -111,13 +109,9 @@ def _engine_for(stage: CascadeStage, llm: LLMEngine, current: LLMEngine | None) 
     return wanted
 
 
-@dg.asset(
-    partitions_def=subset_partitions,
-    deps=[raw_triplets],
-    code_version=code_version(DEFAULT_TEMPLATE, core.PARSER_VERSION),
-    kinds={"duckdb", "vllm"},
+@llm_stage_asset(
     group_name="rlhn",
-    pool="llm_engine",
+    code_version=code_version(DEFAULT_TEMPLATE, core.PARSER_VERSION),
     description="RLHN's cascade of judges: per (stage, query, negative) a verdict (better / worse / none / "
     "unparsed); each stage sees only what the stage before it flagged.",
 )
@@ -138,8 +132,7 @@ def judgments(context: dg.AssetExecutionContext, config: JudgmentsConfig, duckdb
                 engine = _engine_for(stage, llm, engine)
                 results, stats = run_llm_stage(qs, active, stage, engine, conn, config.batch_size, context.log.info)
                 model_id = engine.model_id()
-                for field in vars(total):
-                    setattr(total, field, getattr(total, field) + getattr(stats, field))
+                total.add(stats)
             forwarded = [q for q in active if results[q]["verdict"].flagged]
             last = k == len(config.stages) - 1
             for qid in active:

@@ -8,11 +8,9 @@ from pydantic import Field
 from arhn_pipeline.engine.base import LLMEngine, LLMRequest
 from arhn_pipeline.engine.cache import CallStats, cached_generate, set_parse_status
 from arhn_pipeline.engine.prompts import code_version
+from arhn_pipeline.llm_stage import llm_stage_asset, unparsed_check
 from arhn_pipeline.markdown import md_table
-from arhn_pipeline.partitions import subset_partitions
 from arhn_pipeline.rankings import core
-from arhn_pipeline.raw_triplets.assets import raw_triplets
-from arhn_pipeline.snippets.assets import unparsed_check
 from arhn_pipeline.store import load_pairs, replace_partition
 
 
@@ -65,21 +63,16 @@ def rank_partition(
     for step in range(plan.steps):
         active, requests = plan.requests(step)
         calls, stats = cached_generate(conn, llm, requests, config.batch_size, log=log)
-        for field in vars(total):
-            setattr(total, field, getattr(total, field) + getattr(stats, field))
+        total.add(stats)
         for qid, call in zip(active, calls, strict=True):
             span = plan.spans[qid][step]
             states[qid].apply(span, core.parse_permutation(call.response, span[1] - span[0]), call.call_id)
     return states, total
 
 
-@dg.asset(
-    partitions_def=subset_partitions,
-    deps=[raw_triplets],
-    code_version=code_version(core.TEMPLATE, core.PARSER_VERSION),
-    kinds={"duckdb", "vllm"},
+@llm_stage_asset(
     group_name="arhn",
-    pool="llm_engine",
+    code_version=code_version(core.TEMPLATE, core.PARSER_VERSION),
     description="ARHN stage 2: a listwise LLM ranking of each query's candidates (sliding windows when the set "
     "is larger than the window); every candidate's rank and the original positive's rank.",
 )

@@ -8,9 +8,8 @@ from pydantic import Field
 from arhn_pipeline.engine.base import LLMEngine, LLMRequest
 from arhn_pipeline.engine.cache import cached_generate, set_parse_status
 from arhn_pipeline.engine.prompts import code_version
+from arhn_pipeline.llm_stage import llm_stage_asset, unparsed_check
 from arhn_pipeline.markdown import md_table
-from arhn_pipeline.partitions import subset_partitions
-from arhn_pipeline.raw_triplets.assets import raw_triplets
 from arhn_pipeline.snippets import core
 from arhn_pipeline.store import load_pairs, replace_partition
 
@@ -35,13 +34,9 @@ def snippet_requests(
     return requests, shown
 
 
-@dg.asset(
-    partitions_def=subset_partitions,
-    deps=[raw_triplets],
-    code_version=code_version(core.TEMPLATE, core.PARSER_VERSION),
-    kinds={"duckdb", "vllm"},
+@llm_stage_asset(
     group_name="arhn",
-    pool="llm_engine",
+    code_version=code_version(core.TEMPLATE, core.PARSER_VERSION),
     description="ARHN stage 1: per (query, candidate) a verbatim answer snippet or NO_ANSWER, verified "
     "against the passage (answer_verified / answer_unverified / no_answer / unparsed).",
 )
@@ -111,19 +106,3 @@ def every_pair_has_a_snippet(context: dg.AssetCheckExecutionContext, duckdb: Duc
 def snippet_unparsed_share(context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource):
     with duckdb.get_connection() as conn:
         return unparsed_check(conn, "snippets", context.partition_key, SnippetsConfig().max_unparsed_share)
-
-
-def unparsed_check(
-    conn, table: str, subset: str, threshold: float, column: str = "status", where: str = ""
-) -> dg.AssetCheckResult:
-    """Shared by the LLM stages: the share of rows whose answer could not be read, against a threshold."""
-    unparsed, total = conn.execute(
-        f"SELECT count(*) FILTER (WHERE {column} = 'unparsed'), count(*) FROM {table} WHERE subset = ? {where}",
-        [subset],
-    ).fetchone()
-    share = unparsed / total if total else 0.0
-    return dg.AssetCheckResult(
-        passed=share <= threshold,
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata={"unparsed": unparsed, "rows": total, "share": round(share, 4), "threshold": threshold},
-    )
