@@ -7,7 +7,6 @@ tell a repeated line from a conflicting one.
 from __future__ import annotations
 
 import hashlib
-import uuid
 from dataclasses import asdict, dataclass
 
 import duckdb
@@ -137,9 +136,11 @@ def ingest(conn: duckdb.DuckDBPyConnection, subset: str, entry: SourceEntry, bat
     would hold every appended row); one short transaction then swaps them in for the partition's old rows.
     """
     ensure_schema(conn)
-    stage = {t: f"_stage_{t}_{uuid.uuid4().hex[:12]}" for t in PARTITIONED_TABLES}
+    # One staging name per (table, subset): a run killed mid-ingest leaves tables the next run replaces.
+    tag = hashlib.sha256(subset.encode()).hexdigest()[:12]
+    stage = {t: f"_stage_{t}_{tag}" for t in PARTITIONED_TABLES}
     for table, staging in stage.items():
-        conn.execute(f"CREATE TABLE {staging} AS SELECT * FROM {table} LIMIT 0")
+        conn.execute(f"CREATE OR REPLACE TABLE {staging} AS SELECT * FROM {table} LIMIT 0")
     try:
         stats = _stream_into(conn, subset, entry, batch_size, stage)
         conn.execute("BEGIN TRANSACTION")
