@@ -16,8 +16,13 @@ from arhn_pipeline.partitions import subset_partitions
 
 AC = dg.AutomationCondition
 
+# `since_last_handled`: a trigger counts only until the asset is next requested or updated, so the downstream
+# assets of a run that updated the whole chain are not re-requested for their parents' updates in that run.
 RERUN_WHEN_STALE = (
-    (AC.code_version_changed() | AC.any_deps_updated()) & ~AC.missing() & ~AC.in_progress() & ~AC.any_deps_in_progress()
+    (AC.code_version_changed() | AC.any_deps_updated()).since_last_handled()
+    & ~AC.missing()
+    & ~AC.in_progress()
+    & ~AC.any_deps_in_progress()
 ).with_label("materialized, and its prompt/code changed or an upstream partition was updated")
 
 

@@ -74,3 +74,20 @@ def test_prompt_unchanged_requests_nothing_then_an_edit_requests_that_stage_and_
             if result.get_num_requested(key)
         }
     assert by_asset == {"snippets": {"a", "b"}, "relabeled": {"a", "b"}}
+
+
+def test_a_run_that_updates_the_whole_chain_requests_nothing_afterwards(tmp_path, monkeypatch):
+    """The sensor ticks before and after a run of every stage: nothing is stale, so nothing re-runs."""
+    source = write_jsonl(tmp_path / "d.jsonl", [Q1, Q2])
+    monkeypatch.setenv(
+        "ARHN_SOURCES", str(write_registry(tmp_path / "s.yaml", {"d": {"format": "bge", "path": str(source)}}))
+    )
+    monkeypatch.setenv("ARHN_ENGINE", "scripted")
+    monkeypatch.setenv("ARHN_SCRIPT", "arhn_oracle")
+    defs = load_defs()
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("subset", ["d"])
+    before = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    assert defs.resolve_job_def("clean_subset").execute_in_process(partition_key="d", instance=instance).success
+    after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=before.cursor)
+    assert after.total_requested == 0
