@@ -112,3 +112,28 @@ def scores(pred: dict[Key, bool | None], ref: dict[Key, bool]) -> dict[str, floa
         "f1": round(f1, 3),
         "kappa": round(kappa, 3),
     }
+
+
+COLUMNS = ["pairs", "no_prediction", "reference_rate", "flag_rate", "precision", "recall", "f1", "kappa"]
+
+
+def stored_detectors(conn: duckdb.DuckDBPyConnection, subset: str) -> list[str]:
+    """The detectors whose calls are stored for a subset: the cascade, each stage, each method."""
+    methods = [
+        r[0]
+        for r in conn.execute("SELECT DISTINCT method FROM decisions WHERE subset = ? ORDER BY 1", [subset]).fetchall()
+    ]
+    stages = [
+        f"stage:{r[0]}"
+        for r in conn.execute("SELECT DISTINCT stage FROM verdicts WHERE subset = ? ORDER BY 1", [subset]).fetchall()
+    ]
+    return (["cascade"] if stages else []) + stages + methods
+
+
+def table(conn: duckdb.DuckDBPyConnection, subset: str, ref: dict[Key, bool], detectors: list[str]) -> list[list]:
+    """One row per detector: the detector, then COLUMNS."""
+    rows = []
+    for detector in detectors:
+        s = scores(predictions(conn, subset, detector), ref)
+        rows.append([detector] + [s[c] for c in COLUMNS])
+    return rows

@@ -189,35 +189,11 @@ def agreement(subset: str, detectors: tuple[str, ...]) -> None:
         if not conn.execute("SELECT count(*) FROM queries WHERE subset = ?", [subset]).fetchone()[0]:
             click.echo(f"ingesting {subset} first")
             ingest(conn, subset, entry)
-        chosen = list(detectors) or ["margin:0.05", "margin:0.1"] + stored_detectors(conn, subset)
-        header = [
-            "detector",
-            "pairs",
-            "no_prediction",
-            "reference_rate",
-            "flag_rate",
-            "precision",
-            "recall",
-            "f1",
-            "kappa",
-        ]
+        chosen = list(detectors) or ["margin:0.05", "margin:0.1"] + ag.stored_detectors(conn, subset)
         click.echo(f"{subset}: reference {entry.reference.format} ({len(ref):,} labelled negatives)")
-        click.echo("  ".join(f"{h:>14}" for h in header))
-        for detector in chosen:
-            s = ag.scores(ag.predictions(conn, subset, detector), ref)
-            click.echo("  ".join(f"{v:>14}" for v in [detector] + [s[h] for h in header[1:]]))
-
-
-def stored_detectors(conn, subset: str) -> list[str]:
-    methods = [
-        r[0]
-        for r in conn.execute("SELECT DISTINCT method FROM decisions WHERE subset = ? ORDER BY 1", [subset]).fetchall()
-    ]
-    stages = [
-        f"stage:{r[0]}"
-        for r in conn.execute("SELECT DISTINCT stage FROM verdicts WHERE subset = ? ORDER BY 1", [subset]).fetchall()
-    ]
-    return (["cascade"] if stages else []) + stages + methods
+        click.echo("  ".join(f"{h:>14}" for h in ["detector"] + ag.COLUMNS))
+        for row in ag.table(conn, subset, ref, chosen):
+            click.echo("  ".join(f"{v:>14}" for v in row))
 
 
 @main.command()

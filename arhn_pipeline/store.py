@@ -210,14 +210,25 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
     conn.execute(VIEWS)
 
 
+@contextmanager
+def transaction(conn: duckdb.DuckDBPyConnection):
+    """All of the block's writes or none of them."""
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 def replace_partition(
     conn: duckdb.DuckDBPyConnection, table: str, subset: str, frame: pl.DataFrame, methods: list[str] | None = None
 ) -> None:
     """Swap a partition's rows (only those of `methods`, when given) for `frame` in one transaction: other
     partitions are untouched, and a failure leaves the previous rows."""
     cols = [r[0] for r in conn.execute(f"DESCRIBE {table}").fetchall()]
-    conn.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(conn):
         if methods is None:
             conn.execute(f"DELETE FROM {table} WHERE subset = ?", [subset])
         else:
@@ -226,10 +237,6 @@ def replace_partition(
             conn.register("_partition_rows", frame.select(cols))
             conn.execute(f"INSERT INTO {table} SELECT * FROM _partition_rows")
             conn.unregister("_partition_rows")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 def load_pairs(conn: duckdb.DuckDBPyConnection, subset: str) -> pl.DataFrame:

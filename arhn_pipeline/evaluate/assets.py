@@ -13,6 +13,7 @@ from pydantic import Field
 from arhn_pipeline import embeddings, settings
 from arhn_pipeline.evaluate import core
 from arhn_pipeline.markdown import md_table
+from arhn_pipeline.store import transaction
 from arhn_pipeline.train.assets import VARIANTS, retriever_dir, trained_retriever
 
 
@@ -92,15 +93,13 @@ def retriever_eval(context: dg.AssetExecutionContext, config: RetrieverEvalConfi
                 )
             )
     frame = pl.DataFrame(rows)
-    with duckdb.get_connection() as conn:
-        conn.execute("BEGIN TRANSACTION")
+    with duckdb.get_connection() as conn, transaction(conn):
         for r in rows:
             conn.execute("DELETE FROM retriever_eval WHERE variant = ? AND eval_set = ?", [r["variant"], r["eval_set"]])
             conn.execute(
                 "INSERT INTO retriever_eval VALUES (?, ?, ?, ?, ?, ?, now())",
                 [r["variant"], r["eval_set"], r["ndcg_at_10"], r["recall_at_100"], r["queries"], r["model_path"]],
             )
-        conn.execute("COMMIT")
     png = plot_png(frame)
     plot_path = settings.var_dir() / "plots" / "retriever_eval.png"
     plot_path.parent.mkdir(parents=True, exist_ok=True)

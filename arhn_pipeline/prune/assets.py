@@ -7,6 +7,7 @@ from pydantic import Field
 
 from arhn_pipeline.markdown import md_table
 from arhn_pipeline.relabel.assets import relabeled
+from arhn_pipeline.store import transaction
 
 # The seven BGE-collection sub-datasets RLHN keeps (2.35x smaller training set, +1.0 nDCG@10 on BEIR).
 PRESETS = {"rlhn7": ["msmarco_passage", "fiqa", "fever", "arguana", "hotpotqa", "nq", "scidocsrr"]}
@@ -74,14 +75,14 @@ def pruned_collection(context: dg.AssetExecutionContext, config: PrunedCollectio
             raise dg.Failure(f"no triplets for method {config.method!r}: materialize relabeled first")
         fate = choose(stats, config)
         kept = [s for s, why in fate.items() if why == "kept"]
-        conn.execute("BEGIN TRANSACTION")
-        conn.execute("DELETE FROM pruned_collection WHERE name = ?", [config.name])
-        conn.execute(
-            "INSERT INTO pruned_collection SELECT ?, method, subset, query_id, query, prompt, pos, neg FROM triplets "
-            "WHERE method = ? AND subset IN (SELECT unnest(?::VARCHAR[])) AND len(pos) > 0 AND len(neg) > 0",
-            [config.name, config.method, kept],
-        )
-        conn.execute("COMMIT")
+        with transaction(conn):
+            conn.execute("DELETE FROM pruned_collection WHERE name = ?", [config.name])
+            conn.execute(
+                "INSERT INTO pruned_collection "
+                "SELECT ?, method, subset, query_id, query, prompt, pos, neg FROM triplets WHERE method = ? "
+                "AND subset IN (SELECT unnest(?::VARCHAR[])) AND len(pos) > 0 AND len(neg) > 0",
+                [config.name, config.method, kept],
+            )
     table = [
         (
             r["subset"],

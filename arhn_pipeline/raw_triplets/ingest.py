@@ -15,7 +15,7 @@ import polars as pl
 from arhn_pipeline.sources.readers import iter_records
 from arhn_pipeline.sources.registry import SourceEntry
 from arhn_pipeline.sources.rows import RowError, Triplet, parse_row
-from arhn_pipeline.store import PARTITIONED_TABLES, delete_partition, ensure_schema
+from arhn_pipeline.store import PARTITIONED_TABLES, delete_partition, ensure_schema, transaction
 
 # A quarantined line keeps its raw text for inspection, cut at this size so one huge line cannot bloat the table.
 RAW_KEEP_CHARS = 100_000
@@ -143,15 +143,10 @@ def ingest(conn: duckdb.DuckDBPyConnection, subset: str, entry: SourceEntry, bat
         conn.execute(f"CREATE OR REPLACE TABLE {staging} AS SELECT * FROM {table} LIMIT 0")
     try:
         stats = _stream_into(conn, subset, entry, batch_size, stage)
-        conn.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(conn):
             delete_partition(conn, subset, PARTITIONED_TABLES)
             for table, staging in stage.items():
                 conn.execute(f"INSERT INTO {table} SELECT * FROM {staging}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
     finally:
         for staging in stage.values():
             conn.execute(f"DROP TABLE IF EXISTS {staging}")

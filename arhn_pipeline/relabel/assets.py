@@ -270,24 +270,19 @@ def one_decision_per_candidate_and_method(context: dg.AssetCheckExecutionContext
 )
 def agreement_with_reference(context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource):
     from arhn_pipeline import agreement as ag
-    from arhn_pipeline.cli import stored_detectors
     from arhn_pipeline.sources.registry import load_registry
 
     entry = load_registry().get(context.partition_key)
     if entry is None or entry.reference is None:
         return dg.AssetCheckResult(passed=True, metadata={"reference": "none for this partition"})
     ref = ag.load_reference(entry.reference.format, entry.reference.path)
-    header = ["detector", "pairs", "no_prediction", "reference_rate", "flag_rate", "precision", "recall", "f1", "kappa"]
     with duckdb.get_connection() as conn:
-        table = []
-        for detector in stored_detectors(conn, context.partition_key):
-            s = ag.scores(ag.predictions(conn, context.partition_key, detector), ref)
-            table.append([detector] + [s[h] for h in header[1:]])
+        table = ag.table(conn, context.partition_key, ref, ag.stored_detectors(conn, context.partition_key))
     return dg.AssetCheckResult(
         passed=True,
         severity=dg.AssetCheckSeverity.WARN,
         metadata={
             "reference": f"{entry.reference.format}: {entry.reference.path.name}",
-            "agreement": dg.MetadataValue.md(md_table(header, table)),
+            "agreement": dg.MetadataValue.md(md_table(["detector"] + ag.COLUMNS, table)),
         },
     )
