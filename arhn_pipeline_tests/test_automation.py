@@ -8,7 +8,8 @@ import dagster as dg
 import pytest
 
 from arhn_pipeline_tests.conftest import write_jsonl, write_registry
-from arhn_pipeline_tests.test_arhn_pipeline import Q1, Q2
+from arhn_pipeline.engine.scripted import register_script
+from arhn_pipeline_tests.test_arhn_pipeline import Q1, Q2, arhn_oracle
 
 # the modules that hold the snippets asset or an asset object built on it, in import order
 RELOAD = [
@@ -78,16 +79,54 @@ def test_prompt_unchanged_requests_nothing_then_an_edit_requests_that_stage_and_
 
 def test_a_run_that_updates_the_whole_chain_requests_nothing_afterwards(tmp_path, monkeypatch):
     """The sensor ticks before and after a run of every stage: nothing is stale, so nothing re-runs."""
+    defs, instance = single_partition_defs(tmp_path, monkeypatch, "arhn_oracle")
+    before = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    assert defs.resolve_job_def("clean_subset").execute_in_process(partition_key="d", instance=instance).success
+    after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=before.cursor)
+    assert after.total_requested == 0
+
+
+def single_partition_defs(tmp_path, monkeypatch, script: str):
     source = write_jsonl(tmp_path / "d.jsonl", [Q1, Q2])
     monkeypatch.setenv(
         "ARHN_SOURCES", str(write_registry(tmp_path / "s.yaml", {"d": {"format": "bge", "path": str(source)}}))
     )
     monkeypatch.setenv("ARHN_ENGINE", "scripted")
-    monkeypatch.setenv("ARHN_SCRIPT", "arhn_oracle")
+    monkeypatch.setenv("ARHN_SCRIPT", script)
     defs = load_defs()
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("subset", ["d"])
+    return defs, instance
+
+
+def test_sensor_ticks_during_a_run_request_nothing(tmp_path, monkeypatch):
+    """Ticks land in the middle of a whole-job run (the UI's Launchpad run, which records no asset
+    selection): after raw_triplets is written and while the LLM stages run. No tick, during or after,
+    requests anything."""
+    defs, instance = single_partition_defs(tmp_path, monkeypatch, "ticks_mid_run")
+    ticks = [dg.evaluate_automation_conditions(defs=defs, instance=instance)]
+
+    @register_script("ticks_mid_run")
+    def ticks_mid_run(req):
+        if len(ticks) < 4:  # a tick at each of the first LLM calls
+            ticks.append(dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=ticks[-1].cursor))
+        return arhn_oracle(req)
+
+    assert defs.resolve_job_def("clean_subset").execute_in_process(partition_key="d", instance=instance).success
+    for _ in range(2):
+        ticks.append(dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=ticks[-1].cursor))
+    assert len(ticks) == 6
+    assert [t.total_requested for t in ticks] == [0] * 6
+
+
+def test_an_upstream_stage_re_made_by_hand_is_not_chased(tmp_path, monkeypatch):
+    """Only a prompt (code version) change starts work: re-materializing raw_triplets alone leaves the
+    downstream partitions for the user (the UI shows them stale), it does not re-run the LLM stages."""
+    defs, instance = single_partition_defs(tmp_path, monkeypatch, "arhn_oracle")
     before = dg.evaluate_automation_conditions(defs=defs, instance=instance)
     assert defs.resolve_job_def("clean_subset").execute_in_process(partition_key="d", instance=instance).success
-    after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=before.cursor)
-    assert after.total_requested == 0
+    settled = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=before.cursor)
+    ingest = [a for a in defs.assets if a.key.to_user_string() == "raw_triplets"]
+    assert dg.materialize(ingest, partition_key="d", instance=instance, resources=defs.resources).success
+    after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=settled.cursor)
+    assert (settled.total_requested, after.total_requested) == (0, 0)

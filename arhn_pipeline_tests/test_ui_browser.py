@@ -43,9 +43,13 @@ def webserver(tmp_path):
         yield port
 
 
+def runs(port: int) -> list[dict]:
+    query = "{ runsOrError { ... on Runs { results { runId status jobName tags { key value } assetSelection { path } } } } }"
+    return graphql(port, query)["data"]["runsOrError"]["results"]
+
+
 def run_statuses(port: int) -> list[str]:
-    data = graphql(port, "{ runsOrError { ... on Runs { results { status } } } }")
-    return [r["status"] for r in data["data"]["runsOrError"]["results"]]
+    return [r["status"] for r in runs(port)]
 
 
 def test_launch_a_partition_from_the_ui_and_read_the_audit_table(webserver):
@@ -85,7 +89,7 @@ def test_launch_a_partition_from_the_ui_and_read_the_audit_table(webserver):
             while time.monotonic() < deadline and run_statuses(port) != ["SUCCESS"]:
                 assert "FAILURE" not in run_statuses(port)
                 time.sleep(2)
-            assert run_statuses(port) == ["SUCCESS"]
+            assert run_statuses(port) == ["SUCCESS"], runs(port)
 
             page.goto(f"{base}/assets/relabeled?view=partitions&partition=sample_geo")
             page.get_by_text("decisions_by_rule").wait_for(timeout=30_000)
