@@ -7,8 +7,8 @@ from contextlib import contextmanager
 import dagster as dg
 import pytest
 
-from arhn_pipeline_tests.conftest import write_jsonl, write_registry
 from arhn_pipeline.engine.scripted import register_script
+from arhn_pipeline_tests.conftest import write_jsonl, write_registry
 from arhn_pipeline_tests.test_arhn_pipeline import Q1, Q2, arhn_oracle
 
 # the modules that hold the snippets asset or an asset object built on it, in import order

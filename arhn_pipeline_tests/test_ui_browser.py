@@ -44,7 +44,8 @@ def webserver(tmp_path):
 
 
 def runs(port: int) -> list[dict]:
-    query = "{ runsOrError { ... on Runs { results { runId status jobName tags { key value } assetSelection { path } } } } }"
+    fields = "runId status jobName tags { key value } assetSelection { path }"
+    query = "{ runsOrError { ... on Runs { results { " + fields + " } } } }"
     return graphql(port, query)["data"]["runsOrError"]["results"]
 
 

@@ -93,13 +93,19 @@ def main() -> None:
             results[n] = (arhn, base)
             print(f"\n{n:,} queries, {pairs:,} pairs, {size_mib:,.0f} MiB file")
             for name, r in (("arhn ingest", arhn), ("duckdb read_json", base)):
-                print(f"  {name:18} {r['pairs'] / r['seconds']:>10,.0f} pairs/s  {r['seconds']:7.1f} s  "
-                      f"peak {r['peak_mib']:7.0f} MiB")
-            print(f"  ratio arhn / read_json: speed {arhn['seconds'] and base['seconds'] / arhn['seconds']:.2f}x, "
-                  f"peak memory {arhn['peak_mib'] / base['peak_mib']:.2f}x")
+                print(
+                    f"  {name:18} {r['pairs'] / r['seconds']:>10,.0f} pairs/s  {r['seconds']:7.1f} s  "
+                    f"peak {r['peak_mib']:7.0f} MiB"
+                )
+            print(
+                f"  ratio arhn / read_json: speed {arhn['seconds'] and base['seconds'] / arhn['seconds']:.2f}x, "
+                f"peak memory {arhn['peak_mib'] / base['peak_mib']:.2f}x"
+            )
         small, large = results[args.queries][0], results[args.queries * 10][0]
-        print(f"\narhn ingest peak memory, 10x the file: {small['peak_mib']:.0f} -> {large['peak_mib']:.0f} MiB "
-              f"({large['peak_mib'] / small['peak_mib']:.2f}x)")
+        print(
+            f"\narhn ingest peak memory, 10x the file: {small['peak_mib']:.0f} -> {large['peak_mib']:.0f} MiB "
+            f"({large['peak_mib'] / small['peak_mib']:.2f}x)"
+        )
 
 
 if __name__ == "__main__":
