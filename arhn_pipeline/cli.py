@@ -99,10 +99,16 @@ def run(subsets: tuple[str, ...], train: bool) -> None:
         sys.exit(1)
 
 
-def _explain_example(subsets: list[str]) -> str | None:
-    import duckdb
+def _db(read_only: bool = False):
+    """The pipeline's DuckDB file; waits (and says so) while a run is writing to it."""
+    from arhn_pipeline.store import connect
 
-    with duckdb.connect(str(settings.db_path()), read_only=True) as conn:
+    return connect(str(settings.db_path()), read_only=read_only, on_wait=lambda m: click.echo(m, err=True))
+
+
+def _explain_example(subsets: list[str]) -> str | None:
+
+    with _db(read_only=True) as conn:
         row = conn.execute(
             "SELECT subset, query_id, passage_id FROM decisions WHERE subset IN (SELECT unnest(?::VARCHAR[])) "
             "AND action != 'keep' ORDER BY method = 'arhn:R+F' DESC, subset, query_id LIMIT 1",
@@ -120,7 +126,6 @@ def estimate(subset: str, stage: str) -> None:
     Counts use the configured model's own tokenizer (ARHN_ENGINE / ARHN_MODEL); no engine is started.
     Rankings beyond the first sliding window are estimated from the starting order.
     """
-    import duckdb
 
     from arhn_pipeline.engine.estimate import estimate as run_estimate
     from arhn_pipeline.engine.resources import engine_from_env
@@ -129,7 +134,7 @@ def estimate(subset: str, stage: str) -> None:
     from arhn_pipeline.store import load_pairs
 
     llm = engine_from_env()
-    with duckdb.connect(str(settings.db_path())) as conn:
+    with _db() as conn:
         pairs = load_pairs(conn, subset)
         if pairs.is_empty():
             raise click.UsageError(f"no rows for {subset!r} in {settings.db_path()}: materialize raw_triplets first")
@@ -154,11 +159,10 @@ def estimate(subset: str, stage: str) -> None:
 @click.option("--push-to-hub", default=None, help="hf: also push the dataset to this hub repo id")
 def export_cmd(method, pruned, subsets, fmt, out, push_to_hub) -> None:
     """Write a cleaned (or the original, or a pruned) collection as BGE JSONL, Tevatron JSONL or a HF dataset."""
-    import duckdb
 
     from arhn_pipeline.export import export
 
-    with duckdb.connect(str(settings.db_path()), read_only=True) as conn:
+    with _db(read_only=True) as conn:
         n = export(conn, fmt, out, method=method, subsets=list(subsets) or None, pruned=pruned, push_to_hub=push_to_hub)
     click.echo(f"wrote {n:,} queries to {out}")
 
@@ -173,7 +177,6 @@ def export_cmd(method, pruned, subsets, fmt, out, push_to_hub) -> None:
 )
 def agreement(subset: str, detectors: tuple[str, ...]) -> None:
     """Precision, recall, F1 and Cohen's kappa of false-negative detectors against the subset's reference."""
-    import duckdb
 
     from arhn_pipeline import agreement as ag
     from arhn_pipeline.raw_triplets.ingest import ingest
@@ -184,7 +187,7 @@ def agreement(subset: str, detectors: tuple[str, ...]) -> None:
     if entry is None or entry.reference is None:
         raise click.UsageError(f"{subset!r} is not a registry entry with a `reference`")
     ref = ag.load_reference(entry.reference.format, entry.reference.path)
-    with duckdb.connect(str(settings.db_path())) as conn:
+    with _db() as conn:
         ensure_schema(conn)
         if not conn.execute("SELECT count(*) FROM queries WHERE subset = ?", [subset]).fetchone()[0]:
             click.echo(f"ingesting {subset} first")
@@ -203,11 +206,10 @@ def agreement(subset: str, detectors: tuple[str, ...]) -> None:
 def explain(subset: str, query_id: str, passage_id: str | None) -> None:
     """Why each candidate of a query was kept, relabeled or dropped: per method the rule, snippet, ranks,
     cascade verdicts, prompt versions, model and raw answers."""
-    import duckdb
 
     from arhn_pipeline.audit import explain as run_explain
 
-    with duckdb.connect(str(settings.db_path()), read_only=True) as conn:
+    with _db(read_only=True) as conn:
         try:
             click.echo(run_explain(conn, subset, query_id, passage_id))
         except LookupError as exc:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 import unicodedata
-from collections.abc import Iterable
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager, nullcontext
 
 import duckdb
 import polars as pl
@@ -264,6 +265,38 @@ def table_counts(conn: duckdb.DuckDBPyConnection, subset: str) -> dict[str, int]
         table: conn.execute(f"SELECT count(*) FROM {table} WHERE subset = ?", [subset]).fetchone()[0]
         for table in PARTITIONED_TABLES
     }
+
+
+def connect(
+    path: str, read_only: bool = False, wait_seconds: float = 300.0, on_wait: Callable[[str], None] | None = None
+) -> duckdb.DuckDBPyConnection:
+    """Open the DuckDB file from a command-line reader or writer, waiting while another process holds it.
+
+    DuckDB lets one process at a time open a file for writing, and no other process open it at all
+    meanwhile. The pipeline's steps open it only for short pieces of work (never while an engine
+    generates or a model trains), so a reader waits seconds, not a stage: it retries until `wait_seconds`.
+    """
+    deadline = time.monotonic() + wait_seconds
+    delay, told = 0.05, False
+    while True:
+        try:
+            return duckdb.connect(path, read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                raise
+            if on_wait and not told:
+                on_wait(f"{path} is in use by another process (a run writing); waiting up to {wait_seconds:.0f} s")
+                told = True
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
+def opened(db: DuckDBResource | duckdb.DuckDBPyConnection):
+    """A connection for one short piece of work: `db` is a DuckDBResource (a connection is opened now and
+    closed after, so other processes can open the file in between) or an open connection (used as is)."""
+    if isinstance(db, duckdb.DuckDBPyConnection):
+        return nullcontext(db)
+    return db.get_connection()
 
 
 class DuckDBStore(DuckDBResource):

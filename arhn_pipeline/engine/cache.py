@@ -12,8 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import duckdb
+from dagster_duckdb import DuckDBResource
 
 from arhn_pipeline.engine.base import LLMEngine, LLMRequest, LLMResult
+from arhn_pipeline.store import opened
 
 CALLS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS llm_calls (
@@ -81,18 +83,23 @@ def ensure_calls_table(conn: duckdb.DuckDBPyConnection) -> None:
 
 
 def cached_generate(
-    conn: duckdb.DuckDBPyConnection,
+    db: DuckDBResource | duckdb.DuckDBPyConnection,
     engine: LLMEngine,
     requests: list[LLMRequest],
     batch_size: int = 256,
     log: Callable[[str], None] | None = None,
 ) -> tuple[list[StoredCall], CallStats]:
-    """Answer `requests` (in order) from the call table, sending only missing keys to the engine."""
-    ensure_calls_table(conn)
+    """Answer `requests` (in order) from the call table, sending only missing keys to the engine.
+
+    Given a DuckDBResource, the DuckDB file is open only to look up and to store each batch, never while the
+    engine generates, so a reader in another process (`arhn explain`, a notebook) gets in between batches.
+    """
     model = engine.model_id()
     requests = [engine.with_defaults(r) for r in requests]
     keys = [r.cache_key(model) for r in requests]
-    stored = _lookup(conn, set(keys))
+    with opened(db) as conn:
+        ensure_calls_table(conn)
+        stored = _lookup(conn, set(keys))
     stats = CallStats(requests=len(requests))
     todo: dict[str, LLMRequest] = {}
     for key, req in zip(keys, requests, strict=True):
@@ -107,7 +114,8 @@ def cached_generate(
         results = engine.generate([req for _, req in chunk])
         seconds = time.perf_counter() - t0
         stats.engine_seconds += seconds
-        _store(conn, engine, chunk, results, seconds)
+        with opened(db) as conn:
+            _store(conn, engine, chunk, results, seconds)
         for (key, _), res in zip(chunk, results, strict=True):
             stored[key] = StoredCall(key, res.text, res.finish_reason)
             stats.prompt_tokens += res.prompt_tokens

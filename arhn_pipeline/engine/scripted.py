@@ -3,6 +3,7 @@ functions registered by name, so a test (or a user reproducing a case) picks one
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable
 
@@ -34,6 +35,9 @@ class ScriptedEngine(LLMEngine):
     cascade stage that names another model gets another script. Token counts are whitespace words."""
 
     model: str = Field(default="constant_no", description="the script: a function registered with register_script")
+    latency_seconds: float = Field(
+        default=0.0, description="time each generate call takes, as a model's would (for concurrency tests)"
+    )
 
     @property
     def engine_name(self) -> str:
@@ -46,6 +50,7 @@ class ScriptedEngine(LLMEngine):
         if self.model not in SCRIPTS:
             raise KeyError(f"no script named {self.model!r}; registered: {sorted(SCRIPTS)}")
         fn = SCRIPTS[self.model]
+        time.sleep(self.latency_seconds)
         CALLS[self.model] += len(requests)
         out = []
         for req, n in zip(requests, self.count_tokens(requests), strict=True):

@@ -16,7 +16,7 @@ from arhn_pipeline.engine.prompts import PromptTemplate, code_version
 from arhn_pipeline.judgments import core
 from arhn_pipeline.llm_stage import llm_stage_asset, unparsed_check
 from arhn_pipeline.markdown import md_table
-from arhn_pipeline.store import load_pairs, replace_partition
+from arhn_pipeline.store import load_pairs, opened, replace_partition
 
 DEFAULT_TEMPLATE = PromptTemplate.load(core.DEFAULT_PROMPT)
 
@@ -77,7 +77,7 @@ def run_margin_stage(qs: QuerySet, active: list[str], stage: CascadeStage) -> di
     return out
 
 
-def run_llm_stage(qs: QuerySet, active: list[str], stage: CascadeStage, llm: LLMEngine, conn, batch_size, log):
+def run_llm_stage(qs: QuerySet, active: list[str], stage: CascadeStage, llm: LLMEngine, db, batch_size, log):
     template = PromptTemplate.load(_prompt_path(stage.prompt)) if stage.prompt else DEFAULT_TEMPLATE
     requests = []
     for qid in active:
@@ -86,12 +86,13 @@ def run_llm_stage(qs: QuerySet, active: list[str], stage: CascadeStage, llm: LLM
         cut = [llm.truncate(t, budget)[0] for _, t in qs.negatives[qid]]
         positive = llm.truncate(qs.positive[qid], budget)[0]
         requests.append(core.build_request(template, qs.query[qid], positive, cut))
-    calls, stats = cached_generate(conn, llm, requests, batch_size, log=log)
+    calls, stats = cached_generate(db, llm, requests, batch_size, log=log)
     out = {}
     for qid, call in zip(active, calls, strict=True):
         verdict = core.parse_verdict(call.response, len(qs.negatives[qid]))
         out[qid] = dict(verdict=verdict, scores=None, call_id=call.call_id, template=template.version)
-    set_parse_status(conn, {v["call_id"]: v["verdict"].status for v in out.values()})
+    with opened(db) as conn:
+        set_parse_status(conn, {v["call_id"]: v["verdict"].status for v in out.values()})
     return out, stats
 
 
@@ -120,63 +121,65 @@ def judgments(context: dg.AssetExecutionContext, config: JudgmentsConfig, duckdb
     rows, summary = [], []
     total = CallStats()
     engine = None
+    # short connections: the DuckDB file is not held open while an engine generates (see cached_generate)
     with duckdb.get_connection() as conn:
         qs = QuerySet(load_pairs(conn, subset))
-        active = list(qs.query)
-        for k, stage in enumerate(config.stages):
-            if not active:
-                break
-            if stage.kind == "margin":
-                results, model_id = run_margin_stage(qs, active, stage), stage.model or embeddings.DEFAULT_EMBEDDER
-            else:
-                engine = _engine_for(stage, llm, engine)
-                results, stats = run_llm_stage(qs, active, stage, engine, conn, config.batch_size, context.log.info)
-                model_id = engine.model_id()
-                total.add(stats)
-            forwarded = [q for q in active if results[q]["verdict"].flagged]
-            last = k == len(config.stages) - 1
-            for qid in active:
-                r = results[qid]
-                final = last or qid not in forwarded
-                for i, (pid, _) in enumerate(qs.negatives[qid]):
-                    rows.append(
-                        dict(
-                            subset=subset,
-                            stage_index=k,
-                            stage=stage.name,
-                            query_id=qid,
-                            passage_id=pid,
-                            verdict=r["verdict"].labels[i],
-                            score=r["scores"][i] if r["scores"] else None,
-                            status=r["verdict"].status,
-                            notes=r["verdict"].notes or None,
-                            call_id=r["call_id"],
-                            model=model_id,
-                            template_version=r.get("template"),
-                            final=final,
-                        )
+    active = list(qs.query)
+    for k, stage in enumerate(config.stages):
+        if not active:
+            break
+        if stage.kind == "margin":
+            results, model_id = run_margin_stage(qs, active, stage), stage.model or embeddings.DEFAULT_EMBEDDER
+        else:
+            engine = _engine_for(stage, llm, engine)
+            results, stats = run_llm_stage(qs, active, stage, engine, duckdb, config.batch_size, context.log.info)
+            model_id = engine.model_id()
+            total.add(stats)
+        forwarded = [q for q in active if results[q]["verdict"].flagged]
+        last = k == len(config.stages) - 1
+        for qid in active:
+            r = results[qid]
+            final = last or qid not in forwarded
+            for i, (pid, _) in enumerate(qs.negatives[qid]):
+                rows.append(
+                    dict(
+                        subset=subset,
+                        stage_index=k,
+                        stage=stage.name,
+                        query_id=qid,
+                        passage_id=pid,
+                        verdict=r["verdict"].labels[i],
+                        score=r["scores"][i] if r["scores"] else None,
+                        status=r["verdict"].status,
+                        notes=r["verdict"].notes or None,
+                        call_id=r["call_id"],
+                        model=model_id,
+                        template_version=r.get("template"),
+                        final=final,
                     )
-            labels = [lab for q in active for lab in results[q]["verdict"].labels]
-            summary.append(
-                (
-                    stage.name,
-                    stage.kind,
-                    len(active),
-                    len(forwarded),
-                    *(labels.count(v) for v in (core.BETTER, core.WORSE, core.NONE, core.UNPARSED)),
                 )
+        labels = [lab for q in active for lab in results[q]["verdict"].labels]
+        summary.append(
+            (
+                stage.name,
+                stage.kind,
+                len(active),
+                len(forwarded),
+                *(labels.count(v) for v in (core.BETTER, core.WORSE, core.NONE, core.UNPARSED)),
             )
-            context.log.info(f"stage {stage.name}: saw {len(active)} queries, flagged {len(forwarded)}")
-            active = forwarded
-        frame = pl.DataFrame(
-            rows,
-            schema_overrides={
-                "score": pl.Float64,
-                "notes": pl.String,
-                "call_id": pl.String,
-                "template_version": pl.String,
-            },
         )
+        context.log.info(f"stage {stage.name}: saw {len(active)} queries, flagged {len(forwarded)}")
+        active = forwarded
+    frame = pl.DataFrame(
+        rows,
+        schema_overrides={
+            "score": pl.Float64,
+            "notes": pl.String,
+            "call_id": pl.String,
+            "template_version": pl.String,
+        },
+    )
+    with duckdb.get_connection() as conn:
         replace_partition(conn, "verdicts", subset, frame)
     final = frame.filter(pl.col("final"))
     return dg.MaterializeResult(

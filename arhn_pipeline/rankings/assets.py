@@ -54,7 +54,7 @@ class RankingPlan:
 
 
 def rank_partition(
-    pairs: pl.DataFrame, llm: LLMEngine, conn, config: RankingsConfig, log=None
+    pairs: pl.DataFrame, llm: LLMEngine, db, config: RankingsConfig, log=None
 ) -> tuple[dict[str, core.QueryRanking], CallStats]:
     """Rank every query's candidate set; window k of every query goes to the engine in one batch."""
     plan = RankingPlan(pairs, llm, config)
@@ -62,7 +62,7 @@ def rank_partition(
     total = CallStats()
     for step in range(plan.steps):
         active, requests = plan.requests(step)
-        calls, stats = cached_generate(conn, llm, requests, config.batch_size, log=log)
+        calls, stats = cached_generate(db, llm, requests, config.batch_size, log=log)
         total.add(stats)
         for qid, call in zip(active, calls, strict=True):
             span = plan.spans[qid][step]
@@ -79,45 +79,47 @@ def rank_partition(
 def rankings(context: dg.AssetExecutionContext, config: RankingsConfig, duckdb: DuckDBResource, llm: LLMEngine):
     subset = context.partition_key
     model = llm.model_id()
+    # short connections: the DuckDB file is not held open while the engine generates (see cached_generate)
     with duckdb.get_connection() as conn:
         pairs = load_pairs(conn, subset)
-        roles = dict(zip(zip(pairs["query_id"], pairs["passage_id"], strict=True), pairs["role"], strict=True))
-        states, stats = rank_partition(pairs, llm, conn, config, log=context.log.info)
-        rank_rows, window_rows = [], []
-        for qid, state in states.items():
-            ranks = {key: i for i, key in enumerate(state.order)}
-            positive_rank = min(r for key, r in ranks.items() if roles[(qid, key)] == "positive")
-            for key, r in ranks.items():
-                rank_rows.append(
-                    dict(
-                        subset=subset,
-                        query_id=qid,
-                        passage_id=key,
-                        role=roles[(qid, key)],
-                        rank=r,
-                        placed=key in state.placed,
-                        positive_rank=positive_rank,
-                        call_ids=state.call_ids[key],
-                    )
+    roles = dict(zip(zip(pairs["query_id"], pairs["passage_id"], strict=True), pairs["role"], strict=True))
+    states, stats = rank_partition(pairs, llm, duckdb, config, log=context.log.info)
+    rank_rows, window_rows = [], []
+    for qid, state in states.items():
+        ranks = {key: i for i, key in enumerate(state.order)}
+        positive_rank = min(r for key, r in ranks.items() if roles[(qid, key)] == "positive")
+        for key, r in ranks.items():
+            rank_rows.append(
+                dict(
+                    subset=subset,
+                    query_id=qid,
+                    passage_id=key,
+                    role=roles[(qid, key)],
+                    rank=r,
+                    placed=key in state.placed,
+                    positive_rank=positive_rank,
+                    call_ids=state.call_ids[key],
                 )
-            for i, w in enumerate(state.window_log):
-                window_rows.append(
-                    dict(
-                        subset=subset,
-                        query_id=qid,
-                        window_index=i,
-                        span_start=w["span"][0],
-                        span_end=w["span"][1],
-                        shown=w["shown"],
-                        status=w["status"],
-                        repairs=w["repairs"],
-                        call_id=w["call_id"],
-                        template_version=core.TEMPLATE.version,
-                        model=model,
-                    )
+            )
+        for i, w in enumerate(state.window_log):
+            window_rows.append(
+                dict(
+                    subset=subset,
+                    query_id=qid,
+                    window_index=i,
+                    span_start=w["span"][0],
+                    span_end=w["span"][1],
+                    shown=w["shown"],
+                    status=w["status"],
+                    repairs=w["repairs"],
+                    call_id=w["call_id"],
+                    template_version=core.TEMPLATE.version,
+                    model=model,
                 )
+            )
+    windows = pl.DataFrame(window_rows)
+    with duckdb.get_connection() as conn:
         replace_partition(conn, "rankings", subset, pl.DataFrame(rank_rows))
-        windows = pl.DataFrame(window_rows)
         replace_partition(conn, "ranking_windows", subset, windows)
         set_parse_status(conn, dict(zip(windows["call_id"], windows["status"], strict=True)))
     ranks = pl.DataFrame(rank_rows)

@@ -42,29 +42,31 @@ def snippet_requests(
 )
 def snippets(context: dg.AssetExecutionContext, config: SnippetsConfig, duckdb: DuckDBResource, llm: LLMEngine):
     subset = context.partition_key
+    # short connections: the DuckDB file is not held open while the engine generates (see cached_generate)
     with duckdb.get_connection() as conn:
         pairs = load_pairs(conn, subset)
-        requests, shown = snippet_requests(pairs, llm, config)
-        context.log.info(f"{subset}: {len(requests)} snippet requests")
-        calls, stats = cached_generate(conn, llm, requests, config.batch_size, log=context.log.info)
-        verdicts = [core.judge_snippet(c.response, p) for c, p in zip(calls, pairs["passage"], strict=True)]
-        rows = pl.DataFrame(
-            {
-                "subset": subset,
-                "query_id": pairs["query_id"],
-                "passage_id": pairs["passage_id"],
-                "role": pairs["role"],
-                "status": [v.status for v in verdicts],
-                "snippet": [v.snippet for v in verdicts],
-                "match": [v.match for v in verdicts],
-                "detail": [v.detail for v in verdicts],
-                "passage_truncated": [shown[p][1] for p in pairs["passage_id"]],
-                "call_id": [c.call_id for c in calls],
-                "template_version": core.TEMPLATE.version,
-                "model": llm.model_id(),
-            },
-            schema_overrides={"snippet": pl.String, "match": pl.String, "detail": pl.String},
-        )
+    requests, shown = snippet_requests(pairs, llm, config)
+    context.log.info(f"{subset}: {len(requests)} snippet requests")
+    calls, stats = cached_generate(duckdb, llm, requests, config.batch_size, log=context.log.info)
+    verdicts = [core.judge_snippet(c.response, p) for c, p in zip(calls, pairs["passage"], strict=True)]
+    rows = pl.DataFrame(
+        {
+            "subset": subset,
+            "query_id": pairs["query_id"],
+            "passage_id": pairs["passage_id"],
+            "role": pairs["role"],
+            "status": [v.status for v in verdicts],
+            "snippet": [v.snippet for v in verdicts],
+            "match": [v.match for v in verdicts],
+            "detail": [v.detail for v in verdicts],
+            "passage_truncated": [shown[p][1] for p in pairs["passage_id"]],
+            "call_id": [c.call_id for c in calls],
+            "template_version": core.TEMPLATE.version,
+            "model": llm.model_id(),
+        },
+        schema_overrides={"snippet": pl.String, "match": pl.String, "detail": pl.String},
+    )
+    with duckdb.get_connection() as conn:
         replace_partition(conn, "snippets", subset, rows)
         set_parse_status(
             conn,
