@@ -19,6 +19,24 @@ from arhn_pipeline.engine.base import LLMEngine, LLMRequest, LLMResult
 SMOLLM2 = "smollm2"  # the packaged CPU default, converted by engine/prepare.py
 
 
+def sampling_params(request: LLMRequest):
+    """vLLM's SamplingParams for a request: its sampling settings and structured output (choice, JSON schema,
+    regex)."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
+
+    structured = None
+    if request.structured is not None:
+        structured = StructuredOutputsParams(**{request.structured.kind: request.structured.value})
+    return SamplingParams(
+        max_tokens=request.sampling.max_tokens,
+        temperature=request.sampling.temperature,
+        top_p=request.sampling.top_p,
+        seed=request.sampling.seed,
+        structured_outputs=structured,
+    )
+
+
 class VLLMEngine(LLMEngine):
     model: str = Field(
         default=SMOLLM2,
@@ -118,24 +136,7 @@ class VLLMEngine(LLMEngine):
     def _generate(self, requests: list[LLMRequest]) -> list[LLMResult]:
         if not requests:
             return []
-        from vllm import SamplingParams
-        from vllm.sampling_params import StructuredOutputsParams
-
-        params = []
-        for r in requests:
-            structured = None
-            if r.structured is not None:
-                structured = StructuredOutputsParams(**{r.structured.kind: r.structured.value})
-            params.append(
-                SamplingParams(
-                    max_tokens=r.sampling.max_tokens,
-                    temperature=r.sampling.temperature,
-                    top_p=r.sampling.top_p,
-                    seed=r.sampling.seed,
-                    structured_outputs=structured,
-                )
-            )
-        outputs = self.llm().chat([r.chat() for r in requests], params, use_tqdm=False)
+        outputs = self.llm().chat([r.chat() for r in requests], [sampling_params(r) for r in requests], use_tqdm=False)
         return [
             LLMResult(
                 text=o.outputs[0].text,
