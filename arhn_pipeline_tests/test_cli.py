@@ -79,6 +79,13 @@ def graphql(port: int, query: str) -> dict:
         return json.loads(resp.read())
 
 
+def _default_signals() -> None:
+    """A shell that starts jobs in the background may pass SIGINT/SIGTERM down as ignored; `dagster dev` needs
+    them to stop its webserver, daemon and code servers."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 @contextmanager
 def dagster_dev(env: dict, timeout: float = 120):
     """`dagster dev -w workspace.yaml` on a free loopback port; yields the port once the assets are served."""
@@ -90,6 +97,7 @@ def dagster_dev(env: dict, timeout: float = 120):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        preexec_fn=_default_signals,
     )
     try:
         deadline = time.monotonic() + timeout
@@ -103,7 +111,11 @@ def dagster_dev(env: dict, timeout: float = 120):
         yield port
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # its children did not stop: do not leave them running
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
 
 
 def test_dagster_dev_serves_the_ui_with_the_assets(cli_env):
