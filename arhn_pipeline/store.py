@@ -213,7 +213,12 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
 
 @contextmanager
 def transaction(conn: duckdb.DuckDBPyConnection):
-    """All of the block's writes or none of them."""
+    """All of the block's writes or none of them. Inside another `transaction` on the same connection, the
+    block joins it (DuckDB has no nested transactions), so several writes can be made all-or-nothing together."""
+    if id(conn) in _IN_TRANSACTION:
+        yield conn
+        return
+    _IN_TRANSACTION.add(id(conn))
     conn.execute("BEGIN TRANSACTION")
     try:
         yield conn
@@ -221,6 +226,11 @@ def transaction(conn: duckdb.DuckDBPyConnection):
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+    finally:
+        _IN_TRANSACTION.discard(id(conn))
+
+
+_IN_TRANSACTION: set[int] = set()
 
 
 def replace_partition(

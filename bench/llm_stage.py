@@ -88,6 +88,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--subset", default="sample_geo", help="a registry entry (sources.yaml)")
     ap.add_argument("--queries", type=int, default=None, help="only the first N queries of the subset")
+    ap.add_argument("--block-size", type=int, default=None, help="KV-cache block size (default: vLLM's)")
     ap.add_argument(
         "--one-by-one", type=int, default=24, help="the synchronous loop sends the first N prompts (rates compared)"
     )
@@ -126,10 +127,12 @@ def main() -> None:
         ingest(conn, args.subset, entry.model_copy(update={"limit": args.queries}) if args.queries else entry)
         pairs = load_pairs(conn, args.subset)
 
-    engine = KeepLoaded()
+    engine = KeepLoaded(block_size=args.block_size)
     t0 = time.perf_counter()
     llm = engine.llm()
-    print(f"engine: {engine.model_id()}, loaded in {time.perf_counter() - t0:.0f} s", flush=True)
+    block = llm.llm_engine.vllm_config.cache_config.block_size
+    seconds = time.perf_counter() - t0
+    print(f"engine: {engine.model_id()}, KV-cache block {block} tokens, loaded in {seconds:.0f} s", flush=True)
     requests, shown = snippet_requests(pairs, engine, SnippetsConfig())
     requests = [engine.with_defaults(r) for r in requests]
     chat_figures("warm-up", llm, requests[-4:])  # first-call costs (structured-output grammar) out of the way

@@ -53,6 +53,11 @@ class VLLMEngine(LLMEngine):
     enable_prefix_caching: bool = Field(default=True, description="reuse the KV cache of shared prompt prefixes")
     seed: int = Field(default=0, description="engine seed, for reproducible sampling")
     max_num_seqs: int | None = Field(default=None, description="cap on concurrently decoded sequences")
+    block_size: int | None = Field(
+        default=None,
+        description="KV-cache block size in tokens; the prefix cache reuses whole blocks (vLLM's default: 128 on "
+        "CPU, 16 on GPU)",
+    )
 
     _llm: Any = PrivateAttr(default=None)
 
@@ -110,6 +115,8 @@ class VLLMEngine(LLMEngine):
             )
             if self.max_num_seqs:
                 kwargs["max_num_seqs"] = self.max_num_seqs
+            if self.block_size:
+                kwargs["block_size"] = self.block_size
             from vllm.platforms import current_platform
 
             if not current_platform.is_cpu():

@@ -11,7 +11,7 @@ from arhn_pipeline.engine.prompts import code_version
 from arhn_pipeline.llm_stage import llm_stage_asset, unparsed_check
 from arhn_pipeline.markdown import md_table
 from arhn_pipeline.rankings import core
-from arhn_pipeline.store import load_pairs, replace_partition
+from arhn_pipeline.store import load_pairs, replace_partition, transaction
 
 
 class RankingsConfig(dg.Config):
@@ -118,7 +118,7 @@ def rankings(context: dg.AssetExecutionContext, config: RankingsConfig, duckdb: 
                 )
             )
     windows = pl.DataFrame(window_rows)
-    with duckdb.get_connection() as conn:
+    with duckdb.get_connection() as conn, transaction(conn):  # both tables, or neither
         replace_partition(conn, "rankings", subset, pl.DataFrame(rank_rows))
         replace_partition(conn, "ranking_windows", subset, windows)
         set_parse_status(conn, dict(zip(windows["call_id"], windows["status"], strict=True)))
