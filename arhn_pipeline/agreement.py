@@ -15,7 +15,6 @@ import json
 from pathlib import Path
 
 import duckdb
-import numpy as np
 
 from arhn_pipeline.store import passage_key
 
@@ -71,20 +70,14 @@ def predictions(conn: duckdb.DuckDBPyConnection, subset: str, detector: str) -> 
 
 def margin_predictions(conn: duckdb.DuckDBPyConnection, subset: str, margin: float) -> dict[Key, bool]:
     from arhn_pipeline import embeddings
-    from arhn_pipeline.judgments.core import margin_labels
+    from arhn_pipeline.judgments.core import NONE, QuerySet, margin_label_sets
     from arhn_pipeline.store import load_pairs
 
-    pairs = load_pairs(conn, subset)
-    model = embeddings.load()
-    texts = pairs["passage"].unique().to_list()
-    vecs = dict(zip(texts, model.encode(texts, normalize_embeddings=True, batch_size=64), strict=True))
+    qs = QuerySet(load_pairs(conn, subset))
+    items = [(qs.query[q], qs.positives[q], [t for _, t in qs.negatives[q]]) for q in qs.query]
     out = {}
-    for (qid,), g in pairs.group_by("query_id", maintain_order=True):
-        q = model.encode([g["query"][0]], normalize_embeddings=True)[0]
-        pos = np.stack([vecs[t] for t, r in zip(g["passage"], g["role"], strict=True) if r == "positive"])
-        negs = [(pid, t) for pid, t, r in zip(g["passage_id"], g["passage"], g["role"], strict=True) if r == "negative"]
-        labels, _ = margin_labels(q, pos, np.stack([vecs[t] for _, t in negs]), margin)
-        out.update({(qid, pid): label != "none" for (pid, _), label in zip(negs, labels, strict=True)})
+    for qid, (labels, _) in zip(qs.query, margin_label_sets(embeddings.load(), items, margin), strict=True):
+        out.update({(qid, pid): label != NONE for (pid, _), label in zip(qs.negatives[qid], labels, strict=True)})
     return out
 
 

@@ -45,22 +45,16 @@ def trec_dl_variants(shared: Path) -> dict[str, list[dict]]:
 
 
 def scifact_variants(shared: Path) -> dict[str, list[dict]]:
-    import numpy as np
-
-    from arhn_pipeline.judgments.core import margin_labels
+    from arhn_pipeline.judgments.core import NONE, margin_label_sets
 
     rows = read_jsonl(shared / "train" / "scifact_train_bm25_hardneg.jsonl")
     # the negatives as mined: the top 3 BM25 negatives, as in DESIGN.md's measurement
     original = [{"query": r["query"], "pos": r["pos"], "neg": r["neg"][:3]} for r in rows]
-    model = embeddings.load()
     t0 = time.perf_counter()
+    items = [(r["query"], r["pos"], r["neg"]) for r in original]
     cleaned, flagged = [], 0
-    for r in original:
-        q = model.encode([r["query"]], normalize_embeddings=True)[0]
-        pos = model.encode(r["pos"], normalize_embeddings=True)
-        neg = model.encode(r["neg"], normalize_embeddings=True)
-        labels, _ = margin_labels(q, np.atleast_2d(pos), np.atleast_2d(neg), margin=0.05)
-        keep = [n for n, lab in zip(r["neg"], labels, strict=True) if lab == "none"]
+    for r, (labels, _) in zip(original, margin_label_sets(embeddings.load(), items, margin=0.05), strict=True):
+        keep = [n for n, lab in zip(r["neg"], labels, strict=True) if lab == NONE]
         flagged += len(r["neg"]) - len(keep)
         cleaned.append({"query": r["query"], "pos": r["pos"], "neg": keep})
     print(

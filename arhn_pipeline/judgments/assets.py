@@ -4,7 +4,6 @@ flagged (or could not read), and its verdict replaces stage k's."""
 from typing import Literal
 
 import dagster as dg
-import numpy as np
 import polars as pl
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
@@ -44,40 +43,16 @@ class JudgmentsConfig(dg.Config):
     max_unparsed_share: float = Field(default=0.05, description="the unparsed check fails above this share")
 
 
-class QuerySet:
-    """A partition's queries with their first positive and their negatives, in source order."""
-
-    def __init__(self, pairs: pl.DataFrame):
-        self.query: dict[str, str] = {}
-        self.positive: dict[str, str] = {}
-        self.positives: dict[str, list[str]] = {}
-        self.negatives: dict[str, list[tuple[str, str]]] = {}
-        for row in pairs.iter_rows(named=True):
-            qid = row["query_id"]
-            self.query[qid] = row["query"]
-            if row["role"] == "positive":
-                self.positive.setdefault(qid, row["passage"])
-                self.positives.setdefault(qid, []).append(row["passage"])
-            else:
-                self.negatives.setdefault(qid, []).append((row["passage_id"], row["passage"]))
-
-
-def run_margin_stage(qs: QuerySet, active: list[str], stage: CascadeStage) -> dict[str, dict]:
+def run_margin_stage(qs: core.QuerySet, active: list[str], stage: CascadeStage) -> dict[str, dict]:
     model = embeddings.load(stage.model or embeddings.DEFAULT_EMBEDDER)
-    texts = sorted({t for q in active for t in qs.positives[q] + [n for _, n in qs.negatives[q]]})
-    index = {t: i for i, t in enumerate(texts)}
-    passage_vecs = model.encode(texts, normalize_embeddings=True, batch_size=64, convert_to_numpy=True)
-    query_vecs = model.encode([qs.query[q] for q in active], normalize_embeddings=True, convert_to_numpy=True)
-    out = {}
-    for qvec, qid in zip(query_vecs, active, strict=True):
-        pos = np.stack([passage_vecs[index[t]] for t in qs.positives[qid]])
-        neg = np.stack([passage_vecs[index[t]] for _, t in qs.negatives[qid]])
-        labels, scores = core.margin_labels(qvec, pos, neg, stage.margin)
-        out[qid] = dict(verdict=core.Verdict(labels, "parsed"), scores=scores, call_id=None)
-    return out
+    items = [(qs.query[q], qs.positives[q], [t for _, t in qs.negatives[q]]) for q in active]
+    return {
+        qid: dict(verdict=core.Verdict(labels, "parsed"), scores=scores, call_id=None)
+        for qid, (labels, scores) in zip(active, core.margin_label_sets(model, items, stage.margin), strict=True)
+    }
 
 
-def run_llm_stage(qs: QuerySet, active: list[str], stage: CascadeStage, llm: LLMEngine, db, batch_size, log):
+def run_llm_stage(qs: core.QuerySet, active: list[str], stage: CascadeStage, llm: LLMEngine, db, batch_size, log):
     template = PromptTemplate.load(_prompt_path(stage.prompt)) if stage.prompt else DEFAULT_TEMPLATE
     requests = []
     for qid in active:
@@ -123,7 +98,7 @@ def judgments(context: dg.AssetExecutionContext, config: JudgmentsConfig, duckdb
     engine = None
     # short connections: the DuckDB file is not held open while an engine generates (see cached_generate)
     with duckdb.get_connection() as conn:
-        qs = QuerySet(load_pairs(conn, subset))
+        qs = core.QuerySet(load_pairs(conn, subset))
     active = list(qs.query)
     for k, stage in enumerate(config.stages):
         if not active:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 
 from arhn_pipeline.engine.base import LLMRequest, Sampling, Structured
 from arhn_pipeline.engine.prompts import PromptTemplate
@@ -83,6 +84,40 @@ def parse_verdict(response: str, n: int) -> Verdict:
     if both:
         notes.append(f"ids in both lists counted as better: {sorted(both)}")
     return Verdict(labels, "repaired" if notes else "parsed", "; ".join(notes))
+
+
+class QuerySet:
+    """A partition's queries with their first positive and their negatives, in source order."""
+
+    def __init__(self, pairs: pl.DataFrame):
+        self.query: dict[str, str] = {}
+        self.positive: dict[str, str] = {}
+        self.positives: dict[str, list[str]] = {}
+        self.negatives: dict[str, list[tuple[str, str]]] = {}
+        for row in pairs.iter_rows(named=True):
+            qid = row["query_id"]
+            self.query[qid] = row["query"]
+            if row["role"] == "positive":
+                self.positive.setdefault(qid, row["passage"])
+                self.positives.setdefault(qid, []).append(row["passage"])
+            else:
+                self.negatives.setdefault(qid, []).append((row["passage_id"], row["passage"]))
+
+
+def margin_label_sets(
+    model, items: list[tuple[str, list[str], list[str]]], margin: float
+) -> list[tuple[list[str], list[float]]]:
+    """`margin_labels` for each (query, positives, negatives) of a set, with an embedding model: every distinct
+    passage and every query encoded once, in batches."""
+    texts = sorted({t for _, pos, neg in items for t in pos + neg})
+    index = {t: i for i, t in enumerate(texts)}
+    passage_vecs = model.encode(texts, normalize_embeddings=True, batch_size=64, convert_to_numpy=True)
+    query_vecs = model.encode([q for q, _, _ in items], normalize_embeddings=True, convert_to_numpy=True)
+
+    def vecs(passages: list[str]) -> np.ndarray:
+        return np.stack([passage_vecs[index[t]] for t in passages])
+
+    return [margin_labels(q, vecs(pos), vecs(neg), margin) for q, (_, pos, neg) in zip(query_vecs, items, strict=True)]
 
 
 def margin_labels(
