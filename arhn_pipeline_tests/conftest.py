@@ -55,3 +55,25 @@ def write_registry(path: Path, entries: dict) -> Path:
 
     path.write_text(yaml.safe_dump({"sources": entries}), encoding="utf-8")
     return path
+
+
+def one_source_pipeline(tmp_path, monkeypatch, source: Path, script: str | None, name: str = "toy", load=None):
+    """The shipped definitions over a registry of one BGE source, with a scripted engine answering by `script`
+    (None: the real vLLM engine), and an ephemeral instance that knows the partition. `load` builds the
+    definitions (default: `build_defs`)."""
+    import dagster as dg
+
+    monkeypatch.setenv(
+        "ARHN_SOURCES", str(write_registry(tmp_path / "sources.yaml", {name: {"format": "bge", "path": str(source)}}))
+    )
+    if script:
+        monkeypatch.setenv("ARHN_ENGINE", "scripted")
+        monkeypatch.setenv("ARHN_SCRIPT", script)
+    else:
+        monkeypatch.setenv("ARHN_ENGINE", "vllm")
+    if load is None:
+        from arhn_pipeline.definitions import build_defs as load
+    defs = load()
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("subset", [name])
+    return defs, instance

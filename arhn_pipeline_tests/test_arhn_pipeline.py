@@ -4,14 +4,12 @@ are chosen per passage to drive every decision path; and once with the real vLLM
 import json
 import re
 
-import dagster as dg
 import duckdb
 import pytest
 
-from arhn_pipeline.definitions import build_defs
 from arhn_pipeline.engine.base import LLMRequest
 from arhn_pipeline.engine.scripted import register_script
-from arhn_pipeline_tests.conftest import PROJECT, write_jsonl, write_registry
+from arhn_pipeline_tests.conftest import PROJECT, one_source_pipeline, write_jsonl
 
 Q1 = {
     "query_id": "q1",
@@ -56,16 +54,7 @@ def arhn_oracle(req: LLMRequest) -> str:
 def run_partition(tmp_path, monkeypatch, script, rows=None, source=None, name="toy"):
     if source is None:
         source = write_jsonl(tmp_path / "toy.jsonl", rows)
-    registry = write_registry(tmp_path / "sources.yaml", {name: {"format": "bge", "path": str(source)}})
-    monkeypatch.setenv("ARHN_SOURCES", str(registry))
-    if script:
-        monkeypatch.setenv("ARHN_ENGINE", "scripted")
-        monkeypatch.setenv("ARHN_SCRIPT", script)
-    else:
-        monkeypatch.setenv("ARHN_ENGINE", "vllm")
-    defs = build_defs()
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("subset", [name])
+    defs, instance = one_source_pipeline(tmp_path, monkeypatch, source, script, name)
     result = defs.resolve_job_def("clean_subset").execute_in_process(partition_key=name, instance=instance)
     assert result.success
     return result

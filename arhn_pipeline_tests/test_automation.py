@@ -8,7 +8,7 @@ import dagster as dg
 import pytest
 
 from arhn_pipeline.engine.scripted import register_script
-from arhn_pipeline_tests.conftest import write_jsonl, write_registry
+from arhn_pipeline_tests.conftest import one_source_pipeline, write_jsonl, write_registry
 from arhn_pipeline_tests.test_arhn_pipeline import Q1, Q2, arhn_oracle
 
 # the modules that hold the snippets asset or an asset object built on it, in import order
@@ -88,15 +88,7 @@ def test_a_run_that_updates_the_whole_chain_requests_nothing_afterwards(tmp_path
 
 def single_partition_defs(tmp_path, monkeypatch, script: str):
     source = write_jsonl(tmp_path / "d.jsonl", [Q1, Q2])
-    monkeypatch.setenv(
-        "ARHN_SOURCES", str(write_registry(tmp_path / "s.yaml", {"d": {"format": "bge", "path": str(source)}}))
-    )
-    monkeypatch.setenv("ARHN_ENGINE", "scripted")
-    monkeypatch.setenv("ARHN_SCRIPT", script)
-    defs = load_defs()
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("subset", ["d"])
-    return defs, instance
+    return one_source_pipeline(tmp_path, monkeypatch, source, script, name="d", load=load_defs)
 
 
 def test_sensor_ticks_during_a_run_request_nothing(tmp_path, monkeypatch):

@@ -86,6 +86,13 @@ def _default_signals() -> None:
         signal.signal(sig, signal.SIG_DFL)
 
 
+def runs(port: int) -> list[dict]:
+    """Every run the webserver knows, newest first: id, status, job, tags, asset selection."""
+    fields = "runId status jobName tags { key value } assetSelection { path }"
+    query = "{ runsOrError { ... on Runs { results { " + fields + " } } } }"
+    return graphql(port, query)["data"]["runsOrError"]["results"]
+
+
 @contextmanager
 def dagster_dev(env: dict, timeout: float = 120):
     """`dagster dev -w workspace.yaml` on a free loopback port; yields the port once the assets are served."""

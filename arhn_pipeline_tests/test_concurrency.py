@@ -18,7 +18,7 @@ import pytest
 
 from arhn_pipeline.store import connect
 from arhn_pipeline_tests.conftest import PROJECT
-from arhn_pipeline_tests.test_cli import BIN, dagster_dev, graphql
+from arhn_pipeline_tests.test_cli import BIN, dagster_dev, graphql, runs
 
 
 def test_a_reader_waits_for_a_writer_in_another_process_then_reads(tmp_path):
@@ -60,7 +60,6 @@ def test_a_reader_gives_up_with_the_lock_error_after_its_wait(tmp_path):
         proc.wait()
 
 
-RUN_QUERY = "{ runsOrError { ... on Runs { results { runId status } } } }"
 LAUNCH = """mutation {
   launchRun(executionParams: {
     selector: {repositoryLocationName: "arhn_pipeline.definitions", repositoryName: "__repository__",
@@ -97,7 +96,7 @@ def test_webserver_run_and_reader_at_once(tmp_path):
         deadline = time.monotonic() + 600
         status = "QUEUED"
         while time.monotonic() < deadline:
-            status = graphql(port, RUN_QUERY)["data"]["runsOrError"]["results"][0]["status"]
+            status = runs(port)[0]["status"]
             ui_answers += 1
             if status in ("SUCCESS", "FAILURE", "CANCELED"):
                 break

@@ -3,16 +3,14 @@ real fine-tuning run, and the eval table through Dagster."""
 
 import math
 
-import dagster as dg
 import duckdb
 import numpy as np
 import pytest
 
 from arhn_pipeline import embeddings
-from arhn_pipeline.definitions import build_defs
 from arhn_pipeline.evaluate import core as ev
 from arhn_pipeline.train import core as tr
-from arhn_pipeline_tests.conftest import write_jsonl, write_registry
+from arhn_pipeline_tests.conftest import one_source_pipeline, write_jsonl
 
 
 def test_examples_one_per_positive_with_the_negative_rule():
@@ -86,14 +84,7 @@ def test_tiny_training_run_changes_weights_and_scores(tmp_path):
 
 def test_eval_table_has_one_row_per_variant_and_set(tmp_path, monkeypatch):
     source = write_jsonl(tmp_path / "toy.jsonl", [dict(r, query_id=f"t{i}") for i, r in enumerate(TOY)])
-    monkeypatch.setenv(
-        "ARHN_SOURCES", str(write_registry(tmp_path / "s.yaml", {"toy": {"format": "bge", "path": str(source)}}))
-    )
-    monkeypatch.setenv("ARHN_ENGINE", "scripted")
-    monkeypatch.setenv("ARHN_SCRIPT", "constant_no")
-    defs = build_defs()
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("subset", ["toy"])
+    defs, instance = one_source_pipeline(tmp_path, monkeypatch, source, "constant_no")
     assert defs.resolve_job_def("clean_subset").execute_in_process(partition_key="toy", instance=instance).success
     train_config = {
         "ops": {"trained_retriever": {"config": {"batch_size": 4, "negatives_per_query": 2, "max_length": 32}}}

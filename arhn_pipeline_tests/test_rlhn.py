@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 
 from arhn_pipeline import embeddings
-from arhn_pipeline.definitions import build_defs
 from arhn_pipeline.engine.base import LLMRequest
 from arhn_pipeline.engine.scripted import CALLS, register_script
 from arhn_pipeline.judgments import core
 from arhn_pipeline.relabel import rlhn
-from arhn_pipeline_tests.conftest import PROJECT, write_jsonl, write_registry
+from arhn_pipeline_tests.conftest import PROJECT, one_source_pipeline, write_jsonl
 
 
 @pytest.mark.parametrize(
@@ -116,14 +115,7 @@ def toy_rows():
 
 def test_two_stage_cascade_sends_only_flagged_queries_to_stage_two(tmp_path, monkeypatch):
     source = write_jsonl(tmp_path / "toy.jsonl", toy_rows())
-    monkeypatch.setenv(
-        "ARHN_SOURCES", str(write_registry(tmp_path / "s.yaml", {"toy": {"format": "bge", "path": str(source)}}))
-    )
-    monkeypatch.setenv("ARHN_ENGINE", "scripted")
-    monkeypatch.setenv("ARHN_SCRIPT", "cheap_judge")
-    defs = build_defs()
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("subset", ["toy"])
+    defs, instance = one_source_pipeline(tmp_path, monkeypatch, source, "cheap_judge")
     stages = [{"name": "cheap", "kind": "llm"}, {"name": "strong", "kind": "llm", "model": "strong_judge"}]
     before = CALLS["strong_judge"]
     run_config = {

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from arhn_pipeline_tests.conftest import PROJECT
-from arhn_pipeline_tests.test_cli import dagster_dev, graphql
+from arhn_pipeline_tests.test_cli import dagster_dev, runs
 
 pytestmark = pytest.mark.browser
 CHROMIUM = "/usr/bin/chromium"
@@ -41,12 +41,6 @@ def webserver(tmp_path):
     subprocess.run([BIN / "arhn", "sources", "sync"], env=env, cwd=PROJECT, check=True, capture_output=True)
     with dagster_dev(env) as port:
         yield port
-
-
-def runs(port: int) -> list[dict]:
-    fields = "runId status jobName tags { key value } assetSelection { path }"
-    query = "{ runsOrError { ... on Runs { results { " + fields + " } } } }"
-    return graphql(port, query)["data"]["runsOrError"]["results"]
 
 
 def run_statuses(port: int) -> list[str]:

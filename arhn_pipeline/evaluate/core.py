@@ -39,20 +39,12 @@ def retrieve(
     passage_prefix: str = "",
     batch_size: int = 64,
 ) -> dict[str, dict[str, float]]:
-    doc_ids = list(corpus)
-    docs = model.encode(
-        [passage_prefix + corpus[d] for d in doc_ids],
-        batch_size=batch_size,
-        normalize_embeddings=True,
-        convert_to_numpy=True,
-    )
-    qids = list(queries)
-    qs = model.encode(
-        [query_prefix + queries[q] for q in qids],
-        batch_size=batch_size,
-        normalize_embeddings=True,
-        convert_to_numpy=True,
-    )
+    def encode(texts: list[str]):
+        return model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
+
+    doc_ids, qids = list(corpus), list(queries)
+    docs = encode([passage_prefix + corpus[d] for d in doc_ids])
+    qs = encode([query_prefix + queries[q] for q in qids])
     scores = qs @ docs.T
     run = {}
     for i, qid in enumerate(qids):
