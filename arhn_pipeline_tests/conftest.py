@@ -11,6 +11,8 @@ import duckdb
 import pytest
 
 from arhn_pipeline import settings
+from arhn_pipeline.schema import create_schema
+from arhn_pipeline.store import DuckDBStore
 
 PROJECT = settings.PROJECT_ROOT
 
@@ -37,9 +39,18 @@ def isolated_state(tmp_path, monkeypatch):
 
 @pytest.fixture
 def db(tmp_path):
-    conn = duckdb.connect(str(tmp_path / "arhn.duckdb"))
+    """An open connection to the test's DuckDB file, with every table made."""
+    # the configuration DuckDBResource connects with: one process may hold both kinds of connection at once
+    conn = duckdb.connect(str(tmp_path / "arhn.duckdb"), config={"custom_user_agent": "dagster"})
+    create_schema(conn)
     yield conn
     conn.close()
+
+
+@pytest.fixture
+def store(tmp_path):
+    """The test's DuckDB file as the pipeline's store resource (the same file `db` opens)."""
+    return DuckDBStore(database=str(tmp_path / "arhn.duckdb"))
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
@@ -57,23 +68,26 @@ def write_registry(path: Path, entries: dict) -> Path:
     return path
 
 
+def engine(script: str | None, **settings):
+    """A scripted engine answering by `script`, or (None) the real vLLM engine with the packaged model."""
+    from arhn_pipeline.engine.scripted import ScriptedEngine
+    from arhn_pipeline.engine.vllm_engine import VLLMEngine
+
+    return ScriptedEngine(model=script, **settings) if script else VLLMEngine(**settings)
+
+
 def one_source_pipeline(tmp_path, monkeypatch, source: Path, script: str | None, name: str = "toy", load=None):
     """The shipped definitions over a registry of one BGE source, with a scripted engine answering by `script`
     (None: the real vLLM engine), and an ephemeral instance that knows the partition. `load` builds the
-    definitions (default: `build_defs`)."""
+    definitions from an engine (default: `build_defs`)."""
     import dagster as dg
 
     monkeypatch.setenv(
         "ARHN_SOURCES", str(write_registry(tmp_path / "sources.yaml", {name: {"format": "bge", "path": str(source)}}))
     )
-    if script:
-        monkeypatch.setenv("ARHN_ENGINE", "scripted")
-        monkeypatch.setenv("ARHN_SCRIPT", script)
-    else:
-        monkeypatch.setenv("ARHN_ENGINE", "vllm")
     if load is None:
         from arhn_pipeline.definitions import build_defs as load
-    defs = load()
+    defs = load(engine(script))
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("subset", [name])
     return defs, instance

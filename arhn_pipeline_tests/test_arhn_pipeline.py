@@ -47,7 +47,8 @@ def arhn_oracle(req: LLMRequest) -> str:
         return json.dumps({"snippet": "NO_ANSWER"})
     if "broken permutation" in prompt:
         return '{"ranking": [3, 3, 7'
-    order = sorted(shown, key=lambda p: (not p[1].startswith("NEG_ABOVE"), not p[1].startswith("POS"), int(p[0])))
+    # the rest from the back of the window: a ranking of its own, never the order shown (that would be echoed)
+    order = sorted(shown, key=lambda p: (not p[1].startswith("NEG_ABOVE"), not p[1].startswith("POS"), -int(p[0])))
     return json.dumps({"ranking": [int(i) for i, _ in order]})
 
 

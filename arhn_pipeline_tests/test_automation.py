@@ -2,34 +2,28 @@
 on them; nothing when no prompt changed. Evaluated with dagster.evaluate_automation_conditions."""
 
 import importlib
+import sys
 from contextlib import contextmanager
 
 import dagster as dg
 import pytest
 
 from arhn_pipeline.engine.scripted import register_script
-from arhn_pipeline_tests.conftest import one_source_pipeline, write_jsonl, write_registry
+from arhn_pipeline_tests.conftest import engine, one_source_pipeline, write_jsonl, write_registry
 from arhn_pipeline_tests.test_arhn_pipeline import Q1, Q2, arhn_oracle
 
-# the modules that hold the snippets asset or an asset object built on it, in import order
-RELOAD = [
-    "arhn_pipeline.snippets.core",
-    "arhn_pipeline.snippets.assets",
-    "arhn_pipeline.rankings.assets",
-    "arhn_pipeline.judgments.assets",
-    "arhn_pipeline.relabel.assets",
-    "arhn_pipeline.prune.assets",
-    "arhn_pipeline.train.assets",
-    "arhn_pipeline.evaluate.assets",
-    "arhn_pipeline.definitions",
-]
 
-
-def load_defs():
-    """What reloading the code location does: re-import, so code versions are read from the files again."""
-    for name in RELOAD:
-        importlib.reload(importlib.import_module(name))
-    return importlib.import_module("arhn_pipeline.definitions").build_defs()
+def load_defs(llm=None):
+    """What reloading the code location does: re-import, so code versions are read from the files again.
+    Stage cores (which read the prompt files) first, then the asset modules (no asset module imports another),
+    then the definitions."""
+    loaded = sorted(name for name in sys.modules if name.startswith("arhn_pipeline."))
+    for suffix in (".core", ".assets"):
+        for name in loaded:
+            if name.endswith(suffix):
+                importlib.reload(sys.modules[name])
+    definitions = importlib.reload(importlib.import_module("arhn_pipeline.definitions"))
+    return definitions.build_defs(llm or engine("arhn_oracle"))
 
 
 @contextmanager
@@ -50,8 +44,6 @@ def edited_snippet_prompt():
 def materialized(tmp_path, monkeypatch):
     entries = {n: {"format": "bge", "path": str(write_jsonl(tmp_path / f"{n}.jsonl", [Q1, Q2]))} for n in "abc"}
     monkeypatch.setenv("ARHN_SOURCES", str(write_registry(tmp_path / "s.yaml", entries)))
-    monkeypatch.setenv("ARHN_ENGINE", "scripted")
-    monkeypatch.setenv("ARHN_SCRIPT", "arhn_oracle")
     defs = load_defs()
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("subset", ["a", "b", "c"])
@@ -122,3 +114,32 @@ def test_an_upstream_stage_re_made_by_hand_is_not_chased(tmp_path, monkeypatch):
     assert dg.materialize(ingest, partition_key="d", instance=instance, resources=defs.resources).success
     after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=settled.cursor)
     assert (settled.total_requested, after.total_requested) == (0, 0)
+
+
+def test_relabeled_alone_after_a_prompt_edit_records_the_versions_of_its_evidence(materialized, tmp_path):
+    """Re-deciding without re-asking: the decision rows name the prompt version stored with the snippets they
+    rest on, not the edited file's; and the UI's stale status shows the snippets stage as stale."""
+    import duckdb
+    from dagster._core.definitions.data_version import StaleStatus
+    from dagster._utils.test.data_versions import get_stale_status_resolver
+
+    from arhn_pipeline.snippets import core
+
+    defs, instance = materialized
+    stored = core.TEMPLATE.version
+    with edited_snippet_prompt():
+        edited = load_defs()
+        assert core.TEMPLATE.version != stored
+        relabeled = [a for a in edited.assets if a.key.to_user_string() == "relabeled"]
+        assert dg.materialize(relabeled, partition_key="a", instance=instance, resources=edited.resources).success
+        with duckdb.connect(str(tmp_path / "arhn.duckdb"), read_only=True) as conn:
+            versions = {
+                r[0]
+                for r in conn.execute(
+                    "SELECT DISTINCT prompt_versions FROM decisions WHERE subset = 'a' AND method LIKE 'arhn:%'"
+                ).fetchall()
+            }
+        assert versions and all(f"snippets={stored}," in v for v in versions)
+        assert not any(core.TEMPLATE.version in v for v in versions)
+        resolver = get_stale_status_resolver(instance, list(edited.assets))
+        assert resolver.get_status(dg.AssetKey("snippets"), "a") == StaleStatus.STALE

@@ -5,7 +5,6 @@ import pytest
 from arhn_pipeline.engine.base import LLMRequest, Sampling
 from arhn_pipeline.engine.cache import cached_generate
 from arhn_pipeline.engine.scripted import CALLS, ScriptedEngine, register_script
-from arhn_pipeline.store import ensure_schema
 
 
 @register_script("echo_last_word")
@@ -49,59 +48,58 @@ def _reset():
     BATCHES.clear()
 
 
-def test_second_run_sends_nothing(db):
-    ensure_schema(db)
+def test_second_run_sends_nothing(db, store):
     engine = SentLog(model="echo_last_word")
-    calls, stats = cached_generate(db, engine, requests(10))
+    calls, stats = cached_generate(store, engine, requests(10))
     assert [c.response for c in calls] == [f"word{i}" for i in range(10)]
     assert (stats.cache_misses, stats.cache_hits) == (10, 0)
     before = CALLS["echo_last_word"]
-    calls2, stats2 = cached_generate(db, engine, requests(10))
+    calls2, stats2 = cached_generate(store, engine, requests(10))
     assert CALLS["echo_last_word"] == before
     assert (stats2.cache_misses, stats2.cache_hits) == (0, 10)
     assert [c.call_id for c in calls2] == [c.call_id for c in calls]
 
 
-def test_duplicate_requests_in_one_batch_are_sent_once(db):
+def test_duplicate_requests_in_one_batch_are_sent_once(db, store):
     engine = SentLog(model="echo_last_word")
     reqs = requests(3) + requests(3)
-    calls, stats = cached_generate(db, engine, reqs)
+    calls, stats = cached_generate(store, engine, reqs)
     assert len(calls) == 6 and SENT["echo_last_word"] == ["say word0", "say word1", "say word2"]
     assert stats.cache_misses == 3
 
 
-def test_interrupted_run_resumes_and_sends_each_key_once(db):
+def test_interrupted_run_resumes_and_sends_each_key_once(db, store):
     crashing = SentLog(model="echo_last_word", fail_after_batches=2)
     with pytest.raises(RuntimeError, match="killed"):
-        cached_generate(db, crashing, requests(10), batch_size=3)
+        cached_generate(store, crashing, requests(10), batch_size=3)
     # the two batches answered before the crash were stored
     assert db.execute("SELECT count(*) FROM llm_calls").fetchone()[0] == 6
-    calls, stats = cached_generate(db, SentLog(model="echo_last_word"), requests(10), batch_size=3)
+    calls, stats = cached_generate(store, SentLog(model="echo_last_word"), requests(10), batch_size=3)
     assert (stats.cache_hits, stats.cache_misses) == (6, 4)
     sent = SENT["echo_last_word"]
     assert sorted(sent) == sorted(f"say word{i}" for i in range(10))  # each exactly once across both runs
     assert [c.response for c in calls] == [f"word{i}" for i in range(10)]
 
 
-def test_changed_prompt_reasks_only_what_changed(db):
+def test_changed_prompt_reasks_only_what_changed(db, store):
     engine = SentLog(model="echo_last_word")
-    cached_generate(db, engine, requests(5))
+    cached_generate(store, engine, requests(5))
     SENT.clear()
     changed = requests(5)
     changed[2] = LLMRequest(
         messages=(("user", "say other2"),), template="t.yaml", template_version="v1", sampling=Sampling(max_tokens=8)
     )
-    cached_generate(db, engine, changed)
+    cached_generate(store, engine, changed)
     assert SENT["echo_last_word"] == ["say other2"]
     # a new template version changes every key
     SENT.clear()
-    cached_generate(db, engine, requests(5, template_version="v2"))
+    cached_generate(store, engine, requests(5, template_version="v2"))
     assert len(SENT["echo_last_word"]) == 5
 
 
-def test_call_table_answers_what_was_asked_and_answered(db):
+def test_call_table_answers_what_was_asked_and_answered(db, store):
     engine = ScriptedEngine(model="echo_last_word")
-    calls, _ = cached_generate(db, engine, requests(1))
+    calls, _ = cached_generate(store, engine, requests(1))
     row = db.execute(
         "SELECT model, engine, template, template_version, messages->>'$[0].content', response, prompt_tokens, "
         "completion_tokens FROM llm_calls WHERE call_id = ?",
@@ -110,22 +108,22 @@ def test_call_table_answers_what_was_asked_and_answered(db):
     assert row == ("scripted:echo_last_word", "scripted", "t.yaml", "v1", "say word0", "word0", 6, 1)
 
 
-def test_estimate_counts_what_is_still_to_send(db):
+def test_estimate_counts_what_is_still_to_send(db, store):
     from arhn_pipeline.engine.estimate import estimate
 
     engine = ScriptedEngine(model="echo_last_word")
-    cached_generate(db, engine, requests(4))
-    est = estimate(db, engine, "toy", requests(10))
+    cached_generate(store, engine, requests(4))
+    est = estimate(store, engine, "toy", requests(10))
     assert (est.requests, est.cached) == (10, 4)
     assert est.prompt_tokens == sum(engine.count_tokens(requests(10)[4:]))
     assert est.completion_tokens_bound == 6 * 8
     assert est.completion_tokens_expected == 6  # one word per earlier answer
 
 
-def test_engine_sampling_overrides_are_part_of_the_key(db):
+def test_engine_sampling_overrides_are_part_of_the_key(db, store):
     greedy, warm = ScriptedEngine(model="echo_last_word"), ScriptedEngine(model="echo_last_word", temperature=0.7)
-    cached_generate(db, greedy, requests(2))
-    _, stats = cached_generate(db, warm, requests(2))
+    cached_generate(store, greedy, requests(2))
+    _, stats = cached_generate(store, warm, requests(2))
     assert stats.cache_misses == 2
     temps = db.execute("SELECT DISTINCT sampling->>'$.temperature' FROM llm_calls ORDER BY 1").fetchall()
     assert [t[0] for t in temps] == ["0.0", "0.7"]

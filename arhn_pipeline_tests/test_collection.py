@@ -10,8 +10,8 @@ import pytest
 from arhn_pipeline import agreement as ag
 from arhn_pipeline.definitions import build_defs
 from arhn_pipeline.export import export, rows
+from arhn_pipeline.identity import passage_key
 from arhn_pipeline.prune.assets import PRESETS
-from arhn_pipeline.store import passage_key
 from arhn_pipeline_tests.conftest import write_jsonl, write_registry
 from arhn_pipeline_tests.test_arhn_pipeline import Q1, Q2
 

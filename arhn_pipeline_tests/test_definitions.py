@@ -4,16 +4,14 @@ import dagster as dg
 import pytest
 
 from arhn_pipeline.definitions import build_defs
-from arhn_pipeline.engine.scripted import CALLS
+from arhn_pipeline.engine.scripted import CALLS, ScriptedEngine
 from arhn_pipeline.partitions import source_registry_sensor, subset_partitions
 from arhn_pipeline.train.assets import variant_partitions
 
 
 @pytest.fixture
-def defs(monkeypatch):
-    monkeypatch.setenv("ARHN_ENGINE", "scripted")
-    monkeypatch.setenv("ARHN_SCRIPT", "constant_no")
-    return build_defs()
+def defs():
+    return build_defs(ScriptedEngine(model="constant_no"))
 
 
 def test_definitions_load_with_every_asset_check_job_and_sensor(defs):
@@ -78,3 +76,16 @@ def test_partition_run_then_rerun_sends_nothing_to_the_engine(defs):
     assert meta["status_unparsed"].value == 176 and "status_no_answer" not in meta
     evals = {e.check_name: e.passed for e in second.get_asset_check_evaluations()}
     assert evals["snippet_unparsed_share"] is False and evals["every_pair_has_a_snippet"] is True
+
+
+def test_a_threshold_set_at_launch_reaches_its_check(defs):
+    """The checks are returned with the materialization, so they judge by the run's configuration."""
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("subset", ["sample_fin"])
+    job = defs.resolve_job_def("clean_subset")
+    config = {"ops": {"snippets": {"config": {"max_unparsed_share": 1.0}}}}
+    result = job.execute_in_process(partition_key="sample_fin", instance=instance, run_config=config)
+    evals = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert evals["snippet_unparsed_share"].passed is True
+    assert evals["snippet_unparsed_share"].metadata["threshold"].value == 1.0
+    assert evals["snippet_unparsed_share"].metadata["share"].value == 1.0  # every "no" is unparsed, and allowed

@@ -6,7 +6,7 @@ import duckdb
 
 from arhn_pipeline.engine.prompts import quote
 from arhn_pipeline.judgments import core as judge
-from arhn_pipeline.judgments.assets import DEFAULT_TEMPLATE
+from arhn_pipeline.judgments.core import DEFAULT_TEMPLATE
 from arhn_pipeline.rankings import core as rank
 from arhn_pipeline.snippets import core as snip
 from arhn_pipeline_tests.test_arhn_pipeline import run_partition

@@ -10,6 +10,7 @@ import pytest
 from arhn_pipeline import embeddings
 from arhn_pipeline.evaluate import core as ev
 from arhn_pipeline.train import core as tr
+from arhn_pipeline.train.assets import TrainedRetrieverConfig
 from arhn_pipeline_tests.conftest import one_source_pipeline, write_jsonl
 
 
@@ -20,14 +21,16 @@ def test_examples_one_per_positive_with_the_negative_rule():
         {"query": "q3", "pos": ["p3"], "neg": []},
         {"query": "q4", "pos": [], "neg": ["x"]},
     ]
-    out, counts = tr.examples(rows, tr.TrainingSettings(negatives_per_query=3, negative_rule="sample_with_replacement"))
+    out, counts = tr.examples(
+        rows, TrainedRetrieverConfig(negatives_per_query=3, negative_rule="sample_with_replacement")
+    )
     assert [e["anchor"] for e in out] == ["q1", "q1", "q2", "q3"]
     assert [e[f"negative_{i}"] for e in out[2:3] for i in (1, 2, 3)] == ["m1", "m1", "m1"]
     assert counts == {"examples": 4, "queries": 3, "short_of_negatives": 2, "borrowed_negatives": 3}
     q3 = [out[3][f"negative_{i}"] for i in (1, 2, 3)]
     assert len(set(q3)) == 3 and not set(q3) & {"p3"}
     padded, counts = tr.examples(
-        rows, tr.TrainingSettings(negatives_per_query=3, negative_rule="pad_from_other_queries")
+        rows, TrainedRetrieverConfig(negatives_per_query=3, negative_rule="pad_from_other_queries")
     )
     q2 = [padded[2][f"negative_{i}"] for i in (1, 2, 3)]
     assert q2[0] == "m1" and len(set(q2)) == 3 and counts["borrowed_negatives"] == 5
@@ -36,7 +39,7 @@ def test_examples_one_per_positive_with_the_negative_rule():
 def test_prefixes_are_applied():
     out, _ = tr.examples(
         [{"query": "q", "pos": ["p"], "neg": ["n"]}],
-        tr.TrainingSettings(negatives_per_query=1, query_prefix="query: ", passage_prefix="passage: "),
+        TrainedRetrieverConfig(negatives_per_query=1, query_prefix="query: ", passage_prefix="passage: "),
     )
     assert out == [{"anchor": "query: q", "positive": "passage: p", "negative_1": "passage: n"}]
 
@@ -66,7 +69,7 @@ TOY = [
 
 
 def test_tiny_training_run_changes_weights_and_scores(tmp_path):
-    s = tr.TrainingSettings(negatives_per_query=2, batch_size=4, epochs=2, learning_rate=1e-4, max_length=32)
+    s = TrainedRetrieverConfig(negatives_per_query=2, batch_size=4, epochs=2, learning_rate=1e-4, max_length=32)
     info = tr.fine_tune(embeddings.DEFAULT_EMBEDDER, TOY, tmp_path / "m", s, log=lambda m: None)
     assert info["examples"] == 5 and info["steps"] == 4
     from sentence_transformers import SentenceTransformer

@@ -4,7 +4,7 @@ together or not at all."""
 import polars as pl
 import pytest
 
-from arhn_pipeline.store import ensure_schema, replace_partition, transaction
+from arhn_pipeline.store import replace_partition, transaction
 
 
 def rows(subset: str, n: int) -> pl.DataFrame:
@@ -27,7 +27,6 @@ def counts(db) -> dict[str, int]:
 
 
 def test_replace_partition_swaps_only_that_partition(db):
-    ensure_schema(db)
     replace_partition(db, "rankings", "a", rows("a", 3))
     replace_partition(db, "rankings", "b", rows("b", 2))
     replace_partition(db, "rankings", "a", rows("a", 5))
@@ -35,7 +34,6 @@ def test_replace_partition_swaps_only_that_partition(db):
 
 
 def test_writes_in_one_transaction_roll_back_together(db):
-    ensure_schema(db)
     replace_partition(db, "rankings", "a", rows("a", 3))
     with pytest.raises(RuntimeError, match="after the first write"), transaction(db):
         replace_partition(db, "rankings", "a", rows("a", 7))  # its own transaction joins the outer one

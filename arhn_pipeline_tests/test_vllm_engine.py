@@ -77,28 +77,28 @@ def test_choice_output_is_one_of_the_choices(vllm_engine):
     assert vllm_engine.generate([req])[0].text in ("yes", "no")
 
 
-def test_rerun_makes_zero_engine_calls_and_tokens_are_stored(db, vllm_engine):
+def test_rerun_makes_zero_engine_calls_and_tokens_are_stored(db, store, vllm_engine):
     reqs = questions(5, topic="deserts")
-    calls, stats = cached_generate(db, vllm_engine, reqs)
+    calls, stats = cached_generate(store, vllm_engine, reqs)
     assert len(SENT) == 5 and stats.cache_misses == 5
     stored = db.execute(
         "SELECT sum(prompt_tokens), count(*) FILTER (WHERE completion_tokens > 0) FROM llm_calls"
     ).fetchone()
     assert stored == (sum(vllm_engine.count_tokens(reqs)), 5)
     SENT.clear()
-    calls2, stats2 = cached_generate(db, vllm_engine, reqs)
+    calls2, stats2 = cached_generate(store, vllm_engine, reqs)
     assert SENT == [] and stats2.cache_hits == 5
     assert [c.response for c in calls2] == [c.response for c in calls]
 
 
-def test_interrupted_run_resumes_each_key_once(db, vllm_engine):
+def test_interrupted_run_resumes_each_key_once(db, store, vllm_engine):
     reqs = questions(8, topic="mountains")
     crashing = vllm_engine.model_copy(update={"crash_after": 4})
     crashing._llm = vllm_engine._llm  # the same loaded engine, as in one run process
     with pytest.raises(RuntimeError, match="killed"):
-        cached_generate(db, crashing, reqs, batch_size=4)
+        cached_generate(store, crashing, reqs, batch_size=4)
     assert len(SENT) == 4
-    calls, stats = cached_generate(db, vllm_engine, reqs, batch_size=4)
+    calls, stats = cached_generate(store, vllm_engine, reqs, batch_size=4)
     assert (stats.cache_hits, stats.cache_misses) == (4, 4)
     assert sorted(SENT) == sorted(r.messages[-1][1] for r in reqs)
     assert len(calls) == 8 and db.execute("SELECT count(*) FROM llm_calls").fetchone()[0] == 8

@@ -19,13 +19,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 @dataclass
@@ -102,10 +99,11 @@ def main() -> None:
     from arhn_pipeline.engine.vllm_engine import VLLMEngine
     from arhn_pipeline.raw_triplets.assets import raw_triplets
     from arhn_pipeline.raw_triplets.ingest import ingest
+    from arhn_pipeline.schema import create_schema
     from arhn_pipeline.snippets import core
-    from arhn_pipeline.snippets.assets import SnippetsConfig, snippet_requests, snippets
+    from arhn_pipeline.snippets.assets import snippets
     from arhn_pipeline.sources.registry import load_registry
-    from arhn_pipeline.store import DuckDBStore, ensure_schema, load_pairs
+    from arhn_pipeline.store import DuckDBStore, load_pairs
 
     loaded = {}
 
@@ -122,7 +120,7 @@ def main() -> None:
             pass
 
     with duckdb.connect(os.environ["ARHN_DB"]) as conn:
-        ensure_schema(conn)
+        create_schema(conn)
         entry = load_registry()[args.subset]
         ingest(conn, args.subset, entry.model_copy(update={"limit": args.queries}) if args.queries else entry)
         pairs = load_pairs(conn, args.subset)
@@ -133,7 +131,7 @@ def main() -> None:
     block = llm.llm_engine.vllm_config.cache_config.block_size
     seconds = time.perf_counter() - t0
     print(f"engine: {engine.model_id()}, KV-cache block {block} tokens, loaded in {seconds:.0f} s", flush=True)
-    requests, shown = snippet_requests(pairs, engine, SnippetsConfig())
+    requests, shown = core.snippet_requests(pairs, engine, core.PASSAGE_MAX_TOKENS, core.SNIPPET_MAX_TOKENS)
     requests = [engine.with_defaults(r) for r in requests]
     chat_figures("warm-up", llm, requests[-4:])  # first-call costs (structured-output grammar) out of the way
     print(f"{args.subset}: {len(requests)} snippet requests ({pairs['query_id'].n_unique()} queries)", flush=True)
@@ -178,7 +176,7 @@ def main() -> None:
     flipped = [
         replace(
             req,
-            messages=layout.render(query=row["query"], passage=shown[row["passage_id"]][0]),
+            messages=layout.render(query=row["query"], passage=shown[row["passage_id"]].text),
             template=layout.name,
             template_version=layout.version,
         )

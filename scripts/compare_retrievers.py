@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from arhn_pipeline import embeddings, settings
+from arhn_pipeline.evaluate import core as ev
+from arhn_pipeline.train import core as tr
+from arhn_pipeline.train.assets import TrainedRetrieverConfig
 
-from arhn_pipeline import embeddings, settings  # noqa: E402
-from arhn_pipeline.evaluate import core as ev  # noqa: E402
-from arhn_pipeline.train import core as tr  # noqa: E402
-
-SETTINGS = tr.TrainingSettings(
+SETTINGS = TrainedRetrieverConfig(
     negatives_per_query=3, batch_size=16, learning_rate=2e-5, max_length=256, epochs=1, seed=42
 )
 

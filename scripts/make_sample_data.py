@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from arhn_pipeline.store import passage_key  # noqa: E402
+from arhn_pipeline.identity import passage_key
 
 OUT = Path(__file__).resolve().parent.parent / "data" / "samples"
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,7 @@ class Structured:
     kind: Literal["json", "choice", "regex"]
     value: Any  # a JSON schema, a list of choices, or a regular expression
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "value": self.value}
 
 
@@ -30,7 +30,7 @@ class Sampling:
     top_p: float = 1.0
     seed: int | None = 0
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}
 
 
@@ -69,7 +69,7 @@ class LLMResult:
     cached_prompt_tokens: int | None = None  # served from the prefix cache, when the engine reports it
 
 
-class LLMEngine(dg.ConfigurableResource):
+class LLMEngine(dg.ConfigurableResource):  # type: ignore[type-arg]
     """An engine that answers a batch of chat requests. Stages call `generate` through the call cache
     (engine/cache.py) and never know which implementation is behind it."""
 
@@ -108,6 +108,32 @@ class LLMEngine(dg.ConfigurableResource):
     @abstractmethod
     def truncate(self, text: str, max_tokens: int) -> tuple[str, bool]:
         """Cut `text` to at most `max_tokens` tokens of this model; say whether it was cut."""
+
+    _made: dict[str, LLMEngine] = PrivateAttr(default_factory=dict)
+
+    def for_model(self, name: str | None) -> LLMEngine:
+        """The engine of this kind and settings for another model (a cascade stage that names one); this one
+        when `name` is empty or its own. Engines made here are shut down with this one, and only one of them
+        is kept loaded at a time."""
+        if not name or name == self.model:
+            return self
+        if name not in self._made:
+            for other in self._made.values():
+                other.shutdown()
+            self._made[name] = type(self)(**{**self.model_dump(), "model": name})
+        return self._made[name]
+
+    def shutdown(self) -> None:
+        """Release the model and every process it runs in, with those of every engine made by `for_model`."""
+        for other in self._made.values():
+            other.shutdown()
+        self.release()
+
+    def release(self) -> None:
+        """Release this engine's own model and processes (engines that hold none have nothing to do)."""
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        self.shutdown()
 
     def model_id(self) -> str:
         return self.model

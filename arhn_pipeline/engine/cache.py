@@ -1,43 +1,26 @@
-"""The call table, which is also the cache: every LLM call a stage makes goes through `cached_generate`.
+"""The call cache: every LLM call a stage makes goes through `cached_generate`, and every answer is kept.
 
 A request whose key is already stored is never sent again, so a run killed midway resumes where it
-stopped and a changed prompt re-asks only the requests it changed. Results are committed batch by batch.
+stopped and a changed prompt re-asks only the requests it changed. Answers are stored batch by batch in a
+`CallStore` (the DuckDB file's `llm_calls` table: store.DuckDBStore), which is open only to look up and to
+store, never while the engine generates.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
-import duckdb
-from dagster_duckdb import DuckDBResource
+from arhn_pipeline.engine.base import LLMEngine, LLMRequest
+from arhn_pipeline.store import CallRecord, StoredCall
 
-from arhn_pipeline.engine.base import LLMEngine, LLMRequest, LLMResult
-from arhn_pipeline.store import opened
 
-CALLS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS llm_calls (
-    call_id              VARCHAR PRIMARY KEY,  -- LLMRequest.cache_key(model)
-    model                VARCHAR NOT NULL,
-    engine               VARCHAR NOT NULL,     -- vllm | scripted
-    template             VARCHAR NOT NULL,     -- prompt file, e.g. snippets/snippet.prompt.yaml
-    template_version     VARCHAR NOT NULL,     -- content hash of that file
-    messages             JSON NOT NULL,        -- exactly what was asked
-    sampling             JSON NOT NULL,
-    structured           JSON,
-    response             VARCHAR NOT NULL,     -- exactly what was answered
-    finish_reason        VARCHAR,
-    prompt_tokens        INTEGER,
-    completion_tokens    INTEGER,
-    cached_prompt_tokens INTEGER,              -- served from the prefix cache (vLLM)
-    batch_seconds        DOUBLE,               -- wall time of the engine call that answered it
-    batch_size           INTEGER,
-    parse_status         VARCHAR,              -- set by the stage's parser: parsed | repaired | unparsed
-    created_at           TIMESTAMP NOT NULL
-);
-"""
+class CallStore(Protocol):
+    def lookup_calls(self, keys: Iterable[str]) -> dict[str, StoredCall]: ...
+
+    def store_calls(self, records: list[CallRecord]) -> None: ...
 
 
 @dataclass
@@ -71,35 +54,18 @@ class CallStats:
         }
 
 
-@dataclass(frozen=True)
-class StoredCall:
-    call_id: str
-    response: str
-    finish_reason: str | None
-
-
-def ensure_calls_table(conn: duckdb.DuckDBPyConnection) -> None:
-    conn.execute(CALLS_SCHEMA)
-
-
 def cached_generate(
-    db: DuckDBResource | duckdb.DuckDBPyConnection,
+    store: CallStore,
     engine: LLMEngine,
     requests: list[LLMRequest],
     batch_size: int = 256,
     log: Callable[[str], None] | None = None,
 ) -> tuple[list[StoredCall], CallStats]:
-    """Answer `requests` (in order) from the call table, sending only missing keys to the engine.
-
-    Given a DuckDBResource, the DuckDB file is open only to look up and to store each batch, never while the
-    engine generates, so a reader in another process (`arhn explain`, a notebook) gets in between batches.
-    """
+    """Answer `requests` (in order) from the call store, sending only missing keys to the engine."""
     model = engine.model_id()
     requests = [engine.with_defaults(r) for r in requests]
     keys = [r.cache_key(model) for r in requests]
-    with opened(db) as conn:
-        ensure_calls_table(conn)
-        stored = _lookup(conn, set(keys))
+    stored = store.lookup_calls(keys)
     stats = CallStats(requests=len(requests))
     todo: dict[str, LLMRequest] = {}
     for key, req in zip(keys, requests, strict=True):
@@ -113,9 +79,31 @@ def cached_generate(
         t0 = time.perf_counter()
         results = engine.generate([req for _, req in chunk])
         seconds = time.perf_counter() - t0
+        if len(results) != len(chunk):
+            raise RuntimeError(f"engine returned {len(results)} results for {len(chunk)} requests")
         stats.engine_seconds += seconds
-        with opened(db) as conn:
-            _store(conn, engine, chunk, results, seconds)
+        store.store_calls(
+            [
+                CallRecord(
+                    call_id=key,
+                    model=model,
+                    engine=engine.engine_name,
+                    template=req.template,
+                    template_version=req.template_version,
+                    messages=req.chat(),
+                    sampling=req.sampling.as_dict(),
+                    structured=req.structured.as_dict() if req.structured else None,
+                    response=res.text,
+                    finish_reason=res.finish_reason,
+                    prompt_tokens=res.prompt_tokens,
+                    completion_tokens=res.completion_tokens,
+                    cached_prompt_tokens=res.cached_prompt_tokens,
+                    batch_seconds=seconds,
+                    batch_size=len(chunk),
+                )
+                for (key, req), res in zip(chunk, results, strict=True)
+            ]
+        )
         for (key, _), res in zip(chunk, results, strict=True):
             stored[key] = StoredCall(key, res.text, res.finish_reason)
             stats.prompt_tokens += res.prompt_tokens
@@ -127,55 +115,3 @@ def cached_generate(
                 f"({stats.cache_hits} from cache)"
             )
     return [stored[k] for k in keys], stats
-
-
-def _lookup(conn: duckdb.DuckDBPyConnection, keys: set[str]) -> dict[str, StoredCall]:
-    if not keys:
-        return {}
-    rows = conn.execute(
-        "SELECT call_id, response, finish_reason FROM llm_calls WHERE call_id IN (SELECT unnest(?))",
-        [list(keys)],
-    ).fetchall()
-    return {r[0]: StoredCall(*r) for r in rows}
-
-
-def _store(
-    conn, engine: LLMEngine, chunk: list[tuple[str, LLMRequest]], results: list[LLMResult], seconds: float
-) -> None:
-    if len(results) != len(chunk):
-        raise RuntimeError(f"engine returned {len(results)} results for {len(chunk)} requests")
-    rows = [
-        (
-            key,
-            engine.model_id(),
-            engine.engine_name,
-            req.template,
-            req.template_version,
-            json.dumps(req.chat(), ensure_ascii=False),
-            json.dumps(req.sampling.as_dict()),
-            json.dumps(req.structured.as_dict()) if req.structured else None,
-            res.text,
-            res.finish_reason,
-            res.prompt_tokens,
-            res.completion_tokens,
-            res.cached_prompt_tokens,
-            seconds,
-            len(chunk),
-        )
-        for (key, req), res in zip(chunk, results, strict=True)
-    ]
-    # One statement per batch, committed at once: a crash loses at most the batch in flight.
-    conn.executemany(
-        "INSERT INTO llm_calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, now()) "
-        "ON CONFLICT DO NOTHING",
-        rows,
-    )
-
-
-def set_parse_status(conn: duckdb.DuckDBPyConnection, statuses: dict[str, str]) -> None:
-    if statuses:
-        conn.execute(
-            "UPDATE llm_calls SET parse_status = s.status FROM "
-            "(SELECT unnest(?) AS call_id, unnest(?) AS status) s WHERE llm_calls.call_id = s.call_id",
-            [list(statuses), list(statuses.values())],
-        )

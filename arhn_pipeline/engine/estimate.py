@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import duckdb
-
 from arhn_pipeline.engine.base import LLMEngine, LLMRequest
-from arhn_pipeline.engine.cache import ensure_calls_table
+from arhn_pipeline.store import DuckDBStore
 
 
 @dataclass
@@ -34,24 +32,13 @@ class Estimate:
         ]
 
 
-def estimate(conn: duckdb.DuckDBPyConnection, llm: LLMEngine, stage: str, requests: list[LLMRequest]) -> Estimate:
-    ensure_calls_table(conn)
+def estimate(store: DuckDBStore, llm: LLMEngine, stage: str, requests: list[LLMRequest]) -> Estimate:
     model = llm.model_id()
     requests = [llm.with_defaults(r) for r in requests]
     keys = [r.cache_key(model) for r in requests]
-    known = {
-        r[0]
-        for r in conn.execute(
-            "SELECT call_id FROM llm_calls WHERE call_id IN (SELECT unnest(?))", [list(set(keys))]
-        ).fetchall()
-    }
+    known = set(store.lookup_calls(keys))
     todo = list({k: r for k, r in zip(keys, requests, strict=True) if k not in known}.values())
-    mean = None
-    if requests:
-        mean = conn.execute(
-            "SELECT avg(completion_tokens) FROM llm_calls WHERE model = ? AND template = ?",
-            [model, requests[0].template],
-        ).fetchone()[0]
+    mean = store.mean_completion_tokens(model, requests[0].template) if requests else None
     return Estimate(
         stage=stage,
         requests=len(requests),

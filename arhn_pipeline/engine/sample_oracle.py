@@ -16,7 +16,7 @@ from functools import lru_cache
 from arhn_pipeline import settings
 from arhn_pipeline.engine.base import LLMRequest
 from arhn_pipeline.engine.scripted import register_script
-from arhn_pipeline.store import normalize_text, passage_key
+from arhn_pipeline.identity import normalize_text, passage_key
 
 _QUERY = re.compile(r"<query>(.*?)</query>", re.DOTALL)
 _PASSAGE = re.compile(r'<passage(?: id="([^"]+)")?>\n(.*?)\n</passage>', re.DOTALL)

@@ -169,7 +169,7 @@ class VLLMEngine(LLMEngine):
             return text, False
         return self._tokenizer.decode(ids[:max_tokens]), True
 
-    def shutdown(self) -> None:
+    def release(self) -> None:
         if self._llm is not None:
             engine = getattr(self._llm, "llm_engine", None)
             core = getattr(engine, "engine_core", None)
@@ -177,6 +177,3 @@ class VLLMEngine(LLMEngine):
                 core.shutdown()
             self._llm = None
             gc.collect()
-
-    def teardown_after_execution(self, context) -> None:
-        self.shutdown()

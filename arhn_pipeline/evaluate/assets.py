@@ -7,14 +7,13 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
-from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from arhn_pipeline import embeddings, settings
 from arhn_pipeline.evaluate import core
 from arhn_pipeline.markdown import md_table
-from arhn_pipeline.store import transaction
-from arhn_pipeline.train.assets import VARIANTS, retriever_dir, trained_retriever
+from arhn_pipeline.store import DuckDBStore, table_metadata, transaction
+from arhn_pipeline.train.core import VARIANTS, retriever_dir
 
 
 class RetrieverEvalConfig(dg.Config):
@@ -56,14 +55,14 @@ def plot_png(frame: pl.DataFrame) -> bytes:
 
 
 @dg.asset(
-    deps=[trained_retriever],
+    deps=["trained_retriever"],
     kinds={"pytorch", "duckdb"},
     group_name="retriever",
     code_version="eval-1",
     description="nDCG@10 and Recall@100 (ir-measures) of the base model and every trained variant on BEIR-layout "
     "sets, as a table and a plot.",
 )
-def retriever_eval(context: dg.AssetExecutionContext, config: RetrieverEvalConfig, duckdb: DuckDBResource):
+def retriever_eval(context: dg.AssetExecutionContext, config: RetrieverEvalConfig, duckdb: DuckDBStore):
     from sentence_transformers import SentenceTransformer
 
     chosen = config.variants or [v for v in VARIANTS if (retriever_dir(v) / "config.json").exists()]
@@ -100,6 +99,7 @@ def retriever_eval(context: dg.AssetExecutionContext, config: RetrieverEvalConfi
                 "INSERT INTO retriever_eval VALUES (?, ?, ?, ?, ?, ?, now())",
                 [r["variant"], r["eval_set"], r["ndcg_at_10"], r["recall_at_100"], r["queries"], r["model_path"]],
             )
+        tables = table_metadata(conn, "retriever_eval")
     png = plot_png(frame)
     plot_path = settings.var_dir() / "plots" / "retriever_eval.png"
     plot_path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,6 +113,7 @@ def retriever_eval(context: dg.AssetExecutionContext, config: RetrieverEvalConfi
     )
     return dg.MaterializeResult(
         metadata={
+            **tables,
             "results": dg.MetadataValue.md(table),
             "plot": dg.MetadataValue.md(
                 f"![nDCG@10 per variant](data:image/png;base64,{base64.b64encode(png).decode()})"

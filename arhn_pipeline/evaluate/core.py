@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -13,7 +14,9 @@ MEASURES = ("nDCG@10", "R@100")
 
 
 def load_beir(folder: Path, split: str = "test") -> tuple[dict[str, str], dict[str, str], dict[str, dict[str, int]]]:
-    corpus, queries, qrels = {}, {}, {}
+    corpus: dict[str, str] = {}
+    queries: dict[str, str] = {}
+    qrels: dict[str, dict[str, int]] = {}
     with (folder / "corpus.jsonl").open(encoding="utf-8") as fh:
         for line in fh:
             d = json.loads(line)
@@ -31,7 +34,7 @@ def load_beir(folder: Path, split: str = "test") -> tuple[dict[str, str], dict[s
 
 
 def retrieve(
-    model,
+    model: Any,
     corpus: dict[str, str],
     queries: dict[str, str],
     k: int = 100,
@@ -39,7 +42,7 @@ def retrieve(
     passage_prefix: str = "",
     batch_size: int = 64,
 ) -> dict[str, dict[str, float]]:
-    def encode(texts: list[str]):
+    def encode(texts: list[str]) -> Any:
         return model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
 
     doc_ids, qids = list(corpus), list(queries)

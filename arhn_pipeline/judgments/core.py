@@ -1,26 +1,35 @@
-"""Cascade judging without Dagster: requests, a verdict parser that never reads failure as "nothing
-flagged", and the margin stage's scoring."""
+"""RLHN's cascade without Dagster: the stages (embedding margin, scorer, LLM judge), a verdict parser that
+never reads failure as "nothing flagged", and the cascade that sends each stage only what the stage before it
+flagged."""
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import polars as pl
 
-from arhn_pipeline.engine.base import LLMRequest, Sampling, Structured
+from arhn_pipeline import embeddings
+from arhn_pipeline.engine.base import LLMEngine, LLMRequest, Sampling, Structured
+from arhn_pipeline.engine.cache import CallStats, CallStore, cached_generate
 from arhn_pipeline.engine.prompts import PromptTemplate
+from arhn_pipeline.vocab import Label, ParseStatus
 
-PARSER_VERSION = "verdict-parser-1"
+PARSER_VERSION = "verdict-parser-2"
 DEFAULT_PROMPT = Path(__file__).with_name("judge.prompt.yaml")
+DEFAULT_TEMPLATE = PromptTemplate.load(DEFAULT_PROMPT)
 
-BETTER, WORSE, NONE, UNPARSED = "better", "worse", "none", "unparsed"
+BETTER, WORSE, NONE, UNPARSED = Label.BETTER, Label.WORSE, Label.NONE, Label.UNPARSED
+# One identical answer to this many requests or more is no reading of the passages.
+DEGENERATE_MIN_REQUESTS = 8
 
 
-def schema(n: int) -> dict:
+def schema(n: int) -> dict[str, Any]:
     ids = {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": n}, "maxItems": n}
     return {
         "type": "object",
@@ -47,14 +56,18 @@ def build_request(template: PromptTemplate, query: str, positive: str, negatives
 
 @dataclass(frozen=True)
 class Verdict:
-    labels: list[str]  # per negative: better | worse | none, or unparsed for all when the answer is unreadable
-    status: str  # parsed | repaired | unparsed
+    labels: list[Label]  # per negative: better | worse | none; unparsed for all when the answer is no evidence
+    status: ParseStatus  # parsed | repaired | degenerate | unparsed
     notes: str = ""
 
     @property
     def flagged(self) -> bool:
-        """Sent on to the next stage: flagged something, or could not be read (never "nothing flagged")."""
-        return self.status == UNPARSED or any(label in (BETTER, WORSE) for label in self.labels)
+        """Sent on to the next stage: flagged something, or is no evidence (never "nothing flagged")."""
+        return not self.status.is_evidence or any(label in (BETTER, WORSE) for label in self.labels)
+
+
+def no_evidence(n: int, status: ParseStatus, notes: str) -> Verdict:
+    return Verdict([UNPARSED] * n, status, notes)
 
 
 _THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
@@ -71,8 +84,8 @@ def parse_verdict(response: str, n: int) -> Verdict:
         if not all(isinstance(v, list) for v in lists.values()):
             raise TypeError
     except (ValueError, TypeError, KeyError):
-        return Verdict([UNPARSED] * n, UNPARSED, "answer is not {better: [...], worse: [...]}")
-    labels = [NONE] * n
+        return no_evidence(n, ParseStatus.UNPARSED, "answer is not {better: [...], worse: [...]}")
+    labels: list[Label] = [NONE] * n
     notes = []
     for kind in (WORSE, BETTER):  # a number in both lists counts as better
         for ident in lists[kind]:
@@ -83,7 +96,20 @@ def parse_verdict(response: str, n: int) -> Verdict:
     both = set(lists[BETTER]) & set(lists[WORSE])
     if both:
         notes.append(f"ids in both lists counted as better: {sorted(both)}")
-    return Verdict(labels, "repaired" if notes else "parsed", "; ".join(notes))
+    if n >= 2 and all(label != NONE for label in labels):
+        return no_evidence(n, ParseStatus.DEGENERATE, f"flags all {n} negatives: {response[:80]!r}")
+    return Verdict(labels, ParseStatus.REPAIRED if notes else ParseStatus.PARSED, "; ".join(notes))
+
+
+def mark_degenerate(responses: list[str], verdicts: list[Verdict]) -> list[Verdict]:
+    """When every request got one identical answer (at least DEGENERATE_MIN_REQUESTS), none is evidence."""
+    if len(responses) < DEGENERATE_MIN_REQUESTS or len(set(responses)) != 1:
+        return verdicts
+    note = f"the same answer to all {len(responses)} requests: {responses[0][:80]!r}"
+    return [
+        v if v.status == ParseStatus.UNPARSED else no_evidence(len(v.labels), ParseStatus.DEGENERATE, note)
+        for v in verdicts
+    ]
 
 
 class QuerySet:
@@ -105,24 +131,24 @@ class QuerySet:
 
 
 def margin_label_sets(
-    model, items: list[tuple[str, list[str], list[str]]], margin: float
-) -> list[tuple[list[str], list[float]]]:
+    model: Any, items: list[tuple[str, list[str], list[str]]], margin: float
+) -> list[tuple[list[Label], list[float]]]:
     """`margin_labels` for each (query, positives, negatives) of a set, with an embedding model: every distinct
     passage and every query encoded once, in batches."""
-    texts = sorted({t for _, pos, neg in items for t in pos + neg})
-    index = {t: i for i, t in enumerate(texts)}
-    passage_vecs = model.encode(texts, normalize_embeddings=True, batch_size=64, convert_to_numpy=True)
-    query_vecs = model.encode([q for q, _, _ in items], normalize_embeddings=True, convert_to_numpy=True)
+    from arhn_pipeline.scorers import encode_unique
+
+    index, passage_vecs = encode_unique(model, [t for _, pos, neg in items for t in pos + neg], query=False)
+    q_index, query_vecs = encode_unique(model, [q for q, _, _ in items], query=True)
 
     def vecs(passages: list[str]) -> np.ndarray:
         return np.stack([passage_vecs[index[t]] for t in passages])
 
-    return [margin_labels(q, vecs(pos), vecs(neg), margin) for q, (_, pos, neg) in zip(query_vecs, items, strict=True)]
+    return [margin_labels(query_vecs[q_index[q]], vecs(pos), vecs(neg), margin) for q, pos, neg in items]
 
 
 def margin_labels(
     query_vec: np.ndarray, pos_vecs: np.ndarray, neg_vecs: np.ndarray, margin: float
-) -> tuple[list[str], list[float]]:
+) -> tuple[list[Label], list[float]]:
     """NV-Retriever's positive-aware rule: a negative whose cosine to the query is at least (1 - margin) x the
     positive's is suspicious ("worse"); at or above the positive's own score it is "better". Vectors are
     unit-normalized; with several positives the best one counts."""
@@ -130,3 +156,138 @@ def margin_labels(
     scores = (neg_vecs @ query_vec).astype(float).tolist()
     labels = [BETTER if s >= pos_score else WORSE if s >= (1 - margin) * pos_score else NONE for s in scores]
     return labels, scores
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """One stage's verdict on one query's negatives, and what it rests on."""
+
+    verdict: Verdict
+    scores: list[float] | None = None  # margin and scorer stages: each negative's score
+    call_id: str | None = None  # LLM stages -> llm_calls
+    template_version: str | None = None
+
+
+class StageSpec(Protocol):
+    """What the cascade reads of a stage's configuration (judgments.assets.CascadeStage)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def kind(self) -> str: ...
+
+
+S = TypeVar("S", bound=StageSpec)
+
+
+def run_margin_stage(qs: QuerySet, active: list[str], model_name: str | None, margin: float) -> dict[str, StageResult]:
+    model = embeddings.load(model_name or embeddings.DEFAULT_EMBEDDER)
+    items = [(qs.query[q], qs.positives[q], [t for _, t in qs.negatives[q]]) for q in active]
+    return {
+        qid: StageResult(Verdict(labels, ParseStatus.PARSED), scores=scores)
+        for qid, (labels, scores) in zip(active, margin_label_sets(model, items, margin), strict=True)
+    }
+
+
+def run_llm_stage(
+    qs: QuerySet,
+    active: list[str],
+    template: PromptTemplate,
+    llm: LLMEngine,
+    store: CallStore,
+    batch_size: int,
+    passage_max_tokens: int,
+    log: Callable[[str], None] | None = None,
+) -> tuple[dict[str, StageResult], CallStats]:
+    requests = []
+    for qid in active:
+        n = len(qs.negatives[qid])
+        budget = llm.passage_budget(passage_max_tokens, n + 1, answer_budget(n))
+        cut = [llm.truncate(t, budget)[0] for _, t in qs.negatives[qid]]
+        positive = llm.truncate(qs.positive[qid], budget)[0]
+        requests.append(build_request(template, qs.query[qid], positive, cut))
+    calls, stats = cached_generate(store, llm, requests, batch_size, log=log)
+    verdicts = [parse_verdict(c.response, len(qs.negatives[q])) for q, c in zip(active, calls, strict=True)]
+    verdicts = mark_degenerate([c.response for c in calls], verdicts)
+    return {
+        qid: StageResult(v, call_id=c.call_id, template_version=template.version)
+        for qid, c, v in zip(active, calls, verdicts, strict=True)
+    }, stats
+
+
+@dataclass
+class CascadeResult:
+    rows: list[dict[str, Any]] = field(default_factory=list)  # verdict rows, as the `verdicts` table has them
+    summary: list[tuple[Any, ...]] = field(default_factory=list)  # per stage: what it saw, flagged, said
+    stats: CallStats = field(default_factory=CallStats)
+
+
+def run_cascade(
+    qs: QuerySet,
+    stages: Sequence[S],
+    run_stage: Callable[[S, list[str]], tuple[dict[str, StageResult], str, CallStats | None]],
+    subset: str,
+) -> CascadeResult:
+    """Stage 1 sees every query; stage k+1 sees only what stage k flagged (or could not read), and its
+    verdict replaces stage k's. `run_stage(stage, active)` returns each query's result, the model id, and the
+    call statistics of an LLM stage."""
+    out = CascadeResult()
+    active = list(qs.query)
+    for k, stage in enumerate(stages):
+        if not active:
+            break
+        results, model_id, stats = run_stage(stage, active)
+        if stats is not None:
+            out.stats.add(stats)
+        forwarded = [q for q in active if results[q].verdict.flagged]
+        last = k == len(stages) - 1
+        for qid in active:
+            r = results[qid]
+            for i, (pid, _) in enumerate(qs.negatives[qid]):
+                out.rows.append(
+                    dict(
+                        subset=subset,
+                        stage_index=k,
+                        stage=stage.name,
+                        query_id=qid,
+                        passage_id=pid,
+                        verdict=str(r.verdict.labels[i]),
+                        score=r.scores[i] if r.scores else None,
+                        status=str(r.verdict.status),
+                        notes=r.verdict.notes or None,
+                        call_id=r.call_id,
+                        model=model_id,
+                        template_version=r.template_version,
+                        final=last or qid not in forwarded,
+                    )
+                )
+        labels = [lab for q in active for lab in results[q].verdict.labels]
+        out.summary.append(
+            (
+                stage.name,
+                stage.kind,
+                len(active),
+                len(forwarded),
+                *(labels.count(v) for v in (BETTER, WORSE, NONE, UNPARSED)),
+            )
+        )
+        active = forwarded
+    return out
+
+
+VERDICT_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
+    "subset": pl.String,
+    "stage_index": pl.Int64,
+    "stage": pl.String,
+    "query_id": pl.String,
+    "passage_id": pl.String,
+    "verdict": pl.String,
+    "score": pl.Float64,
+    "status": pl.String,
+    "notes": pl.String,
+    "call_id": pl.String,
+    "model": pl.String,
+    "template_version": pl.String,
+    "final": pl.Boolean,
+}

@@ -2,21 +2,20 @@
 
 import dagster as dg
 import polars as pl
-from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from arhn_pipeline.markdown import md_table
-from arhn_pipeline.relabel.assets import relabeled
-from arhn_pipeline.store import transaction
+from arhn_pipeline.store import DuckDBStore, table_metadata, transaction
+from arhn_pipeline.vocab import Preset
 
 # The seven BGE-collection sub-datasets RLHN keeps (2.35x smaller training set, +1.0 nDCG@10 on BEIR).
-PRESETS = {"rlhn7": ["msmarco_passage", "fiqa", "fever", "arguana", "hotpotqa", "nq", "scidocsrr"]}
+PRESETS = {Preset.rlhn7: ["msmarco_passage", "fiqa", "fever", "arguana", "hotpotqa", "nq", "scidocsrr"]}
 
 
 class PrunedCollectionConfig(dg.Config):
     name: str = Field(default="pruned", description="the collection's name in the pruned_collection table")
     method: str = Field(default="arhn:R+F", description="whose triplets: original, arhn:R+F, rlhn:rlhn, ...")
-    preset: str | None = Field(default=None, description="a named keep-list: rlhn7")
+    preset: Preset | None = Field(default=None, description="a named keep-list: rlhn7 (RLHN's seven)")
     keep: list[str] | None = Field(default=None, description="sub-datasets to keep (with preset: both lists)")
     max_changed_share: float | None = Field(
         default=None, description="drop a sub-dataset whose share of relabeled or dropped negatives is above this"
@@ -43,9 +42,7 @@ ORDER BY t.subset
 
 def choose(stats: pl.DataFrame, config: PrunedCollectionConfig) -> dict[str, str]:
     """subset -> why it is kept or dropped."""
-    named = set(config.keep or []) | set(PRESETS.get(config.preset, []) if config.preset else [])
-    if config.preset and config.preset not in PRESETS:
-        raise dg.Failure(f"unknown preset {config.preset!r}; known: {sorted(PRESETS)}")
+    named = set(config.keep or []) | set(PRESETS[config.preset] if config.preset else [])
     out = {}
     for row in stats.iter_rows(named=True):
         s = row["subset"]
@@ -61,14 +58,14 @@ def choose(stats: pl.DataFrame, config: PrunedCollectionConfig) -> dict[str, str
 
 
 @dg.asset(
-    deps=[relabeled],
+    deps=["relabeled"],
     kinds={"duckdb"},
     group_name="collection",
     code_version="prune-1",
     description="The training collection: one cleaning method's triplets for the sub-datasets kept by a "
     "named list (RLHN's seven as the `rlhn7` preset) and/or by measured statistics.",
 )
-def pruned_collection(context: dg.AssetExecutionContext, config: PrunedCollectionConfig, duckdb: DuckDBResource):
+def pruned_collection(context: dg.AssetExecutionContext, config: PrunedCollectionConfig, duckdb: DuckDBStore):
     with duckdb.get_connection() as conn:
         stats = conn.execute(STATS, {"method": config.method}).pl()
         if stats.is_empty():
@@ -83,6 +80,7 @@ def pruned_collection(context: dg.AssetExecutionContext, config: PrunedCollectio
                 "AND subset IN (SELECT unnest(?::VARCHAR[])) AND len(pos) > 0 AND len(neg) > 0",
                 [config.name, config.method, kept],
             )
+        tables = table_metadata(conn, "pruned_collection")
     table = [
         (
             r["subset"],
@@ -99,6 +97,7 @@ def pruned_collection(context: dg.AssetExecutionContext, config: PrunedCollectio
     after = sum(t[2] for t in table)
     return dg.MaterializeResult(
         metadata={
+            **tables,
             "name": config.name,
             "method": config.method,
             "subsets_kept": len(kept),

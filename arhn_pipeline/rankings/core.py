@@ -10,19 +10,42 @@ import hashlib
 import json
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
-from arhn_pipeline.engine.base import LLMRequest, Sampling, Structured
+import polars as pl
+
+from arhn_pipeline.engine.base import LLMEngine, LLMRequest, Sampling, Structured
+from arhn_pipeline.engine.cache import CallStats, CallStore, cached_generate
 from arhn_pipeline.engine.prompts import PromptTemplate
+from arhn_pipeline.vocab import ParseStatus
 
 TEMPLATE = PromptTemplate.load(Path(__file__).with_name("ranking.prompt.yaml"))
-PARSER_VERSION = "permutation-parser-1"
+PARSER_VERSION = "permutation-parser-2"
 
-PARSED, REPAIRED, UNPARSED = "parsed", "repaired", "unparsed"
+PARSED, REPAIRED, ECHOED, DEGENERATE, UNPARSED = (
+    ParseStatus.PARSED,
+    ParseStatus.REPAIRED,
+    ParseStatus.ECHOED,
+    ParseStatus.DEGENERATE,
+    ParseStatus.UNPARSED,
+)
+T = TypeVar("T")
+
+# Defaults of the stage's settings (RankingsConfig), here so that `arhn estimate` plans with the same ones.
+WINDOW_SIZE = 20
+STRIDE = 10
+PASSAGE_MAX_TOKENS = 128
+
+# A ranking of fewer candidates than this is not tested for echo: with 3, a third of all orders would be one.
+ECHO_MIN_CANDIDATES = 4
+# One identical answer to this many windows or more is no reading of the passages.
+DEGENERATE_MIN_WINDOWS = 8
 
 
-def schema(n: int) -> dict:
+def schema(n: int) -> dict[str, Any]:
     return {
         "type": "object",
         "properties": {
@@ -51,9 +74,10 @@ def build_request(query: str, passages: list[str]) -> LLMRequest:
 @dataclass(frozen=True)
 class Permutation:
     order: list[int]  # 0-based positions of the window, best first; always a full permutation
-    placed: frozenset[int]  # positions the model itself put in the order (not appended by repair)
-    status: str  # parsed | repaired | unparsed
-    repairs: str = ""  # what the parser changed, for the audit
+    placed: frozenset[int]  # positions the model itself put in the order (not appended by repair); empty
+    #                         when the answer is no evidence (unparsed, echoed, degenerate)
+    status: ParseStatus
+    repairs: str = ""  # what the parser changed, or why the answer is no evidence, for the audit
 
 
 _THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
@@ -61,7 +85,8 @@ _THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 
 def parse_permutation(response: str, n: int) -> Permutation:
     """Read a ranking of n items; never throws. Keeps the identifiers in the model's order, drops
-    duplicates and unknown ids, and appends what is missing in the original order."""
+    duplicates and unknown ids, and appends what is missing in the original order. A ranking that repeats
+    the order shown (or its reverse) is `echoed`: it says nothing about the passages, so nothing is placed."""
     text = _THINK.sub("", response).strip()
     notes = []
     try:
@@ -94,10 +119,32 @@ def parse_permutation(response: str, n: int) -> Permutation:
         notes.append(f"appended missing ids {[i + 1 for i in missing]}")
     if not seen:
         return Permutation(list(range(n)), frozenset(), UNPARSED, "no usable identifier; original order kept")
+    if is_echo(seen, n):
+        return Permutation(list(range(n)), frozenset(), ECHOED, "the order shown (or its reverse) repeated")
     return Permutation(seen + missing, frozenset(seen), REPAIRED if notes else PARSED, "; ".join(notes))
 
 
-def shuffled(items: list, query_id: str) -> list:
+def is_echo(seen: list[int], n: int) -> bool:
+    """The identifiers the model gave are the shown order, or its reverse, from one end (at least two)."""
+    k = len(seen)
+    if n < ECHO_MIN_CANDIDATES or k < 2:
+        return False
+    return seen == list(range(k)) or seen == list(range(n - 1, n - 1 - k, -1))
+
+
+def mark_degenerate(responses: list[str], perms: list[Permutation]) -> list[Permutation]:
+    """When every window got one identical answer (at least DEGENERATE_MIN_WINDOWS), none is evidence (an
+    unreadable answer stays `unparsed`)."""
+    if len(responses) < DEGENERATE_MIN_WINDOWS or len(set(responses)) != 1:
+        return perms
+    note = f"the same answer to all {len(responses)} windows"
+    return [
+        p if p.status == UNPARSED else Permutation(list(range(len(p.order))), frozenset(), DEGENERATE, note)
+        for p in perms
+    ]
+
+
+def shuffled(items: list[T], query_id: str) -> list[T]:
     """A fixed shuffle per query (so prompts, and their cache keys, are stable across runs)."""
     rng = random.Random(int(hashlib.sha256(query_id.encode()).hexdigest()[:16], 16))
     out = list(items)
@@ -125,7 +172,7 @@ class QueryRanking:
     order: list[str]
     placed: set[str] = field(default_factory=set)
     call_ids: dict[str, list[str]] = field(default_factory=dict)  # candidate -> calls of windows it was in
-    window_log: list[dict] = field(default_factory=list)
+    window_log: list[dict[str, Any]] = field(default_factory=list)
 
     def apply(self, span: tuple[int, int], perm: Permutation, call_id: str) -> None:
         start, end = span
@@ -137,3 +184,76 @@ class QueryRanking:
         self.window_log.append(
             {"span": span, "shown": shown, "call_id": call_id, "status": perm.status, "repairs": perm.repairs}
         )
+
+
+class RankingPlan:
+    """Each query's candidates in their starting order and its window spans. Window k's content depends on
+    the answers to windows before it, so requests are built one step at a time."""
+
+    def __init__(
+        self,
+        pairs: pl.DataFrame,
+        llm: LLMEngine,
+        *,
+        window_size: int = WINDOW_SIZE,
+        stride: int = STRIDE,
+        shuffle: bool = True,
+        passage_max_tokens: int = PASSAGE_MAX_TOKENS,
+    ):
+        self.shown: dict[str, str] = {}
+        self.states: dict[str, QueryRanking] = {}
+        self.query_text: dict[str, str] = {}
+        largest = pairs.group_by("query_id").len()["len"].max()
+        size = min(window_size, int(largest) if isinstance(largest, int) else 1)
+        budget = llm.passage_budget(passage_max_tokens, size, answer_budget(size))
+        for (qid,), group in pairs.group_by("query_id", maintain_order=True):
+            keys = group["passage_id"].to_list()
+            self.query_text[qid] = group["query"][0]
+            for key, text in zip(keys, group["passage"], strict=True):
+                if key not in self.shown:
+                    self.shown[key] = llm.truncate(text, budget)[0]
+            self.states[qid] = QueryRanking(order=shuffled(keys, qid) if shuffle else keys)
+        self.spans = {q: windows(len(s.order), window_size, stride) for q, s in self.states.items()}
+        self.steps = max((len(s) for s in self.spans.values()), default=0)
+
+    def requests(self, step: int) -> tuple[list[str], list[LLMRequest]]:
+        active = [qid for qid in self.states if step < len(self.spans[qid])]
+        out = []
+        for qid in active:
+            start, end = self.spans[qid][step]
+            passages = [self.shown[k] for k in self.states[qid].order[start:end]]
+            out.append(build_request(self.query_text[qid], passages))
+        return active, out
+
+
+def rank_partition(
+    plan: RankingPlan, llm: LLMEngine, store: CallStore, batch_size: int, log: Callable[[str], None] | None = None
+) -> tuple[dict[str, QueryRanking], CallStats]:
+    """Rank every query's candidate set; window k of every query goes to the engine in one batch."""
+    states = plan.states
+    total = CallStats()
+    for step in range(plan.steps):
+        active, requests = plan.requests(step)
+        calls, stats = cached_generate(store, llm, requests, batch_size, log=log)
+        total.add(stats)
+        spans = [plan.spans[qid][step] for qid in active]
+        perms = [parse_permutation(c.response, b - a) for c, (a, b) in zip(calls, spans, strict=True)]
+        perms = mark_degenerate([c.response for c in calls], perms)
+        for qid, call, span, perm in zip(active, calls, spans, perms, strict=True):
+            states[qid].apply(span, perm, call.call_id)
+    return states, total
+
+
+def rank_by_scores(pairs: pl.DataFrame, scores: list[float], scorer_id: str) -> dict[str, QueryRanking]:
+    """Each query's candidates ordered by a scorer's relevance scores (highest first; ties keep source order).
+    Every candidate is placed: the scorer ranked them all."""
+    states: dict[str, QueryRanking] = {}
+    frame = pairs.select("query_id", "passage_id").with_columns(score=pl.Series(scores, dtype=pl.Float64))
+    for (qid,), group in frame.group_by("query_id", maintain_order=True):
+        keys = group["passage_id"].to_list()
+        order = sorted(range(len(keys)), key=lambda i: -group["score"][i])
+        state = QueryRanking(order=list(keys))
+        note = "scores " + ", ".join(f"{group['score'][i]:.4f}" for i in order)
+        state.apply((0, len(keys)), Permutation(order, frozenset(order), PARSED, note), call_id=scorer_id)
+        states[qid] = state
+    return states

@@ -1,13 +1,16 @@
 """The `raw_triplets` asset and its checks."""
 
 import dagster as dg
-from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from arhn_pipeline.markdown import md_table
 from arhn_pipeline.partitions import subset_partitions
 from arhn_pipeline.raw_triplets.ingest import ingest
 from arhn_pipeline.sources.registry import load_registry
+from arhn_pipeline.store import DuckDBStore, other_tables_metadata, table_metadata
+
+QUARANTINE_SHARE = "quarantine_share"
+EVERY_QUERY = "every_query_has_positive_and_negative"
 
 INGEST_VERSION = "1"
 
@@ -23,8 +26,17 @@ class RawTripletsConfig(dg.Config):
     group_name="ingest",
     description="The sub-dataset's triplets, validated and normalized: queries, passages (stored once), "
     "candidates (positive/negative, original rank and score). Bad rows go to `quarantine` with their reason.",
+    check_specs=[
+        dg.AssetCheckSpec(QUARANTINE_SHARE, asset="raw_triplets", description="Quarantined lines under 5%."),
+        dg.AssetCheckSpec(
+            EVERY_QUERY,
+            asset="raw_triplets",
+            blocking=True,
+            description="Every ingested query has at least one positive and one negative.",
+        ),
+    ],
 )
-def raw_triplets(context: dg.AssetExecutionContext, config: RawTripletsConfig, duckdb: DuckDBResource):
+def raw_triplets(context: dg.AssetExecutionContext, config: RawTripletsConfig, duckdb: DuckDBStore):
     subset = context.partition_key
     registry = load_registry()
     if subset not in registry:
@@ -38,14 +50,21 @@ def raw_triplets(context: dg.AssetExecutionContext, config: RawTripletsConfig, d
             "SELECT field, reason, count(*) FROM quarantine WHERE subset = ? GROUP BY ALL ORDER BY 3 DESC LIMIT 10",
             [subset],
         ).fetchall()
+        checks = [_quarantine_share(conn, subset), _every_query_has_both(conn, subset)]
+        tables = {
+            **table_metadata(conn, "candidates", subset),
+            **other_tables_metadata(conn, ["queries", "quarantine"], subset),
+        }
     context.log.info(f"{subset}: {stats.as_dict()}")
     return dg.MaterializeResult(
+        check_results=checks,
         metadata={
+            **tables,
             "source": entry.location,
             **{k: dg.MetadataValue.int(v) for k, v in stats.as_dict().items()},
             "quarantine_reasons": dg.MetadataValue.md(md_table(["field", "reason", "count"], reasons)),
             "preview": dg.MetadataValue.md(preview),
-        }
+        },
     )
 
 
@@ -63,37 +82,30 @@ def _preview(conn, subset: str, n: int = 5) -> str:
     return md_table(["query_id", "query", "positives", "negatives", "a positive"], rows)
 
 
-@dg.asset_check(asset=raw_triplets, blocking=False, description="Quarantined lines stay under 5% of the source.")
-def quarantine_share(context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource) -> dg.AssetCheckResult:
-    subset = context.partition_key if context.has_partition_key else None
-    with duckdb.get_connection() as conn:
-        bad, good = conn.execute(
-            "SELECT (SELECT count(*) FROM quarantine WHERE subset = $s AND scope = 'row'),"
-            " (SELECT count(*) FROM queries WHERE subset = $s)",
-            {"s": subset},
-        ).fetchone()
+def _quarantine_share(conn, subset: str) -> dg.AssetCheckResult:
+    bad, good = conn.execute(
+        "SELECT (SELECT count(*) FROM quarantine WHERE subset = $s AND scope = 'row'),"
+        " (SELECT count(*) FROM queries WHERE subset = $s)",
+        {"s": subset},
+    ).fetchone()
     share = bad / max(bad + good, 1)
     return dg.AssetCheckResult(
+        check_name=QUARANTINE_SHARE,
         passed=share < 0.05,
         severity=dg.AssetCheckSeverity.WARN,
         metadata={"quarantined_lines": bad, "ingested_queries": good, "share": round(share, 4)},
     )
 
 
-@dg.asset_check(
-    asset=raw_triplets, blocking=True, description="Every ingested query has at least one positive and one negative."
-)
-def every_query_has_positive_and_negative(
-    context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource
-) -> dg.AssetCheckResult:
-    subset = context.partition_key if context.has_partition_key else None
-    with duckdb.get_connection() as conn:
-        broken = conn.execute(
-            """
-            SELECT q.query_id FROM queries q LEFT JOIN candidates c USING (subset, query_id)
-            WHERE q.subset = ? GROUP BY q.query_id
-            HAVING count(*) FILTER (WHERE c.role = 'positive') = 0 OR count(*) FILTER (WHERE c.role = 'negative') = 0
-            """,
-            [subset],
-        ).fetchall()
-    return dg.AssetCheckResult(passed=not broken, metadata={"queries_missing_a_role": len(broken)})
+def _every_query_has_both(conn, subset: str) -> dg.AssetCheckResult:
+    broken = conn.execute(
+        """
+        SELECT q.query_id FROM queries q LEFT JOIN candidates c USING (subset, query_id)
+        WHERE q.subset = ? GROUP BY q.query_id
+        HAVING count(*) FILTER (WHERE c.role = 'positive') = 0 OR count(*) FILTER (WHERE c.role = 'negative') = 0
+        """,
+        [subset],
+    ).fetchall()
+    return dg.AssetCheckResult(
+        check_name=EVERY_QUERY, passed=not broken, metadata={"queries_missing_a_role": len(broken)}
+    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import duckdb
 import polars as pl
@@ -15,7 +16,7 @@ import polars as pl
 from arhn_pipeline.sources.readers import iter_records
 from arhn_pipeline.sources.registry import SourceEntry
 from arhn_pipeline.sources.rows import RowError, Triplet, parse_row
-from arhn_pipeline.store import PARTITIONED_TABLES, delete_partition, ensure_schema, transaction
+from arhn_pipeline.store import PARTITIONED_TABLES, delete_partition, transaction
 
 # A quarantined line keeps its raw text for inspection, cut at this size so one huge line cannot bloat the table.
 RAW_KEEP_CHARS = 100_000
@@ -135,7 +136,6 @@ def ingest(conn: duckdb.DuckDBPyConnection, subset: str, entry: SourceEntry, bat
     Batches go to staging tables, committed as they come (so memory stays flat: one long transaction
     would hold every appended row); one short transaction then swaps them in for the partition's old rows.
     """
-    ensure_schema(conn)
     # One staging name per (table, subset): a run killed mid-ingest leaves tables the next run replaces.
     tag = hashlib.sha256(subset.encode()).hexdigest()[:12]
     stage = {t: f"_stage_{t}_{tag}" for t in PARTITIONED_TABLES}
@@ -205,7 +205,7 @@ def _stream_into(conn, subset: str, entry: SourceEntry, batch_size: int, stage: 
     return stats
 
 
-def _candidate_text(row: dict, field: str) -> str:
+def _candidate_text(row: Any, field: str) -> str:
     """The value at `neg[3]`-style field names, for the quarantine's raw column."""
     name, _, index = field.partition("[")
     value = row.get(name, [])[int(index.rstrip("]"))]

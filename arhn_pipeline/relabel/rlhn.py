@@ -5,36 +5,49 @@ hn_remove: flagged negatives are dropped
 remove:    a query with any flagged negative is dropped
 default:   nothing changes (the baseline, with the same decision rows for audit)
 A query with more than `max_flagged` flagged negatives is dropped whatever the technique (but default).
+A query with a negative that has no usable verdict (missing, unparsed, degenerate) is left as it is.
 """
 
 from __future__ import annotations
 
-from arhn_pipeline.relabel.arhn import DROP_NEGATIVE, DROP_QUERY, KEEP, TO_POSITIVE
+from collections.abc import Sequence
 
-TECHNIQUES = ("rlhn", "hn_remove", "remove", "default")
-COUNTED = {"better": {"better"}, "better_and_worse": {"better", "worse"}}
+from arhn_pipeline.vocab import Action, Label, RlhnCount, RlhnTechnique
+
+TECHNIQUES = tuple(RlhnTechnique)
+COUNTED = {RlhnCount.better: {Label.BETTER}, RlhnCount.better_and_worse: {Label.BETTER, Label.WORSE}}
+DEGENERATE = "degenerate"  # a verdict label the evidence query gives a degenerate answer
+
+Decision = tuple[Action, str]
 
 
 def decide_query(
-    verdicts: list[str | None], technique: str, max_flagged: int = 8, count: str = "better_and_worse"
-) -> tuple[tuple[str, str], list[tuple[str, str]]]:
+    verdicts: Sequence[str | None],
+    technique: RlhnTechnique | str,
+    max_flagged: int = 8,
+    count: RlhnCount | str = RlhnCount.better_and_worse,
+) -> tuple[Decision, list[Decision]]:
     """((action, rule) for the query's positives, [(action, rule) per negative])."""
+    technique, count = RlhnTechnique(technique), RlhnCount(count)
     n = len(verdicts)
-    if technique == "default":
-        return (KEEP, "original_positive"), [(KEEP, "default_unchanged")] * n
+    keep_pos: Decision = (Action.KEEP, "original_positive")
+    if technique == RlhnTechnique.default:
+        return keep_pos, [(Action.KEEP, "default_unchanged")] * n
     if any(v is None for v in verdicts):
-        return (KEEP, "original_positive"), [(KEEP, "keep_no_verdict")] * n
-    if "unparsed" in verdicts:
-        return (KEEP, "original_positive"), [(KEEP, "keep_verdict_unparsed")] * n
+        return keep_pos, [(Action.KEEP, "keep_no_verdict")] * n
+    if DEGENERATE in verdicts:
+        return keep_pos, [(Action.KEEP, "keep_verdict_degenerate")] * n
+    if Label.UNPARSED in verdicts:
+        return keep_pos, [(Action.KEEP, "keep_verdict_unparsed")] * n
     flagged = [v in COUNTED[count] for v in verdicts]
     if sum(flagged) > max_flagged:
         rule = f"drop_query_more_than_{max_flagged}_flagged"
-        return (DROP_QUERY, rule), [(DROP_QUERY, rule)] * n
-    if technique == "remove" and any(flagged):
-        return (DROP_QUERY, "remove_query_with_flagged"), [(DROP_QUERY, "remove_query_with_flagged")] * n
+        return (Action.DROP_QUERY, rule), [(Action.DROP_QUERY, rule)] * n
+    if technique == RlhnTechnique.remove and any(flagged):
+        return (Action.DROP_QUERY, "remove_query_with_flagged"), [(Action.DROP_QUERY, "remove_query_with_flagged")] * n
     action, rule = {
-        "rlhn": (TO_POSITIVE, "rlhn_flagged_to_positive"),
-        "hn_remove": (DROP_NEGATIVE, "hn_remove_flagged"),
-        "remove": (KEEP, "keep_not_flagged"),
+        RlhnTechnique.rlhn: (Action.TO_POSITIVE, "rlhn_flagged_to_positive"),
+        RlhnTechnique.hn_remove: (Action.DROP_NEGATIVE, "hn_remove_flagged"),
+        RlhnTechnique.remove: (Action.KEEP, "keep_not_flagged"),
     }[technique]
-    return (KEEP, "original_positive"), [(action, rule) if f else (KEEP, "keep_not_flagged") for f in flagged]
+    return keep_pos, [(action, rule) if f else (Action.KEEP, "keep_not_flagged") for f in flagged]

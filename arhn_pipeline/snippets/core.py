@@ -1,4 +1,5 @@
-"""Snippet requests, parsing and verification: plain functions, no Dagster."""
+"""ARHN stage 1 without Dagster: one request per (query, candidate), and a reader of each answer that checks
+the snippet against its passage."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from arhn_pipeline.engine.base import LLMRequest, Sampling, Structured
+import polars as pl
+
+from arhn_pipeline.engine.base import LLMEngine, LLMRequest, Sampling, Structured
 from arhn_pipeline.engine.prompts import PromptTemplate
+from arhn_pipeline.vocab import SnippetStatus
 
 TEMPLATE_PATH = Path(__file__).with_name("snippet.prompt.yaml")
 TEMPLATE = PromptTemplate.load(TEMPLATE_PATH)
-PARSER_VERSION = "snippet-parser-1"
+PARSER_VERSION = "snippet-parser-2"
 NO_ANSWER = "NO_ANSWER"
 
 SCHEMA = {
@@ -22,11 +26,18 @@ SCHEMA = {
     "additionalProperties": False,
 }
 
-# Statuses, in the order of how much they prove.
-VERIFIED = "answer_verified"  # the snippet occurs in the passage (exactly, or up to whitespace and case)
-UNVERIFIED = "answer_unverified"  # the model wrote text the passage does not contain
-NO_ANSWER_STATUS = "no_answer"
-UNPARSED = "unparsed"
+VERIFIED = SnippetStatus.VERIFIED
+UNVERIFIED = SnippetStatus.UNVERIFIED
+NO_ANSWER_STATUS = SnippetStatus.NO_ANSWER
+DEGENERATE = SnippetStatus.DEGENERATE
+UNPARSED = SnippetStatus.UNPARSED
+
+# Defaults of the stage's settings (SnippetsConfig), here so that `arhn estimate` plans with the same ones.
+PASSAGE_MAX_TOKENS = 384
+SNIPPET_MAX_TOKENS = 96
+
+# One identical answer to this many requests or more (of at least two passages) is no reading of the passages.
+DEGENERATE_MIN_REQUESTS = 8
 
 
 def build_request(query: str, passage: str, max_tokens: int) -> LLMRequest:
@@ -40,11 +51,30 @@ def build_request(query: str, passage: str, max_tokens: int) -> LLMRequest:
 
 
 @dataclass(frozen=True)
+class ShownPassage:
+    text: str  # as the prompt shows it
+    truncated: bool  # cut to the token budget
+
+
+def snippet_requests(
+    pairs: pl.DataFrame, llm: LLMEngine, passage_max_tokens: int, snippet_max_tokens: int
+) -> tuple[list[LLMRequest], dict[str, ShownPassage]]:
+    """One request per pair (in the pairs' order), and each passage as shown."""
+    shown: dict[str, ShownPassage] = {}
+    requests = []
+    for row in pairs.iter_rows(named=True):
+        if row["passage_id"] not in shown:
+            shown[row["passage_id"]] = ShownPassage(*llm.truncate(row["passage"], passage_max_tokens))
+        requests.append(build_request(row["query"], shown[row["passage_id"]].text, snippet_max_tokens))
+    return requests, shown
+
+
+@dataclass(frozen=True)
 class SnippetVerdict:
-    status: str
+    status: SnippetStatus
     snippet: str | None
     match: str | None = None  # exact | normalized, for verified snippets
-    detail: str | None = None  # why an answer is unparsed
+    detail: str | None = None  # why an answer is unparsed or no evidence
 
 
 def parse_snippet(response: str) -> str:
@@ -55,7 +85,7 @@ def parse_snippet(response: str) -> str:
     value = json.loads(text)
     if not isinstance(value, dict) or not isinstance(value.get("snippet"), str):
         raise ValueError('expected {"snippet": "..."}')
-    return value["snippet"]
+    return str(value["snippet"])
 
 
 _WS = re.compile(r"\s+")
@@ -81,3 +111,14 @@ def judge_snippet(response: str, passage: str) -> SnippetVerdict:
     if _norm(stripped) in _norm(passage):
         return SnippetVerdict(VERIFIED, stripped, match="normalized")
     return SnippetVerdict(UNVERIFIED, stripped)
+
+
+def judge_snippets(responses: list[str], passages: list[str]) -> list[SnippetVerdict]:
+    """Read every answer of a partition. When one identical readable answer came back for every request (at
+    least DEGENERATE_MIN_REQUESTS, over more than one passage), the model read none of them: each is
+    `degenerate` (an unreadable answer stays `unparsed`)."""
+    verdicts = [judge_snippet(r, p) for r, p in zip(responses, passages, strict=True)]
+    if len(responses) >= DEGENERATE_MIN_REQUESTS and len(set(responses)) == 1 and len(set(passages)) > 1:
+        detail = f"the same answer to all {len(responses)} requests: {responses[0][:80]!r}"
+        return [v if v.status == UNPARSED else SnippetVerdict(DEGENERATE, v.snippet, v.match, detail) for v in verdicts]
+    return verdicts

@@ -31,6 +31,7 @@ def iter_records(entry: SourceEntry) -> Iterator[Record]:
 
 def _iter_jsonl(entry: SourceEntry) -> Iterator[Record]:
     path = entry.path
+    assert path is not None  # a file entry
     if not path.is_file():
         raise SourceError(f"source {entry.name!r}: file not found: {path}")
     any_line = False
@@ -62,6 +63,7 @@ def _iter_hub(entry: SourceEntry) -> Iterator[Record]:
     import datasets
 
     hub = entry.hub
+    assert hub is not None  # a hub entry
     try:
         ds = datasets.load_dataset(hub.dataset, hub.config, split=hub.split, data_files=hub.data_files, streaming=True)
     except Exception as exc:  # datasets raises many types; all mean "cannot read this source"

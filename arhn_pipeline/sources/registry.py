@@ -61,7 +61,10 @@ class SourceEntry(BaseModel):
 
     @property
     def location(self) -> str:
-        return str(self.path) if self.path is not None else f"hub:{self.hub.dataset}"
+        if self.path is not None:
+            return str(self.path)
+        assert self.hub is not None  # the validator requires one of the two
+        return f"hub:{self.hub.dataset}"
 
 
 class RegistryError(Exception):

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from arhn_pipeline.store import normalize_text, passage_key
+from arhn_pipeline.identity import normalize_text, passage_key
 
 Format = Literal["bge", "tevatron"]
 
@@ -148,7 +148,7 @@ def _from_bge(row: BGERow) -> Triplet:
             for i, t in enumerate(texts)
         ]
 
-    qid = row.query_id or row.qid or derived_query_id(row.query)
+    qid = str(row.query_id or row.qid or derived_query_id(row.query))
     return _fold(
         Triplet(
             query_id=qid,
@@ -168,7 +168,7 @@ def _from_tevatron(row: TevatronRow) -> Triplet:
 
     return _fold(
         Triplet(
-            query_id=row.query_id,
+            query_id=str(row.query_id),
             query=row.query,
             positives=side(row.positive_passages),
             negatives=side(row.negative_passages),

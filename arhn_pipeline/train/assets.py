@@ -3,31 +3,15 @@
 import time
 
 import dagster as dg
-from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from arhn_pipeline import embeddings, settings
+from arhn_pipeline import embeddings
 from arhn_pipeline.export import rows as collection_rows
-from arhn_pipeline.prune.assets import pruned_collection
-from arhn_pipeline.relabel.assets import relabeled
+from arhn_pipeline.store import DuckDBStore
 from arhn_pipeline.train import core
+from arhn_pipeline.vocab import NegativeRule
 
-# variant (partition key) -> the collection it trains on
-VARIANTS = {
-    "original": "original",
-    "arhn_R": "arhn:R",
-    "arhn_F": "arhn:F",
-    "arhn_RF": "arhn:R+F",
-    "rlhn_rlhn": "rlhn:rlhn",
-    "rlhn_hn_remove": "rlhn:hn_remove",
-    "rlhn_remove": "rlhn:remove",
-    "pruned": "pruned",
-}
-variant_partitions = dg.StaticPartitionsDefinition(list(VARIANTS))
-
-
-def retriever_dir(variant: str):
-    return settings.var_dir() / "retrievers" / variant
+variant_partitions = dg.StaticPartitionsDefinition(list(core.VARIANTS))
 
 
 class TrainedRetrieverConfig(dg.Config):
@@ -38,9 +22,9 @@ class TrainedRetrieverConfig(dg.Config):
     subsets: list[str] | None = Field(default=None, description="sub-datasets to train on (default: all)")
     pruned_name: str = Field(default="pruned", description="the pruned collection the `pruned` variant uses")
     negatives_per_query: int = Field(default=3, description="hard negatives per example")
-    negative_rule: str = Field(
-        default="sample_with_replacement",
-        description="when a query has fewer negatives: sample_with_replacement or pad_from_other_queries",
+    negative_rule: NegativeRule = Field(
+        default=NegativeRule.sample_with_replacement,
+        description="when a query has fewer negatives: draw its own again, or pad from other queries",
     )
     scale: float = Field(default=20.0, description="MultipleNegativesRankingLoss scale (1 / temperature)")
     epochs: int = Field(default=1, description="passes over the examples")
@@ -55,16 +39,16 @@ class TrainedRetrieverConfig(dg.Config):
 
 @dg.asset(
     partitions_def=variant_partitions,
-    deps=[dg.AssetDep(relabeled, partition_mapping=dg.AllPartitionMapping()), pruned_collection],
+    deps=[dg.AssetDep("relabeled", partition_mapping=dg.AllPartitionMapping()), "pruned_collection"],
     kinds={"pytorch"},
     group_name="retriever",
     code_version="train-1",
     description="A sentence-transformers retriever fine-tuned with MultipleNegativesRankingLoss on the variant's "
     "collection; the model folder is kept per variant under var/retrievers/.",
 )
-def trained_retriever(context: dg.AssetExecutionContext, config: TrainedRetrieverConfig, duckdb: DuckDBResource):
+def trained_retriever(context: dg.AssetExecutionContext, config: TrainedRetrieverConfig, duckdb: DuckDBStore):
     variant = context.partition_key
-    method = VARIANTS[variant]
+    method = core.VARIANTS[variant]
     with duckdb.get_connection() as conn:
         if method == "pruned":
             data = list(collection_rows(conn, "", pruned=config.pruned_name))
@@ -74,11 +58,10 @@ def trained_retriever(context: dg.AssetExecutionContext, config: TrainedRetrieve
         data = [r for r in data if r["subset"] in config.subsets]
     if not data:
         raise dg.Failure(f"no triplets for variant {variant!r} ({method}): materialize relabeled / pruned_collection")
-    settings_ = core.TrainingSettings(**{f: getattr(config, f) for f in core.TrainingSettings.__dataclass_fields__})
-    out = retriever_dir(variant)
+    out = core.retriever_dir(variant)
     context.log.info(f"training {variant} on {len(data)} queries from {config.base_model}")
     t0 = time.perf_counter()
-    result = core.fine_tune(config.base_model, data, out, settings_, log=context.log.info)
+    result = core.fine_tune(config.base_model, data, out, config, log=context.log.info)
     return dg.MaterializeResult(
         metadata={
             "method": method,

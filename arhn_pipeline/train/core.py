@@ -12,32 +12,50 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
-RULES = ("sample_with_replacement", "pad_from_other_queries")
+from arhn_pipeline import settings
+from arhn_pipeline.vocab import NegativeRule
+
+# variant (a trained_retriever partition) -> the collection it trains on
+VARIANTS = {
+    "original": "original",
+    "arhn_R": "arhn:R",
+    "arhn_F": "arhn:F",
+    "arhn_RF": "arhn:R+F",
+    "rlhn_rlhn": "rlhn:rlhn",
+    "rlhn_hn_remove": "rlhn:hn_remove",
+    "rlhn_remove": "rlhn:remove",
+    "pruned": "pruned",
+}
 
 
-@dataclass(frozen=True)
-class TrainingSettings:
-    negatives_per_query: int = 3
-    negative_rule: str = "sample_with_replacement"
-    scale: float = 20.0  # MNRL's inverse temperature
-    epochs: int = 1
-    learning_rate: float = 2e-5
-    batch_size: int = 16
-    max_length: int = 256
-    seed: int = 42
-    query_prefix: str = ""  # e.g. "query: " for E5
-    passage_prefix: str = ""  # e.g. "passage: " for E5
-    warmup_ratio: float = 0.1
+def retriever_dir(variant: str) -> Path:
+    return settings.var_dir() / "retrievers" / variant
 
 
-def examples(rows: list[dict], s: TrainingSettings) -> tuple[list[dict], dict[str, int]]:
+class TrainingSettings(Protocol):
+    """What training reads; the settings themselves, with defaults and descriptions, are
+    train.assets.TrainedRetrieverConfig."""
+
+    negatives_per_query: int
+    negative_rule: NegativeRule
+    scale: float  # MNRL's inverse temperature
+    epochs: int
+    learning_rate: float
+    batch_size: int
+    max_length: int
+    seed: int
+    query_prefix: str
+    passage_prefix: str
+    warmup_ratio: float
+
+
+def examples(rows: list[dict[str, Any]], s: TrainingSettings) -> tuple[list[dict[str, str]], dict[str, int]]:
     """rows: {query, pos: [...], neg: [...]} -> columns anchor, positive, negative_1..k; and counts of what
     the negative rule had to do."""
-    if s.negative_rule not in RULES:
-        raise ValueError(f"negative_rule must be one of {RULES}")
+    rule = NegativeRule(s.negative_rule)
     rng = random.Random(s.seed)
     k = s.negatives_per_query
     pool = [n for r in rows for n in r["neg"]]
@@ -53,7 +71,7 @@ def examples(rows: list[dict], s: TrainingSettings) -> tuple[list[dict], dict[st
                 negs = rng.sample(own, k)
             else:
                 counts["short_of_negatives"] += 1
-                if s.negative_rule == "sample_with_replacement" and own:
+                if rule == NegativeRule.sample_with_replacement and own:
                     negs = own + [rng.choice(own) for _ in range(k - len(own))]
                 else:
                     others = [n for n in pool if n not in own and n not in r["pos"]]
@@ -70,8 +88,8 @@ def examples(rows: list[dict], s: TrainingSettings) -> tuple[list[dict], dict[st
 
 
 def fine_tune(
-    base_model: str, rows: list[dict], out_dir: Path, s: TrainingSettings, log: Callable[[str], None] = print
-) -> dict:
+    base_model: str, rows: list[dict[str, Any]], out_dir: Path, s: TrainingSettings, log: Callable[[str], None] = print
+) -> dict[str, Any]:
     """Fine-tune `base_model` (a sentence-transformers name or folder) on `rows`; save it to `out_dir`."""
     import datasets
     import torch
@@ -93,7 +111,7 @@ def fine_tune(
     model.max_seq_length = s.max_length
 
     class Progress(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
             if logs:
                 log(f"step {state.global_step}/{state.max_steps}: {logs}")
 

@@ -1,0 +1,201 @@
+"""Every table and view of the pipeline, in one place: the stages write rows into them, the engine's call
+cache into `llm_calls`, and nothing else creates a table. `create_schema` is idempotent."""
+
+from __future__ import annotations
+
+import duckdb
+
+SCHEMA = """
+-- Every LLM call of every stage; also the cache (see engine/cache.py): a stored key is never asked again.
+CREATE TABLE IF NOT EXISTS llm_calls (
+    call_id              VARCHAR PRIMARY KEY,  -- LLMRequest.cache_key(model)
+    model                VARCHAR NOT NULL,
+    engine               VARCHAR NOT NULL,     -- vllm | scripted
+    template             VARCHAR NOT NULL,     -- prompt file, e.g. snippets/snippet.prompt.yaml
+    template_version     VARCHAR NOT NULL,     -- content hash of that file
+    messages             JSON NOT NULL,        -- exactly what was asked
+    sampling             JSON NOT NULL,
+    structured           JSON,
+    response             VARCHAR NOT NULL,     -- exactly what was answered
+    finish_reason        VARCHAR,
+    prompt_tokens        INTEGER,
+    completion_tokens    INTEGER,
+    cached_prompt_tokens INTEGER,              -- served from the prefix cache (vLLM)
+    batch_seconds        DOUBLE,               -- wall time of the engine call that answered it
+    batch_size           INTEGER,
+    parse_status         VARCHAR,              -- set by the stage's parser: parsed | repaired | unparsed | ...
+    created_at           TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS passages (
+    passage_id VARCHAR PRIMARY KEY,   -- passage_key(title, text)
+    title      VARCHAR,
+    text       VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS queries (
+    subset     VARCHAR NOT NULL,
+    query_id   VARCHAR NOT NULL,
+    text       VARCHAR NOT NULL,
+    prompt     VARCHAR,               -- BGE instruction, when the source gives one
+    type       VARCHAR,
+    source     VARCHAR NOT NULL,      -- file path or hub id
+    line       BIGINT NOT NULL        -- 1-based line (file) or row index + 1 (hub dataset)
+);
+CREATE TABLE IF NOT EXISTS candidates (
+    subset            VARCHAR NOT NULL,
+    query_id          VARCHAR NOT NULL,
+    passage_id        VARCHAR NOT NULL,
+    role              VARCHAR NOT NULL,   -- positive | negative
+    original_rank     INTEGER NOT NULL,   -- 0-based position in the source's pos or neg list
+    original_score    DOUBLE,
+    source_passage_id VARCHAR             -- the id the source gave, if any
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    subset  VARCHAR NOT NULL,
+    source  VARCHAR NOT NULL,
+    line    BIGINT NOT NULL,
+    field   VARCHAR NOT NULL,
+    reason  VARCHAR NOT NULL,
+    scope   VARCHAR NOT NULL,             -- row: the line was left out; candidate: one passage was left out
+    raw     VARCHAR                       -- the offending line (or value) as read, for inspection
+);
+-- ARHN stage 1: one row per (query, candidate), positives included.
+CREATE TABLE IF NOT EXISTS snippets (
+    subset            VARCHAR NOT NULL,
+    query_id          VARCHAR NOT NULL,
+    passage_id        VARCHAR NOT NULL,
+    role              VARCHAR NOT NULL,
+    status            VARCHAR NOT NULL,   -- answer_verified | answer_unverified | no_answer | unparsed
+    snippet           VARCHAR,
+    match             VARCHAR,            -- exact | normalized (verified snippets)
+    detail            VARCHAR,            -- why an answer is unparsed
+    passage_truncated BOOLEAN NOT NULL,   -- the prompt showed the passage cut to the token budget
+    call_id           VARCHAR NOT NULL,   -- -> llm_calls
+    template_version  VARCHAR NOT NULL,
+    model             VARCHAR NOT NULL
+);
+-- ARHN stage 2: every candidate's place in its query's final listwise ranking.
+CREATE TABLE IF NOT EXISTS rankings (
+    subset        VARCHAR NOT NULL,
+    query_id      VARCHAR NOT NULL,
+    passage_id    VARCHAR NOT NULL,
+    role          VARCHAR NOT NULL,
+    rank          INTEGER NOT NULL,     -- 0 = best
+    placed        BOOLEAN NOT NULL,     -- the model placed it (false: appended by permutation repair)
+    positive_rank INTEGER NOT NULL,     -- best rank among the query's original positives
+    call_ids      VARCHAR[] NOT NULL    -- the window calls it was shown in
+);
+-- One row per listwise request (window) with what its parser repaired.
+CREATE TABLE IF NOT EXISTS ranking_windows (
+    subset           VARCHAR NOT NULL,
+    query_id         VARCHAR NOT NULL,
+    window_index     INTEGER NOT NULL,  -- in the order they were asked (back to front)
+    span_start       INTEGER NOT NULL,
+    span_end         INTEGER NOT NULL,
+    shown            VARCHAR[] NOT NULL, -- passage ids in the order shown (identifier k = shown[k-1])
+    status           VARCHAR NOT NULL,  -- parsed | repaired | unparsed
+    repairs          VARCHAR,
+    call_id          VARCHAR NOT NULL,
+    template_version VARCHAR NOT NULL,
+    model            VARCHAR NOT NULL
+);
+-- The pruned collection: the kept sub-datasets of one cleaning method, in BGE shape.
+CREATE TABLE IF NOT EXISTS pruned_collection (
+    name     VARCHAR NOT NULL,   -- PrunedCollectionConfig.name
+    method   VARCHAR NOT NULL,   -- original | arhn:R+F | rlhn:rlhn | ...
+    subset   VARCHAR NOT NULL,
+    query_id VARCHAR NOT NULL,
+    query    VARCHAR NOT NULL,
+    prompt   VARCHAR,
+    pos      VARCHAR[] NOT NULL,
+    neg      VARCHAR[] NOT NULL
+);
+-- Retriever evaluation: one row per (variant, eval set); `base` is the untrained model.
+CREATE TABLE IF NOT EXISTS retriever_eval (
+    variant       VARCHAR NOT NULL,
+    eval_set      VARCHAR NOT NULL,
+    ndcg_at_10    DOUBLE NOT NULL,
+    recall_at_100 DOUBLE NOT NULL,
+    queries       INTEGER NOT NULL,
+    model_path    VARCHAR NOT NULL,
+    evaluated_at  TIMESTAMP NOT NULL
+);
+-- RLHN cascade: one verdict per (stage, query, negative) for every query the stage saw.
+CREATE TABLE IF NOT EXISTS verdicts (
+    subset           VARCHAR NOT NULL,
+    stage_index      INTEGER NOT NULL,   -- 0 = first stage of the cascade
+    stage            VARCHAR NOT NULL,
+    query_id         VARCHAR NOT NULL,
+    passage_id       VARCHAR NOT NULL,
+    verdict          VARCHAR NOT NULL,   -- better | worse | none | unparsed
+    score            DOUBLE,             -- margin stage: cosine of the negative to the query
+    status           VARCHAR NOT NULL,   -- parsed | repaired | unparsed (the answer for the whole query)
+    notes            VARCHAR,
+    call_id          VARCHAR,            -- LLM stages -> llm_calls
+    model            VARCHAR NOT NULL,
+    template_version VARCHAR,
+    final            BOOLEAN NOT NULL    -- the last stage that saw this query: its verdict stands
+);
+-- One decision per (method, query, candidate): what happened to it, which rule fired, and the evidence.
+CREATE TABLE IF NOT EXISTS decisions (
+    subset          VARCHAR NOT NULL,
+    method          VARCHAR NOT NULL,   -- arhn:R | arhn:F | arhn:R+F | rlhn:<technique>
+    query_id        VARCHAR NOT NULL,
+    passage_id      VARCHAR NOT NULL,
+    role            VARCHAR NOT NULL,   -- the original role
+    action          VARCHAR NOT NULL,   -- keep | to_positive | drop_negative | drop_query
+    rule            VARCHAR NOT NULL,
+    snippet_status  VARCHAR,
+    snippet         VARCHAR,
+    snippet_call_id VARCHAR,
+    rank            INTEGER,
+    positive_rank   INTEGER,
+    rank_call_ids   VARCHAR[],
+    verdict         VARCHAR,            -- RLHN: better | worse | none | unparsed
+    verdict_call_id VARCHAR,
+    prompt_versions VARCHAR NOT NULL,   -- stage=version, ...
+    model           VARCHAR
+);
+-- The cleaned collection per method, in BGE shape: kept and relabeled positives, kept negatives.
+CREATE OR REPLACE VIEW cleaned_triplets AS
+SELECT d.subset, d.method, d.query_id, any_value(q.text) AS query, any_value(q.prompt) AS prompt,
+       list(p.text ORDER BY d.role DESC, c.original_rank)
+           FILTER (WHERE d.action = 'to_positive' OR (d.role = 'positive' AND d.action = 'keep')) AS pos,
+       list(p.text ORDER BY c.original_rank) FILTER (WHERE d.role = 'negative' AND d.action = 'keep') AS neg
+FROM decisions d
+JOIN queries q USING (subset, query_id)
+JOIN candidates c USING (subset, query_id, passage_id)
+JOIN passages p USING (passage_id)
+GROUP BY d.subset, d.method, d.query_id
+HAVING count(*) FILTER (WHERE d.action = 'drop_query') = 0;
+"""
+
+# Views that join across stages (created after every table, the call table included).
+VIEWS = """
+-- The collection as ingested, in the same shape as cleaned_triplets (method 'original').
+CREATE OR REPLACE VIEW original_triplets AS
+SELECT c.subset, 'original' AS method, c.query_id, any_value(q.text) AS query, any_value(q.prompt) AS prompt,
+       list(p.text ORDER BY c.original_rank) FILTER (WHERE c.role = 'positive') AS pos,
+       list(p.text ORDER BY c.original_rank) FILTER (WHERE c.role = 'negative') AS neg
+FROM candidates c JOIN queries q USING (subset, query_id) JOIN passages p USING (passage_id)
+GROUP BY c.subset, c.query_id;
+CREATE OR REPLACE VIEW triplets AS
+SELECT * FROM original_triplets UNION ALL BY NAME SELECT * FROM cleaned_triplets;
+-- Why was this candidate kept, relabeled or dropped? One row per decision with its texts and raw answers.
+CREATE OR REPLACE VIEW decision_trail AS
+SELECT d.subset, d.method, d.query_id, q.text AS query, d.passage_id, p.text AS passage, d.role,
+       d.action, d.rule,
+       d.snippet_status, d.snippet, d.snippet_call_id, sc.response AS snippet_response,
+       d.rank, d.positive_rank, d.rank_call_ids,
+       d.verdict, d.verdict_call_id, vc.response AS verdict_response,
+       d.prompt_versions, d.model
+FROM decisions d
+JOIN queries q USING (subset, query_id)
+JOIN passages p USING (passage_id)
+LEFT JOIN llm_calls sc ON sc.call_id = d.snippet_call_id
+LEFT JOIN llm_calls vc ON vc.call_id = d.verdict_call_id;
+"""
+
+
+def create_schema(conn: duckdb.DuckDBPyConnection) -> None:
+    conn.execute(SCHEMA)
+    conn.execute(VIEWS)
