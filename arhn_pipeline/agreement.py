@@ -4,7 +4,8 @@
 References: `human_grades` (TREC DL judged files: a NIST grade >= 2 is a false negative; ungraded negatives
 are left out), `rlhn_labels` (RLHN's released GPT-4o cascade labels: the final stage's better + worse) and
 `sample_labels` (the embedded samples' planted labels; ambiguous negatives are left out).
-Detectors: `cascade` (the judgments' final verdicts), `stage:NAME` (one cascade stage), `arhn:R+F`,
+Detectors: `judge:NAME` (a trained judge, computed on the spot), `cascade` (the judgments' final verdicts),
+`stage:NAME` (one cascade stage), `arhn:R+F`,
 `rlhn:hn_remove`, ... (a method's decisions: anything but keep), and `margin:M` (the embedding margin,
 computed on the spot). An answer that could not be parsed is no prediction: counted, never scored.
 """
@@ -47,6 +48,8 @@ def load_reference(fmt: str, path: Path) -> dict[Key, bool]:
 
 
 def predictions(conn: duckdb.DuckDBPyConnection, subset: str, detector: str) -> Mapping[Key, bool | None]:
+    if detector.startswith("judge:"):
+        return judge_predictions(conn, subset, detector.split(":", 1)[1])
     if detector.startswith("margin:"):
         return margin_predictions(conn, subset, float(detector.split(":", 1)[1]))
     if detector == "cascade" or detector.startswith("stage:"):
@@ -62,12 +65,10 @@ def predictions(conn: duckdb.DuckDBPyConnection, subset: str, detector: str) -> 
             ).fetchall():
                 pred.setdefault((q, p), False)
         return pred
-    rows = conn.execute(
-        "SELECT query_id, passage_id, action, rule FROM decisions "
-        "WHERE subset = ? AND method = ? AND role = 'negative'",
-        [subset, detector],
-    ).fetchall()
-    return {(q, p): None if "unparsed" in rule else action != "keep" for q, p, action, rule in rows}
+    from arhn_pipeline.relabel.decisions import predictions as decision_predictions
+
+    frame = conn.execute("SELECT * FROM decisions WHERE subset = ? AND method = ?", [subset, detector]).pl()
+    return decision_predictions(frame).get(detector, {})  # what the judge proposed, before the gate
 
 
 def margin_predictions(conn: duckdb.DuckDBPyConnection, subset: str, margin: float) -> dict[Key, bool]:
@@ -83,13 +84,41 @@ def margin_predictions(conn: duckdb.DuckDBPyConnection, subset: str, margin: flo
     return out
 
 
+def judge_predictions(conn: duckdb.DuckDBPyConnection, subset: str, name: str) -> dict[Key, bool]:
+    """A trained judge's calls on every negative of a partition (with the query's first positive)."""
+    from arhn_pipeline import settings
+    from arhn_pipeline.judgments.core import NONE, QuerySet, run_trained_stage
+    from arhn_pipeline.store import load_pairs
+    from arhn_pipeline.trained_judge.core import JudgeModel, judge_path
+
+    judge = JudgeModel.load(judge_path(name, settings.judges_dir()))
+    qs = QuerySet(load_pairs(conn, subset))
+    results = run_trained_stage(qs, list(qs.query), judge)
+    return {
+        (qid, pid): label != NONE
+        for qid, r in results.items()
+        for (pid, _), label in zip(qs.negatives[qid], r.verdict.labels, strict=True)
+    }
+
+
 def scores(pred: Mapping[Key, bool | None], ref: Mapping[Key, bool]) -> dict[str, float | int]:
+    """Agreement of predictions with a reference over the negatives both cover (a None prediction is counted
+    as `no_prediction`, never scored), with the confusion counts."""
     both = [(bool(pred[k]), ref[k]) for k in ref if k in pred and pred[k] is not None]
     tp = sum(p and r for p, r in both)
     fp = sum(p and not r for p, r in both)
     fn = sum(r and not p for p, r in both)
     tn = len(both) - tp - fp - fn
-    n = len(both)
+    return {
+        **metrics(tp, fp, fn, tn),
+        "no_prediction": sum(1 for k in ref if k in pred and pred[k] is None),
+        "not_covered": sum(1 for k in ref if k not in pred),
+    }
+
+
+def metrics(tp: int, fp: int, fn: int, tn: int) -> dict[str, float | int]:
+    """Precision, recall, F1 and Cohen's kappa of "false negative" from confusion counts."""
+    n = tp + fp + fn + tn
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
@@ -98,8 +127,10 @@ def scores(pred: Mapping[Key, bool | None], ref: Mapping[Key, bool]) -> dict[str
     kappa = (observed - expected) / (1 - expected) if expected < 1 else 0.0
     return {
         "pairs": n,
-        "no_prediction": sum(1 for k in ref if k in pred and pred[k] is None),
-        "not_covered": sum(1 for k in ref if k not in pred),
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
         "reference_rate": round((tp + fn) / n, 3) if n else 0.0,
         "flag_rate": round((tp + fp) / n, 3) if n else 0.0,
         "precision": round(precision, 3),

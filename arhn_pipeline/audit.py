@@ -38,16 +38,18 @@ def explain(conn: duckdb.DuckDBPyConnection, subset: str, query_id: str, passage
         lines.append(textwrap.indent(_cut(text, 400), "    "))
         decisions = conn.execute(
             """SELECT method, action, rule, snippet_status, snippet, rank, positive_rank, verdict, prompt_versions,
-                      model, snippet_response, verdict_response, rank_call_ids
+                      model, snippet_response, verdict_response, rank_call_ids, gate
                FROM decision_trail WHERE subset = ? AND query_id = ? AND passage_id = ? ORDER BY method""",
             [subset, query_id, pid],
         ).fetchall()
-        for method, action, rule, *_ in decisions:
+        for method, action, rule, *_, gate in decisions:
             lines.append(f"  {method:16} {action:14} {rule}")
+            if gate:
+                lines.append(f"  {'':16} gate: {gate}")
         if decisions:
             first_arhn = next((d for d in decisions if d[0].startswith("arhn:")), None)
             if first_arhn:
-                _, _, _, sstatus, snippet, r, prank, _, versions, model, sresp, _, rcalls = first_arhn
+                _, _, _, sstatus, snippet, r, prank, _, versions, model, sresp, _, rcalls, _ = first_arhn
                 lines.append(f"  snippet: {sstatus}  {_cut(snippet, 200)!s}")
                 lines.append(f"    raw answer: {_cut(sresp, 200)}")
                 lines.append(f"  rank: {r} (positive at {prank}); ranking calls: {', '.join(rcalls or [])}")

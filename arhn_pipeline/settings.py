@@ -30,6 +30,11 @@ def vllm_cache_dir() -> Path:
     return _env_path("ARHN_VLLM_CACHE", var_dir() / "vllm-cache")
 
 
+def judges_dir() -> Path:
+    """Judges trained by the pipeline (the trained_judge asset, `arhn train-judge`)."""
+    return _env_path("ARHN_JUDGES_DIR", var_dir() / "judges")
+
+
 def sources_file() -> Path:
     return _env_path("ARHN_SOURCES", PROJECT_ROOT / "sources.yaml")
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -123,6 +124,8 @@ def connect(
     meanwhile. The pipeline's steps open it only for short pieces of work, so a reader waits seconds, not a
     stage: it retries until `wait_seconds`. A writer's connection comes with every table made.
     """
+    if not read_only:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + wait_seconds
     delay, told = 0.05, False
     while True:
@@ -182,6 +185,7 @@ class DuckDBStore(DuckDBResource):
         self._make_schema()
 
     def _make_schema(self) -> None:
+        Path(self.database).parent.mkdir(parents=True, exist_ok=True)
         with super().get_connection() as conn:
             create_schema(conn)
         self._schema_ready = True

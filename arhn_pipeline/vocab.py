@@ -73,6 +73,7 @@ class RlhnCount(StrEnum):
 
 
 class Ranker(StrEnum):
+    auto = "auto"  # llm where a GPU is present, scorer elsewhere (the packaged CPU LLM parses but does not rank)
     llm = "llm"  # a listwise LLM ranking (ARHN's own stage 2)
     scorer = "scorer"  # the candidates ordered by a scorer's relevance scores
 

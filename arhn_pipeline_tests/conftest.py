@@ -91,3 +91,37 @@ def one_source_pipeline(tmp_path, monkeypatch, source: Path, script: str | None,
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("subset", [name])
     return defs, instance
+
+
+def labelled_entry(tmp_path: Path, name: str, rows: list, false_negatives: set[str]) -> dict:
+    """A registry entry of `rows` with a reference (the samples' label format): each negative whose text starts
+    with one of `false_negatives` is a false negative, every other negative a true one."""
+    from arhn_pipeline.identity import passage_key
+
+    labels = [
+        {
+            "query_id": row["query_id"],
+            "passage_key": passage_key(neg),
+            "label": "false_negative" if neg.split()[0] in false_negatives else "negative",
+        }
+        for row in rows
+        for neg in row["neg"]
+    ]
+    return {
+        "format": "bge",
+        "path": str(write_jsonl(tmp_path / f"{name}.jsonl", rows)),
+        "reference": {"format": "sample_labels", "path": str(write_jsonl(tmp_path / f"{name}.labels.jsonl", labels))},
+    }
+
+
+def gather_then_decide(defs, instance, names, run_config=None) -> list:
+    """What `arhn run` does: every partition's evidence first, then each partition's qualification and decisions
+    (so each partition with a reference can qualify the judges of the others)."""
+    results = []
+    for job, name in [("gather_evidence", n) for n in names] + [("decide", n) for n in names]:
+        result = defs.resolve_job_def(job).execute_in_process(
+            partition_key=name, instance=instance, run_config=run_config or {}
+        )
+        assert result.success
+        results.append(result)
+    return results

@@ -136,7 +136,12 @@ def test_dagster_dev_serves_the_ui_with_the_assets(cli_env):
 
 def test_arhn_explain_tells_why_a_negative_was_relabeled(cli_env):
     env = dict(cli_env, ARHN_SCRIPT="sample_oracle")
-    run([BIN / "arhn", "run", "--subset", "sample_geo", "--no-train"], env)
+    config = Path(env["ARHN_DB"]).with_name("run.yaml")
+    config.write_text("ops:\n  rankings:\n    config:\n      ranker: llm\n", encoding="utf-8")
+    # sample_bio's planted labels qualify the judge that cleans sample_geo
+    run(
+        [BIN / "arhn", "run", "--subset", "sample_geo", "--subset", "sample_bio", "--no-train", "--config", config], env
+    )
     with duckdb.connect(env["ARHN_DB"], read_only=True) as conn:
         pid = conn.execute(
             "SELECT passage_id FROM decisions WHERE method = 'arhn:R+F' AND query_id = 'sample_geo-nile' "
@@ -147,7 +152,8 @@ def test_arhn_explain_tells_why_a_negative_was_relabeled(cli_env):
     assert "arhn:R+F         to_positive    R_ranked_above_positive" in out
     assert "snippet: answer_verified" in out and 'raw answer: {"snippet": "Measured from' in out
     assert "rank: 0 (positive at 1)" in out and "raw ranking" in out and '{"ranking": [' in out
-    assert "cascade stage 0 margin (all-MiniLM-L6-v2)" in out
+    assert "cascade stage 0 trained_judge (judge:dl19_dl20@" in out
+    assert "gate: applied: kappa" in out and "sample_bio" in out
     assert "prompt versions: snippets=" in out and "model: scripted:sample_oracle" in out
     assert "also appears in" in out
     whole = run([BIN / "arhn", "explain", "--subset", "sample_geo", "--query", "sample_geo-nile"], env)

@@ -12,7 +12,7 @@ from arhn_pipeline.definitions import build_defs
 from arhn_pipeline.export import export, rows
 from arhn_pipeline.identity import passage_key
 from arhn_pipeline.prune.assets import PRESETS
-from arhn_pipeline_tests.conftest import write_jsonl, write_registry
+from arhn_pipeline_tests.conftest import engine, gather_then_decide, labelled_entry, write_jsonl, write_registry
 from arhn_pipeline_tests.test_arhn_pipeline import Q1, Q2
 
 
@@ -24,18 +24,16 @@ def cleaned(tmp_path_factory):
     entries = {}
     for name in ("fiqa", "nq", "toy_extra"):
         entries[name] = {"format": "bge", "path": str(write_jsonl(tmp_path / f"{name}.jsonl", [Q1, Q2]))}
+    # the labelled entry the oracle's ARHN judge qualifies on (it is not in RLHN's seven)
+    entries["labelled"] = labelled_entry(tmp_path, "labelled", [Q1, Q2], {"NEG_ABOVE", "NEG_FILTER"})
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ARHN_SOURCES", str(write_registry(tmp_path / "s.yaml", entries)))
-        mp.setenv("ARHN_ENGINE", "scripted")
-        mp.setenv("ARHN_SCRIPT", "arhn_oracle")
         mp.setenv("ARHN_DB", str(tmp_path / "arhn.duckdb"))
         mp.setenv("ARHN_VAR_DIR", str(tmp_path / "var"))
-        defs = build_defs()
+        defs = build_defs(engine("arhn_oracle"))
         instance = dg.DagsterInstance.ephemeral()
         instance.add_dynamic_partitions("subset", list(entries))
-        job = defs.resolve_job_def("clean_subset")
-        for name in entries:
-            assert job.execute_in_process(partition_key=name, instance=instance).success
+        gather_then_decide(defs, instance, list(entries))
     return defs, instance, tmp_path / "arhn.duckdb"
 
 

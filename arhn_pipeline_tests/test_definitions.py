@@ -16,8 +16,9 @@ def defs():
 
 def test_definitions_load_with_every_asset_check_job_and_sensor(defs):
     graph = defs.resolve_asset_graph()
-    per_subset = {"raw_triplets", "snippets", "rankings", "judgments", "relabeled"}
+    per_subset = {"raw_triplets", "snippets", "rankings", "judgments", "judge_qualification", "relabeled"}
     assert {k.to_user_string() for k in graph.get_all_asset_keys()} == per_subset | {
+        "trained_judge",
         "pruned_collection",
         "trained_retriever",
         "retriever_eval",
@@ -33,6 +34,10 @@ def test_definitions_load_with_every_asset_check_job_and_sensor(defs):
         ("judgments", "judgment_unparsed_share"),
         ("relabeled", "one_decision_per_candidate_and_method"),
         ("relabeled", "agreement_with_reference"),
+        ("relabeled", "judges_qualified"),
+        ("snippets", "snippet_degenerate_share"),
+        ("rankings", "ranking_echoed_or_degenerate_share"),
+        ("judgments", "judgment_degenerate_share"),
     }
     assert defs.resolve_job_def("clean_subset").partitions_def == subset_partitions
     assert defs.resolve_job_def("build_collection").partitions_def is None

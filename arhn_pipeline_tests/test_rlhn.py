@@ -154,7 +154,8 @@ def test_two_stage_cascade_sends_only_flagged_queries_to_stage_two(tmp_path, mon
     }
     decisions = dict(
         conn.execute(
-            "SELECT method || ' ' || query_id || ':' || split_part(p.text, ' ', 1), action || ' ' || rule "
+            "SELECT method || ' ' || query_id || ':' || split_part(p.text, ' ', 1), "
+            "proposed_action || ' ' || proposed_rule "
             "FROM decisions d JOIN passages p USING (passage_id) WHERE role = 'negative'"
         ).fetchall()
     )
@@ -162,6 +163,9 @@ def test_two_stage_cascade_sends_only_flagged_queries_to_stage_two(tmp_path, mon
     assert decisions["rlhn:hn_remove a:alpha"] == "drop_negative hn_remove_flagged"
     assert decisions["rlhn:rlhn b:alpha"] == "keep keep_verdict_unparsed"
     assert decisions["rlhn:rlhn c:beta"] == "keep keep_not_flagged"
+    # one partition and no reference entry: nobody measured this judge, so nothing it proposed is applied
+    applied = conn.execute("SELECT DISTINCT action, rule FROM decisions WHERE proposed_action != 'keep'").fetchall()
+    assert applied == [("keep", "withheld_unqualified_judge")]
     meta = result.asset_materializations_for_node("relabeled")[0].metadata
     assert "ARHN: rankings not materialized" in meta["skipped"].value
     stages_table = result.asset_materializations_for_node("judgments")[0].metadata["stages"].value

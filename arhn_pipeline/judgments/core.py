@@ -135,7 +135,7 @@ def margin_label_sets(
 ) -> list[tuple[list[Label], list[float]]]:
     """`margin_labels` for each (query, positives, negatives) of a set, with an embedding model: every distinct
     passage and every query encoded once, in batches."""
-    from arhn_pipeline.scorers import encode_unique
+    from arhn_pipeline.embeddings import encode_unique
 
     index, passage_vecs = encode_unique(model, [t for _, pos, neg in items for t in pos + neg], query=False)
     q_index, query_vecs = encode_unique(model, [q for q, _, _ in items], query=True)
@@ -188,6 +188,30 @@ def run_margin_stage(qs: QuerySet, active: list[str], model_name: str | None, ma
         qid: StageResult(Verdict(labels, ParseStatus.PARSED), scores=scores)
         for qid, (labels, scores) in zip(active, margin_label_sets(model, items, margin), strict=True)
     }
+
+
+def run_trained_stage(qs: QuerySet, active: list[str], judge: Any) -> dict[str, StageResult]:
+    """A trained judge (trained_judge/core.py) on each negative with the query's first positive: flagged at or
+    above its threshold; `better` when the negative is closer to the query than the positive, else `worse`."""
+    from arhn_pipeline.trained_judge.core import Triple, features
+
+    triples = [Triple(qs.query[q], qs.positive[q], t) for q in active for _, t in qs.negatives[q]]
+    x = features(triples, judge.embedders, judge.max_length) if triples else None
+    decision = judge.decision(x) if x is not None else []
+    out, i = {}, 0
+    for qid in active:
+        labels, scores = [], []
+        for _ in qs.negatives[qid]:
+            flagged = decision[i] >= judge.threshold
+            margin = x[i, FEATURE_MARGIN] if x is not None else 0.0
+            labels.append(BETTER if flagged and margin >= 0 else WORSE if flagged else NONE)
+            scores.append(float(decision[i]))
+            i += 1
+        out[qid] = StageResult(Verdict(labels, ParseStatus.PARSED), scores=scores)
+    return out
+
+
+FEATURE_MARGIN = 3  # trained_judge.core.FEATURES.index("margin") of the first embedder
 
 
 def run_llm_stage(

@@ -4,7 +4,7 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from arhn_pipeline import scorers
+from arhn_pipeline import embeddings, scorers
 from arhn_pipeline.engine.base import LLMEngine
 from arhn_pipeline.engine.cache import CallStats
 from arhn_pipeline.engine.prompts import code_version
@@ -30,13 +30,14 @@ NO_EVIDENCE_SHARE = "ranking_echoed_or_degenerate_share"
 
 class RankingsConfig(dg.Config):
     ranker: Ranker = Field(
-        default=Ranker.llm,
-        description="llm: a listwise LLM ranking (ARHN); scorer: the candidates ordered by `scorer`'s scores",
+        default=Ranker.auto,
+        description="llm: a listwise LLM ranking (ARHN); scorer: the candidates ordered by `scorer`'s scores; "
+        "auto: llm where a GPU is present, scorer elsewhere",
     )
     scorer: str = Field(
         default=scorers.DEFAULT_SCORER,
-        description="ranker=scorer: a scorer (see arhn_pipeline/scorers.py): a sentence-transformers model name "
-        "or folder, or a packaged name",
+        description="ranker=scorer: judge:NAME (a trained judge), cross:MODEL (a CrossEncoder) or a "
+        "sentence-transformers model name or folder (see arhn_pipeline/scorers.py)",
     )
     passage_max_tokens: int = Field(
         default=core.PASSAGE_MAX_TOKENS, description="each passage is cut to this many tokens in the prompt"
@@ -76,12 +77,13 @@ def rankings(context: dg.AssetExecutionContext, config: RankingsConfig, duckdb: 
     with duckdb.get_connection() as conn:
         pairs = load_pairs(conn, subset)
     stats = CallStats()
-    if config.ranker == Ranker.scorer:
+    ranker = config.ranker
+    if ranker == Ranker.auto:
+        ranker = Ranker.llm if embeddings.device() is None else Ranker.scorer
+    if ranker == Ranker.scorer:
         scorer = scorers.load(config.scorer)
         context.log.info(f"{subset}: ranking {pairs.height} candidates with {scorer.scorer_id}")
-        states = core.rank_by_scores(
-            pairs, scorer.score(pairs["query"].to_list(), pairs["passage"].to_list()), scorer.scorer_id
-        )
+        states = core.rank_by_scores(pairs, scorer.score_pairs(pairs), scorer.scorer_id)
         model, version = scorer.scorer_id, "scorer"
     else:
         plan = core.RankingPlan(
@@ -133,7 +135,7 @@ def rankings(context: dg.AssetExecutionContext, config: RankingsConfig, duckdb: 
     with duckdb.get_connection() as conn, transaction(conn):  # both tables, or neither
         replace_partition(conn, "rankings", subset, ranks)
         replace_partition(conn, "ranking_windows", subset, windows)
-        if config.ranker == Ranker.llm:
+        if ranker == Ranker.llm:
             set_parse_status(conn, dict(zip(windows["call_id"], windows["status"], strict=True)))
         incomplete = scalar(conn, FULLY_RANKED_SQL, {"s": subset})
         tables = {
@@ -148,7 +150,7 @@ def rankings(context: dg.AssetExecutionContext, config: RankingsConfig, duckdb: 
     return dg.MaterializeResult(
         metadata={
             **tables,
-            "ranker": str(config.ranker),
+            "ranker": str(ranker),
             "queries": len(states),
             "windows": windows.height,
             **{f"windows_{s}": int(n) for s, n in windows["status"].value_counts().iter_rows()},

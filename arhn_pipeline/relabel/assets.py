@@ -1,44 +1,24 @@
-"""The `relabeled` asset: a thin shell over relabel/decisions.py; the cleaned triplets are the
-`cleaned_triplets` view."""
+"""The `relabeled` asset: a thin shell over relabel/decisions.py and the qualification gate (qualify/core.py);
+the cleaned triplets are the `cleaned_triplets` view."""
+
+from typing import Any
 
 import dagster as dg
+import duckdb as ddb
 import polars as pl
-from pydantic import Field
 
 from arhn_pipeline import agreement as ag
 from arhn_pipeline.markdown import md_table
 from arhn_pipeline.partitions import subset_partitions
+from arhn_pipeline.qualify import core as qualify
 from arhn_pipeline.relabel import decisions as dec
+from arhn_pipeline.relabel.config import RelabeledConfig
 from arhn_pipeline.sources.registry import load_registry
 from arhn_pipeline.store import DuckDBStore, replace_partition, scalar, table_metadata
-from arhn_pipeline.vocab import ArhnMethod, RlhnCount, RlhnTechnique
 
 ONE_DECISION = "one_decision_per_candidate_and_method"
+QUALIFIED = "judges_qualified"
 AGREEMENT = "agreement_with_reference"
-
-
-class RelabeledConfig(dg.Config):
-    arhn_methods: list[ArhnMethod] = Field(
-        default_factory=lambda: [ArhnMethod.RF, ArhnMethod.R, ArhnMethod.F],
-        description="ARHN methods to decide: R (relabel), F (filter), RF (R+F); each gets its own decision rows",
-    )
-    allow_unverified_snippets: bool = Field(
-        default=False, description="count snippets not found in their passage as answer evidence (F)"
-    )
-    rlhn_techniques: list[RlhnTechnique] = Field(
-        default_factory=lambda: [RlhnTechnique.rlhn, RlhnTechnique.hn_remove, RlhnTechnique.remove],
-        description="RLHN techniques to decide from the cascade's final verdicts",
-    )
-    rlhn_max_flagged: int = Field(default=8, description="RLHN: a query with more flagged negatives is dropped")
-    rlhn_count: RlhnCount = Field(
-        default=RlhnCount.better_and_worse, description="RLHN: which verdicts flag a negative"
-    )
-    min_kappa: float = Field(
-        default=0.2,
-        description="on a partition with a reference: the agreement check fails when a method's Cohen's kappa "
-        "against it is below this",
-    )
-
 
 EXAMPLES = """
 SELECT d.method, d.query_id, left(q.text, 60), left(p.text, 90), d.action, d.rule, d.snippet_status,
@@ -61,78 +41,69 @@ SELECT count(*) FROM (
 
 @dg.asset(
     partitions_def=subset_partitions,
-    deps=["snippets", "rankings", "judgments"],
-    code_version=dec.RULES_VERSION,
+    deps=["snippets", "rankings", "judgments", "judge_qualification"],
+    code_version=f"gate-1+{dec.RULES_VERSION}",
     kinds={"duckdb"},
     group_name="relabel",
     description="One decision per (method, query, candidate): keep / to_positive / drop_negative / drop_query, "
-    "the rule that fired, and the evidence (snippet, ranks, verdicts, call ids, the prompt versions and models "
-    "that produced them). The cleaned triplets are the `cleaned_triplets` view.",
+    "the rule that fired, the evidence (snippet, ranks, verdicts, call ids, the prompt versions and models that "
+    "produced them) and the qualification gate's reason. A method whose judge does not qualify is withheld: its "
+    "changes are recorded as keep (withheld_unqualified_judge). The cleaned triplets are the `cleaned_triplets` view.",
     check_specs=[
         dg.AssetCheckSpec(ONE_DECISION, asset="relabeled", blocking=True, description="One decision per candidate."),
         dg.AssetCheckSpec(
+            QUALIFIED, asset="relabeled", description="Every method's judge qualified (none was withheld)."
+        ),
+        dg.AssetCheckSpec(
             AGREEMENT,
             asset="relabeled",
-            description="Where the registry entry names a reference: precision, recall, F1 and kappa of every "
-            "method against it; fails when a method's kappa is below min_kappa.",
+            description="Where this partition's registry entry names a reference: every method's precision, "
+            "recall, F1 and kappa against it; fails when an applied method's kappa is below min_kappa.",
         ),
     ],
 )
 def relabeled(context: dg.AssetExecutionContext, config: RelabeledConfig, duckdb: DuckDBStore):
     subset = context.partition_key
-    frames, methods, skipped = [], [], []
     with duckdb.get_connection() as conn:
-        have = dict(
-            conn.execute(
-                "SELECT 'rankings', count(*) FROM rankings WHERE subset = $s UNION ALL "
-                "SELECT 'verdicts', count(*) FROM verdicts WHERE subset = $s",
-                {"s": subset},
-            ).fetchall()
-        )
-        if config.arhn_methods and have["rankings"]:
-            evidence = dec.arhn_evidence(conn, subset)
-            frames.append(dec.arhn_decisions(evidence, subset, config.arhn_methods, config.allow_unverified_snippets))
-            methods += [f"arhn:{m}" for m in config.arhn_methods]
-        elif config.arhn_methods:
-            skipped.append("ARHN: rankings not materialized for this partition")
-        if config.rlhn_techniques and have["verdicts"]:
-            evidence = dec.rlhn_evidence(conn, subset)
-            frames.append(
-                dec.rlhn_decisions(evidence, subset, config.rlhn_techniques, config.rlhn_max_flagged, config.rlhn_count)
-            )
-            methods += [f"rlhn:{t}" for t in config.rlhn_techniques]
-        elif config.rlhn_techniques:
-            skipped.append("RLHN: judgments not materialized for this partition")
-        if not frames:
-            raise dg.Failure(f"no evidence to decide from for {subset!r}: {'; '.join(skipped)}")
-        decisions = pl.concat(frames)
+        proposed = dec.decide_partition(conn, subset, config)
+        if not proposed.methods:
+            raise dg.Failure(f"no evidence to decide from for {subset!r}: {'; '.join(proposed.skipped)}")
+        verdicts = qualify.gate_verdicts(qualify.stored_qualification(conn, subset), proposed.judges, config.min_kappa)
+        decisions = qualify.apply_gate(proposed.frame, verdicts)
+        methods = proposed.methods
         replace_partition(conn, "decisions", subset, decisions, methods=methods)
         examples = conn.execute(EXAMPLES, [subset, methods[0]]).fetchall()
         bad = scalar(conn, ONE_DECISION_SQL, {"s": subset})
-        agreement = _agreement_check(conn, subset, methods, config.min_kappa)
+        agreement = _agreement_check(conn, subset, methods, verdicts, config.min_kappa)
         tables = table_metadata(conn, "decisions", subset)
+    for v in verdicts.values():
+        (context.log.info if v.qualified else context.log.warning)(f"{v.method}: {v.reason}")
     summary = decisions.group_by("method", "action", "rule").len().sort("method", "action", "rule")
-    first = decisions.filter(pl.col("method") == methods[0])
-    headers = [
-        "method",
-        "query_id",
-        "query",
-        "passage",
-        "action",
-        "rule",
-        "snippet status",
-        "snippet",
-        "rank",
-        "positive rank",
-        "verdict",
-        "full evidence",
-    ]
+    withheld = [v.method for v in verdicts.values() if not v.qualified]
+    negatives = decisions.filter(pl.col("role") == "negative")
+    changed = negatives.group_by("method").agg(
+        applied=(pl.col("action") != "keep").mean(), proposed=(pl.col("proposed_action") != "keep").mean()
+    )
+    headers = ["method", "query_id", "query", "passage", "action", "rule", "snippet status", "snippet", "rank",
+               "positive rank", "verdict", "full evidence"]  # fmt: skip
     return dg.MaterializeResult(
         metadata={
             **tables,
             "methods": ", ".join(methods),
-            "skipped": "; ".join(skipped) or "none",
-            **{f"{methods[0]}/{a}": int(n) for a, n in first["action"].value_counts().sort("action").iter_rows()},
+            "skipped": "; ".join(proposed.skipped) or "none",
+            "withheld_methods": ", ".join(withheld) or "none",
+            "qualification_gate": dg.MetadataValue.md(
+                md_table(
+                    ["method", "qualified", "kappa", "labelled negatives", "reason"],
+                    qualify.summary_rows(verdicts.values()),
+                )
+            ),
+            "share_of_negatives_changed": dg.MetadataValue.md(
+                md_table(
+                    ["method", "applied", "proposed by the rules"],
+                    [(m, round(a, 3), round(p, 3)) for m, a, p in changed.sort("method").rows()],
+                )
+            ),
             "decisions_by_rule": dg.MetadataValue.md(
                 md_table(["method", "action", "rule", "candidates"], summary.rows())
             ),
@@ -142,19 +113,37 @@ def relabeled(context: dg.AssetExecutionContext, config: RelabeledConfig, duckdb
             dg.AssetCheckResult(
                 check_name=ONE_DECISION, passed=bad == 0, metadata={"candidates_without_exactly_one_decision": bad}
             ),
+            dg.AssetCheckResult(
+                check_name=QUALIFIED,
+                passed=not withheld,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={
+                    "withheld": ", ".join(withheld) or "none",
+                    "min_kappa": config.min_kappa,
+                    "gate": dg.MetadataValue.md(
+                        md_table(
+                            ["method", "qualified", "kappa", "labelled negatives", "reason"],
+                            qualify.summary_rows(verdicts.values()),
+                        )
+                    ),
+                },
+            ),
             agreement,
         ],
     )
 
 
-def _agreement_check(conn, subset: str, methods: list[str], min_kappa: float) -> dg.AssetCheckResult:
+def _agreement_check(
+    conn: ddb.DuckDBPyConnection, subset: str, methods: list[str], verdicts: dict[str, Any], min_kappa: float
+) -> dg.AssetCheckResult:
     entry = load_registry().get(subset)
-    if entry is None or entry.reference is None:
+    if entry is None or entry.reference is None or not entry.reference.path.is_file():
         return dg.AssetCheckResult(check_name=AGREEMENT, passed=True, metadata={"reference": "none for this partition"})
     ref = ag.load_reference(entry.reference.format, entry.reference.path)
-    rows = ag.table(conn, subset, ref, ag.stored_detectors(conn, subset))
-    kappa = {r[0]: r[ag.COLUMNS.index("kappa") + 1] for r in rows}
-    below = sorted(m for m in methods if kappa.get(m, 0.0) < min_kappa)
+    predicted = dec.predictions(conn.execute("SELECT * FROM decisions WHERE subset = ?", [subset]).pl())
+    scored = {m: ag.scores(predicted.get(m, {}), ref) for m in methods}
+    rows = [[m] + [s[c] for c in ag.COLUMNS] for m, s in scored.items()]
+    below = sorted(m for m in methods if verdicts[m].qualified and float(scored[m]["kappa"]) < min_kappa)
     return dg.AssetCheckResult(
         check_name=AGREEMENT,
         passed=not below,
@@ -162,7 +151,7 @@ def _agreement_check(conn, subset: str, methods: list[str], min_kappa: float) ->
         metadata={
             "reference": f"{entry.reference.format}: {entry.reference.path.name}",
             "min_kappa": min_kappa,
-            "methods_below_min_kappa": ", ".join(below) or "none",
-            "agreement": dg.MetadataValue.md(md_table(["detector"] + ag.COLUMNS, rows)),
+            "applied_methods_below_min_kappa": ", ".join(below) or "none",
+            "agreement_of_the_proposed_decisions": dg.MetadataValue.md(md_table(["method"] + ag.COLUMNS, rows)),
         },
     )

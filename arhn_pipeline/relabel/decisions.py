@@ -7,7 +7,11 @@ re-deciding after a prompt edit, without re-running the stage, records the versi
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import duckdb
 import polars as pl
@@ -62,6 +66,10 @@ DECISION_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
     "verdict_call_id": pl.String,
     "prompt_versions": pl.String,
     "model": pl.String,
+    "judge": pl.String,
+    "proposed_action": pl.String,
+    "proposed_rule": pl.String,
+    "gate": pl.String,
 }
 
 
@@ -115,6 +123,10 @@ def arhn_decisions(
                     verdict_call_id=None,
                     prompt_versions=versions,
                     model=_joined(ev["snippet_model"], ev["ranking_model"]),
+                    judge=None,
+                    proposed_action=action,
+                    proposed_rule=rule,
+                    gate=None,
                 )
             )
     return pl.DataFrame(rows, schema=DECISION_SCHEMA)
@@ -163,6 +175,125 @@ def rlhn_decisions(
                         verdict_call_id=ev["verdict_call_id"],
                         prompt_versions=versions,
                         model=ev["model"],
+                        judge=None,
+                        proposed_action=action,
+                        proposed_rule=rule,
+                        gate=None,
                     )
                 )
     return pl.DataFrame(rows, schema=DECISION_SCHEMA)
+
+
+class DecisionSettings(Protocol):
+    """What deciding reads of its settings (relabel.config.DecisionConfig)."""
+
+    @property
+    def arhn_methods(self) -> Sequence[ArhnMethod]: ...
+
+    @property
+    def allow_unverified_snippets(self) -> bool: ...
+
+    @property
+    def rlhn_techniques(self) -> Sequence[RlhnTechnique]: ...
+
+    @property
+    def rlhn_max_flagged(self) -> int: ...
+
+    @property
+    def rlhn_count(self) -> RlhnCount: ...
+
+
+@dataclass
+class PartitionDecisions:
+    frame: pl.DataFrame  # DECISION_SCHEMA rows, `judge` filled, before the qualification gate
+    methods: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # what could not be decided, and why
+    judges: dict[str, str] = field(default_factory=dict)  # method -> judge id
+    judge_descriptions: dict[str, str] = field(default_factory=dict)  # judge id -> what it is made of
+
+
+# The evidence that makes a judge: which models and prompt versions produced it.
+EVIDENCE_SOURCES = {
+    "arhn": [
+        "SELECT DISTINCT 'snippets', model, template_version FROM snippets WHERE subset = $s",
+        "SELECT DISTINCT 'rankings', model, template_version FROM ranking_windows WHERE subset = $s",
+    ],
+    "rlhn": [
+        "SELECT DISTINCT 'stage ' || stage_index || ' ' || stage, model, coalesce(template_version, '-') "
+        "FROM verdicts WHERE subset = $s",
+    ],
+}
+
+
+def judge_identity(
+    conn: duckdb.DuckDBPyConnection, subset: str, method: str, settings: DecisionSettings
+) -> tuple[str, str]:
+    """(id, description) of the judge behind a method's decisions on a partition: the method, the models and
+    prompt versions its evidence was made with, the decision settings and the rules' version. Two partitions
+    share a judge exactly when these are equal."""
+    family = method.split(":", 1)[0]
+    parts = sorted(
+        f"{what}: {model}@{version}"
+        for sql in EVIDENCE_SOURCES[family]
+        for what, model, version in conn.execute(sql, {"s": subset}).fetchall()
+    )
+    chosen = {
+        "arhn": {"allow_unverified_snippets": settings.allow_unverified_snippets},
+        "rlhn": {"rlhn_max_flagged": settings.rlhn_max_flagged, "rlhn_count": str(settings.rlhn_count)},
+    }[family]
+    description = f"{method} | {'; '.join(parts)} | {json.dumps(chosen, sort_keys=True)} | {RULES_VERSION}"
+    return hashlib.sha256(description.encode()).hexdigest()[:12], description
+
+
+def decide_partition(conn: duckdb.DuckDBPyConnection, subset: str, settings: DecisionSettings) -> PartitionDecisions:
+    """Every configured method's decisions on a partition, from its stored evidence (before the gate)."""
+    have = dict(
+        conn.execute(
+            "SELECT 'rankings', count(*) FROM rankings WHERE subset = $s UNION ALL "
+            "SELECT 'verdicts', count(*) FROM verdicts WHERE subset = $s",
+            {"s": subset},
+        ).fetchall()
+    )
+    frames, out = [], PartitionDecisions(pl.DataFrame(schema=DECISION_SCHEMA))
+    if settings.arhn_methods and have["rankings"]:
+        frames.append(
+            arhn_decisions(
+                arhn_evidence(conn, subset), subset, settings.arhn_methods, settings.allow_unverified_snippets
+            )
+        )
+        out.methods += [f"arhn:{m}" for m in settings.arhn_methods]
+    elif settings.arhn_methods:
+        out.skipped.append("ARHN: rankings not materialized for this partition")
+    if settings.rlhn_techniques and have["verdicts"]:
+        frames.append(
+            rlhn_decisions(
+                rlhn_evidence(conn, subset),
+                subset,
+                settings.rlhn_techniques,
+                settings.rlhn_max_flagged,
+                settings.rlhn_count,
+            )
+        )
+        out.methods += [f"rlhn:{t}" for t in settings.rlhn_techniques]
+    elif settings.rlhn_techniques:
+        out.skipped.append("RLHN: judgments not materialized for this partition")
+    for method in out.methods:
+        judge, description = judge_identity(conn, subset, method, settings)
+        out.judges[method] = judge
+        out.judge_descriptions[judge] = description
+    if frames:
+        out.frame = pl.concat(frames).with_columns(judge=pl.col("method").replace_strict(out.judges))
+    return out
+
+
+def predictions(frame: pl.DataFrame) -> dict[str, dict[tuple[str, str], bool | None]]:
+    """Per method, each negative's "false negative?" as its decision says (before the gate): changed = yes;
+    kept for want of readable evidence (an unparsed or degenerate answer) = no prediction."""
+    out: dict[str, dict[tuple[str, str], bool | None]] = {}
+    negatives = frame.filter(pl.col("role") == Role.NEGATIVE)
+    for method, qid, pid, action, rule in negatives.select(
+        "method", "query_id", "passage_id", "proposed_action", "proposed_rule"
+    ).iter_rows():
+        no_evidence = action == "keep" and ("unparsed" in rule or "degenerate" in rule)
+        out.setdefault(method, {})[(qid, pid)] = None if no_evidence else action != "keep"
+    return out

@@ -1,0 +1,65 @@
+"""The `judge_qualification` asset: per partition, each judge's agreement with every reference entry but the
+partition itself; `relabeled` applies a method's changes only when it qualifies (qualify/core.py)."""
+
+import dagster as dg
+
+from arhn_pipeline.markdown import md_table
+from arhn_pipeline.partitions import subset_partitions
+from arhn_pipeline.qualify import core
+from arhn_pipeline.relabel import decisions as dec
+from arhn_pipeline.relabel.config import DecisionConfig
+from arhn_pipeline.sources.registry import load_registry
+from arhn_pipeline.store import DuckDBStore, replace_partition, table_metadata
+
+EVIDENCE = ("snippets", "rankings", "judgments")
+
+
+@dg.asset(
+    partitions_def=subset_partitions,
+    # every partition's evidence: the reference entries are partitions too
+    deps=[dg.AssetDep(name, partition_mapping=dg.AllPartitionMapping()) for name in EVIDENCE],
+    code_version=f"qualify-1+{dec.RULES_VERSION}",
+    kinds={"duckdb"},
+    group_name="relabel",
+    description="Each judge behind this partition's decisions (method, models, prompts, settings), scored against "
+    "every registry entry with a reference except this partition: precision, recall, F1 and Cohen's kappa of the "
+    "decisions the same judge made there. `relabeled` applies a method only when its pooled kappa qualifies.",
+)
+def judge_qualification(context: dg.AssetExecutionContext, config: DecisionConfig, duckdb: DuckDBStore):
+    subset = context.partition_key
+    references = {name: e for name, e in load_registry().items() if e.reference is not None}
+    with duckdb.get_connection() as conn:
+        own = dec.decide_partition(conn, subset, config)
+        if not own.methods:
+            raise dg.Failure(f"no evidence to decide from for {subset!r}: {'; '.join(own.skipped)}")
+        rows, outcomes = core.qualify(conn, subset, own, references, config)
+        replace_partition(conn, "judge_qualification", subset, rows)
+        tables = table_metadata(conn, "judge_qualification", subset)
+    pooled = core.gate_verdicts(rows, own.judges, min_kappa=0.0)
+    shown = rows.select("method", "reference", "pairs", "precision", "recall", "f1", "kappa").sort(
+        "method", "reference"
+    )
+    return dg.MaterializeResult(
+        metadata={
+            **tables,
+            "references_used": sum(o.used for o in outcomes),
+            "by_reference": dg.MetadataValue.md(
+                md_table(
+                    ["method", "reference", "labelled negatives", "precision", "recall", "F1", "kappa"], shown.rows()
+                )
+            ),
+            "pooled_kappa": dg.MetadataValue.md(
+                md_table(
+                    ["method", "judge", "pooled kappa", "labelled negatives"],
+                    [
+                        (m, own.judges[m], "-" if v.kappa is None else f"{v.kappa:.3f}", v.pairs)
+                        for m, v in pooled.items()
+                    ],
+                )
+            ),
+            "reference_entries": dg.MetadataValue.md(
+                md_table(["entry", "used", "why"], [(o.reference, o.used, o.why) for o in outcomes])
+            ),
+            "judges": dg.MetadataValue.md(md_table(["judge", "made of"], list(own.judge_descriptions.items()))),
+        }
+    )

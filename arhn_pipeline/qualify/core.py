@@ -1,0 +1,174 @@
+"""The qualification gate without Dagster. A judge (a method with the models, prompts and settings behind its
+evidence) is scored against every registry entry that has a reference, other than the partition it would
+clean; its decisions are applied only when its pooled Cohen's kappa there reaches `min_kappa`. A judge that
+no reference has measured is not qualified."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from arhn_pipeline import agreement as ag
+from arhn_pipeline.relabel import decisions as dec
+from arhn_pipeline.sources.registry import SourceEntry
+from arhn_pipeline.vocab import Action
+
+WITHHELD_RULE = "withheld_unqualified_judge"
+
+QUALIFICATION_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
+    "subset": pl.String,
+    "method": pl.String,
+    "judge": pl.String,
+    "reference": pl.String,
+    "reference_format": pl.String,
+    "pairs": pl.Int64,
+    "no_prediction": pl.Int64,
+    "tp": pl.Int64,
+    "fp": pl.Int64,
+    "fn": pl.Int64,
+    "tn": pl.Int64,
+    "precision": pl.Float64,
+    "recall": pl.Float64,
+    "f1": pl.Float64,
+    "kappa": pl.Float64,
+}
+
+
+@dataclass(frozen=True)
+class ReferenceOutcome:
+    reference: str
+    used: bool
+    why: str  # what was measured, or why the entry could not serve
+
+
+def qualify(
+    conn: duckdb.DuckDBPyConnection,
+    subset: str,
+    own: dec.PartitionDecisions,
+    references: Mapping[str, SourceEntry],
+    settings: dec.DecisionSettings,
+) -> tuple[pl.DataFrame, list[ReferenceOutcome]]:
+    """Score each of the partition's judges on every reference entry but the partition itself: the decisions
+    the same judge made there (same models, prompts and settings), against that entry's labels."""
+    rows: list[dict[str, Any]] = []
+    outcomes = []
+    trained_on = judges_trained_on(conn, subset)
+    for name, entry in sorted(references.items()):
+        if name == subset:
+            outcomes.append(ReferenceOutcome(name, False, "the partition being cleaned: never its own reference"))
+            continue
+        if name in trained_on:
+            outcomes.append(
+                ReferenceOutcome(name, False, f"a judge behind the evidence was trained on it ({trained_on[name]})")
+            )
+            continue
+        assert entry.reference is not None
+        if not entry.reference.path.is_file():
+            outcomes.append(ReferenceOutcome(name, False, f"reference file not found: {entry.reference.path}"))
+            continue
+        theirs = dec.decide_partition(conn, name, settings)
+        same = [m for m in own.methods if theirs.judges.get(m) == own.judges[m]]
+        if not same:
+            why = "no evidence stored (run its stages)" if not theirs.methods else "evidence made by another judge"
+            outcomes.append(ReferenceOutcome(name, False, why))
+            continue
+        ref = ag.load_reference(entry.reference.format, entry.reference.path)
+        predicted = dec.predictions(theirs.frame)
+        for method in same:
+            s = ag.scores(predicted.get(method, {}), ref)
+            rows.append(
+                dict(
+                    subset=subset,
+                    method=method,
+                    judge=own.judges[method],
+                    reference=name,
+                    reference_format=entry.reference.format,
+                    **{k: s[k] for k in ("pairs", "no_prediction", "tp", "fp", "fn", "tn")},
+                    **{k: float(s[k]) for k in ("precision", "recall", "f1", "kappa")},
+                )
+            )
+        outcomes.append(ReferenceOutcome(name, True, f"scored {len(same)} method(s)"))
+    return pl.DataFrame(rows, schema=QUALIFICATION_SCHEMA), outcomes
+
+
+def judges_trained_on(conn: duckdb.DuckDBPyConnection, subset: str) -> dict[str, str]:
+    """Registry entries that a trained judge behind the partition's evidence was fitted on -> the judge."""
+    from arhn_pipeline import settings
+    from arhn_pipeline.trained_judge.core import JudgeModel, judge_path
+
+    models = conn.execute(
+        "SELECT DISTINCT model FROM verdicts WHERE subset = $s AND model LIKE 'judge:%' UNION "
+        "SELECT DISTINCT model FROM ranking_windows WHERE subset = $s AND model LIKE 'judge:%'",
+        {"s": subset},
+    ).fetchall()
+    out = {}
+    for (model,) in models:
+        name = model.removeprefix("judge:").rsplit("@", 1)[0]
+        try:
+            judge = JudgeModel.load(judge_path(name, settings.judges_dir()))
+        except FileNotFoundError:
+            continue
+        out.update({entry: f"judge {name}" for entry in judge.trained_on})
+    return out
+
+
+def stored_qualification(conn: duckdb.DuckDBPyConnection, subset: str) -> pl.DataFrame:
+    frame = conn.execute("SELECT * FROM judge_qualification WHERE subset = ?", [subset]).pl()
+    return frame if frame.height else pl.DataFrame(schema=QUALIFICATION_SCHEMA)
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    method: str
+    qualified: bool
+    kappa: float | None  # pooled over the references; None when no reference measured the judge
+    pairs: int
+    references: list[str]
+    reason: str
+
+
+def gate_verdicts(qualification: pl.DataFrame, judges: Mapping[str, str], min_kappa: float) -> dict[str, GateVerdict]:
+    """Per method: pool the confusion counts of the rows measured for its judge, and compare kappa."""
+    out = {}
+    for method, judge in judges.items():
+        rows = qualification.filter((pl.col("method") == method) & (pl.col("judge") == judge))
+        refs = rows["reference"].to_list()
+        counts = {k: int(rows[k].sum()) for k in ("tp", "fp", "fn", "tn")}
+        pooled = ag.metrics(**counts)
+        pairs = int(pooled["pairs"])
+        if not pairs:
+            out[method] = GateVerdict(method, False, None, 0, refs, "withheld: no reference entry measured this judge")
+            continue
+        kappa = float(pooled["kappa"])
+        where = ", ".join(refs)
+        if kappa >= min_kappa:
+            reason = f"applied: kappa {kappa:.3f} >= {min_kappa} on {pairs} labelled negatives of {where}"
+        else:
+            reason = f"withheld: kappa {kappa:.3f} < {min_kappa} on {pairs} labelled negatives of {where}"
+        out[method] = GateVerdict(method, kappa >= min_kappa, kappa, pairs, refs, reason)
+    return out
+
+
+def apply_gate(frame: pl.DataFrame, verdicts: Mapping[str, GateVerdict]) -> pl.DataFrame:
+    """Decisions of unqualified methods become `keep` with the rule `withheld_unqualified_judge` (what the rule
+    proposed stays in `proposed_action`, and why in `gate`); qualified methods' decisions stand."""
+    withheld = [m for m, v in verdicts.items() if not v.qualified]
+    reasons = {m: v.reason for m, v in verdicts.items()}
+    changed = pl.col("method").is_in(withheld) & (pl.col("proposed_action") != Action.KEEP)
+    reason = pl.col("method").replace_strict(reasons, default=None, return_dtype=pl.String)
+    return frame.with_columns(
+        action=pl.when(changed).then(pl.lit(str(Action.KEEP))).otherwise(pl.col("action")),
+        rule=pl.when(changed).then(pl.lit(WITHHELD_RULE)).otherwise(pl.col("rule")),
+        gate=reason,
+    )
+
+
+def summary_rows(verdicts: Iterable[GateVerdict]) -> list[tuple[Any, ...]]:
+    return [
+        (v.method, "yes" if v.qualified else "no", "-" if v.kappa is None else f"{v.kappa:.3f}", v.pairs, v.reason)
+        for v in verdicts
+    ]

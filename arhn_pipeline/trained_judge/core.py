@@ -1,0 +1,173 @@
+"""A false-negative judge trained on labelled hard negatives, without Dagster.
+
+For each (query, its positive, a hard negative) and each embedder, four numbers: cos(query, negative),
+cos(query, positive), cos(negative, positive) and the margin cos(q, neg) - cos(q, pos). A logistic regression over
+them, standardized, gives P(false negative); the decision threshold is the one with the best Cohen's kappa on
+the training labels. Weights, threshold and what they were fitted on are one small JSON file, whose hash is the
+judge's identity in the qualification gate; a judge never qualifies on an entry it was trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from arhn_pipeline import embeddings
+from arhn_pipeline.embeddings import encode_unique
+
+FEATURES = ("q_neg", "q_pos", "neg_pos", "margin")
+DEFAULT_EMBEDDERS = (embeddings.EMBEDDINGGEMMA, embeddings.DEFAULT_EMBEDDER)
+SHIPPED = Path(__file__).with_name("judges")  # judges fitted by the team, shipped with the package
+DEFAULT_JUDGE = "dl19_dl20"
+
+
+@dataclass(frozen=True)
+class Triple:
+    query: str
+    positive: str
+    negative: str
+
+
+@dataclass
+class JudgeModel:
+    embedders: list[str]
+    mean: list[float]
+    scale: list[float]
+    weights: list[float]
+    bias: float
+    threshold: float  # on the decision function; at or above = false negative
+    trained_on: dict[str, str] = field(default_factory=dict)  # registry entry -> sha256 of its reference file
+    labelled: int = 0
+    positives: int = 0
+    regularization: float = 1.0
+    max_length: int = 256
+
+    @property
+    def identity(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def save(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> JudgeModel:
+        return cls(**json.loads(path.read_text(encoding="utf-8")))
+
+    def decision(self, x: np.ndarray) -> np.ndarray:
+        z = (x - np.asarray(self.mean)) / np.asarray(self.scale)
+        return np.asarray(z @ np.asarray(self.weights) + self.bias, dtype=float)
+
+
+def judge_path(name: str, trained_dir: Path) -> Path:
+    """A judge by name: one trained by the pipeline (trained_dir/NAME.json), a shipped one, or a file path."""
+    for candidate in (trained_dir / f"{name}.json", SHIPPED / f"{name}.json", Path(name)):
+        if candidate.is_file():
+            return candidate
+    known = sorted(p.stem for d in (trained_dir, SHIPPED) if d.is_dir() for p in d.glob("*.json"))
+    raise FileNotFoundError(f"no judge named {name!r}; known: {known} (or give a path to a judge file)")
+
+
+def features(triples: Sequence[Triple], embedder_names: Sequence[str], max_length: int = 256) -> np.ndarray:
+    """The feature matrix: one row per triple, FEATURES for each embedder in turn."""
+    columns = []
+    for name in embedder_names:
+        model = embeddings.load(name)
+        model.max_seq_length = max_length
+        q_index, q_vecs = encode_unique(model, [t.query for t in triples], query=True)
+        p_index, p_vecs = encode_unique(
+            model, [t.positive for t in triples] + [t.negative for t in triples], query=False
+        )
+        q = q_vecs[[q_index[t.query] for t in triples]]
+        pos = p_vecs[[p_index[t.positive] for t in triples]]
+        neg = p_vecs[[p_index[t.negative] for t in triples]]
+        q_neg, q_pos, neg_pos = (q * neg).sum(1), (q * pos).sum(1), (neg * pos).sum(1)
+        columns += [q_neg, q_pos, neg_pos, q_neg - q_pos]
+    return np.stack(columns, axis=1)
+
+
+def kappa(y: np.ndarray, flagged: np.ndarray) -> float:
+    n = len(y)
+    tp = float(np.sum(flagged & y))
+    tn = float(np.sum(~flagged & ~y))
+    observed = (tp + tn) / n
+    expected = (flagged.sum() * y.sum() + (~flagged).sum() * (~y).sum()) / (n * n)
+    return float((observed - expected) / (1 - expected)) if expected < 1 else 0.0
+
+
+def best_threshold(scores: np.ndarray, y: np.ndarray) -> float:
+    """The threshold (among score quantiles) with the best kappa on these labels."""
+    candidates = np.quantile(scores, np.linspace(0.02, 0.98, 97))
+    return float(max(candidates, key=lambda t: kappa(y, scores >= t)))
+
+
+def fit(
+    x: np.ndarray,
+    y: np.ndarray,
+    embedder_names: Sequence[str],
+    trained_on: dict[str, str],
+    regularization: float = 1.0,
+    max_length: int = 256,
+) -> JudgeModel:
+    from sklearn.linear_model import LogisticRegression
+
+    if y.all() or not y.any():
+        raise ValueError("the training labels need both false negatives and true negatives")
+    mean, scale = x.mean(0), x.std(0) + 1e-9
+    model = LogisticRegression(C=regularization, max_iter=5000).fit((x - mean) / scale, y)
+    judge = JudgeModel(
+        embedders=list(embedder_names),
+        mean=mean.tolist(),
+        scale=scale.tolist(),
+        weights=model.coef_[0].tolist(),
+        bias=float(model.intercept_[0]),
+        threshold=0.0,
+        trained_on=trained_on,
+        labelled=len(y),
+        positives=int(y.sum()),
+        regularization=regularization,
+        max_length=max_length,
+    )
+    judge.threshold = best_threshold(judge.decision(x), y)
+    return judge
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def describe(judge: JudgeModel) -> dict[str, Any]:
+    return {
+        "identity": judge.identity,
+        "embedders": ", ".join(judge.embedders),
+        "trained_on": ", ".join(judge.trained_on) or "-",
+        "labelled_negatives": judge.labelled,
+        "false_negatives": judge.positives,
+        "threshold": round(judge.threshold, 4),
+    }
+
+
+def labelled_triples(
+    pairs: Any, reference: dict[tuple[str, str], bool]
+) -> tuple[list[Triple], np.ndarray, list[tuple[str, str]]]:
+    """The labelled negatives of a partition's pairs (store.load_pairs): each with its query and first
+    positive, its label, and its (query_id, passage_id) key."""
+    positive: dict[str, str] = {}
+    for qid, role, text in pairs.select("query_id", "role", "passage").iter_rows():
+        if role == "positive":
+            positive.setdefault(qid, text)
+    triples, labels, keys = [], [], []
+    for qid, query, pid, role, text in pairs.select("query_id", "query", "passage_id", "role", "passage").iter_rows():
+        if role == "negative" and (qid, pid) in reference:
+            triples.append(Triple(query, positive[qid], text))
+            labels.append(reference[(qid, pid)])
+            keys.append((qid, pid))
+    return triples, np.asarray(labels, dtype=bool), keys

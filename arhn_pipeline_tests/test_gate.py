@@ -1,0 +1,156 @@
+"""The qualification gate, end to end through Dagster with scripted judges: an oracle qualifies on a labelled
+entry and its decisions are applied; a judge at chance is withheld; an echoed ranking is no evidence; no judge
+qualifies on the partition it cleans or on an entry it was trained on."""
+
+import hashlib
+import json
+import re
+
+import dagster as dg
+import duckdb
+
+from arhn_pipeline.definitions import build_defs
+from arhn_pipeline.engine.base import LLMRequest
+from arhn_pipeline.engine.scripted import register_script
+from arhn_pipeline_tests.conftest import engine, gather_then_decide, labelled_entry, write_jsonl, write_registry
+from arhn_pipeline_tests.test_arhn_pipeline import PASSAGE, Q1, Q2, arhn_oracle
+
+WORDS = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa", "theta", "lambda", "zeta", "iota", "rho"]
+
+
+def quiz(n: int) -> list[dict]:
+    """n queries, each with its positive, one false negative (FN_...) and four true negatives."""
+    rows = []
+    for i in range(n):
+        w = WORDS[i % len(WORDS)] + str(i)
+        rows.append(
+            {
+                "query_id": f"z{i}",
+                "query": f"what is {w}",
+                "pos": [f"POS {w} is the answer to the question."],
+                "neg": [f"FN_{i} {w} is explained here too."] + [f"TN_{i}_{k} unrelated text {k}." for k in range(4)],
+            }
+        )
+    return rows
+
+
+@register_script("coin_ranker")
+def coin_ranker(req: LLMRequest) -> str:
+    """Ranks by a hash of each passage: no reading of the query at all (and never the order shown)."""
+    if "snippets/" in req.template:
+        return json.dumps({"snippet": "NO_ANSWER"})
+    shown = PASSAGE.findall(req.messages[-1][1])
+    order = sorted(shown, key=lambda p: hashlib.sha256(p[1].encode()).hexdigest())
+    ids = [int(i) for i, _ in order]
+    if ids == sorted(ids) or ids == sorted(ids, reverse=True):
+        ids = ids[1:] + ids[:1]
+    return json.dumps({"ranking": ids})
+
+
+@register_script("quiz_oracle")
+def quiz_oracle(req: LLMRequest) -> str:
+    """Knows the quiz: the false negative first, then the positive, the rest from the back of the window."""
+    if "snippets/" in req.template:
+        text = PASSAGE.findall(req.messages[-1][1])[0][1]
+        return json.dumps({"snippet": "NO_ANSWER" if text.startswith("TN_") else text.split()[1]})
+    if "broken permutation" in req.messages[-1][1] or "what is alpha" in req.messages[-1][1]:
+        return arhn_oracle(req)
+    shown = PASSAGE.findall(req.messages[-1][1])
+    order = sorted(shown, key=lambda p: (not p[1].startswith("FN_"), not p[1].startswith("POS"), -int(p[0])))
+    return json.dumps({"ranking": [int(i) for i, _ in order]})
+
+
+@register_script("echo_ranker")
+def echo_ranker(req: LLMRequest) -> str:
+    if "snippets/" in req.template:
+        return json.dumps({"snippet": "NO_ANSWER"})
+    return json.dumps({"ranking": [int(i) for i, _ in PASSAGE.findall(req.messages[-1][1])]})
+
+
+def pipeline(tmp_path, monkeypatch, script: str, entries: dict):
+    monkeypatch.setenv("ARHN_SOURCES", str(write_registry(tmp_path / "sources.yaml", entries)))
+    defs = build_defs(engine(script))
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("subset", list(entries))
+    # the LLM ranker (the scripted judge under test), and no cascade: these tests are about ARHN's judges
+    config = {
+        "ops": {
+            "rankings": {"config": {"ranker": "llm"}},
+            "judgments": {"config": {"stages": [{"name": "llm_judge", "kind": "llm"}]}},
+            "judge_qualification": {"config": {"rlhn_techniques": []}},
+            "relabeled": {"config": {"rlhn_techniques": []}},
+        }
+    }
+    results = gather_then_decide(defs, instance, list(entries), run_config=config)
+    return results, duckdb.connect(str(tmp_path / "arhn.duckdb"), read_only=True)
+
+
+def entries_for(tmp_path) -> dict:
+    return {
+        "toy": {"format": "bge", "path": str(write_jsonl(tmp_path / "toy.jsonl", quiz(12)))},
+        "labelled": labelled_entry(tmp_path, "labelled", quiz(24)[12:], {f"FN_{i}" for i in range(12, 24)}),
+    }
+
+
+def test_an_oracle_qualifies_on_a_labelled_entry_and_its_decisions_are_applied(tmp_path, monkeypatch):
+    results, conn = pipeline(tmp_path, monkeypatch, "quiz_oracle", entries_for(tmp_path))
+    gate = dict(conn.execute("SELECT DISTINCT method, gate FROM decisions WHERE subset = 'toy'").fetchall())
+    assert gate["arhn:R"].startswith("applied: kappa 1.000 >= 0.2 on 60 labelled negatives of labelled")
+    relabeled = conn.execute(
+        "SELECT count(*) FROM decisions d JOIN passages p USING (passage_id) "
+        "WHERE subset = 'toy' AND method = 'arhn:R' AND action = 'to_positive' AND p.text LIKE 'FN_%'"
+    ).fetchone()[0]
+    assert relabeled == 12
+    stored = conn.execute("SELECT DISTINCT subset, reference FROM judge_qualification ORDER BY 1").fetchall()
+    assert stored == [("labelled", "toy"), ("toy", "labelled")] or stored == [("toy", "labelled")]
+    assert all(s != r for s, r in stored)  # never its own reference
+    checks = {e.check_name: e.passed for r in results for e in r.get_asset_check_evaluations()}
+    assert checks["judges_qualified"] is True
+
+
+def test_a_judge_at_chance_is_withheld_visibly(tmp_path, monkeypatch):
+    results, conn = pipeline(tmp_path, monkeypatch, "coin_ranker", entries_for(tmp_path))
+    rows = conn.execute(
+        "SELECT action, rule, proposed_action, gate FROM decisions WHERE subset = 'toy' AND method = 'arhn:R' "
+        "AND role = 'negative'"
+    ).fetchall()
+    proposed = [r for r in rows if r[2] != "keep"]
+    assert proposed, "the coin proposes relabels"
+    assert all(r[0] == "keep" and r[1] == "withheld_unqualified_judge" for r in proposed)
+    kappa = float(re.search(r"kappa (-?[\d.]+) < 0.2", rows[0][3]).group(1))
+    assert kappa < 0.2
+    toy_decide = results[-2]  # decide toy (then decide labelled)
+    meta = toy_decide.asset_materializations_for_node("relabeled")[0].metadata
+    assert "arhn:R" in meta["withheld_methods"].value
+    checks = {e.check_name: e.passed for e in toy_decide.get_asset_check_evaluations()}
+    assert checks["judges_qualified"] is False
+    cleaned = conn.execute(
+        "SELECT sum(len(pos)) FROM cleaned_triplets WHERE subset = 'toy' AND method = 'arhn:R'"
+    ).fetchone()[0]
+    assert cleaned == 12  # only the original positives
+
+
+def test_an_echoed_ranking_is_no_evidence(tmp_path, monkeypatch):
+    _, conn = pipeline(tmp_path, monkeypatch, "echo_ranker", entries_for(tmp_path))
+    statuses = conn.execute("SELECT DISTINCT status FROM ranking_windows WHERE subset = 'toy'").fetchall()
+    assert statuses == [("echoed",)]
+    proposed = conn.execute(
+        "SELECT DISTINCT proposed_action, proposed_rule FROM decisions WHERE subset = 'toy' AND method = 'arhn:R' "
+        "AND role = 'negative'"
+    ).fetchall()
+    assert proposed == [("keep", "keep_rank_not_placed_by_model")]
+
+
+def test_the_classic_decision_paths_are_applied_once_the_oracle_qualifies(tmp_path, monkeypatch):
+    entries = {
+        "toy": {"format": "bge", "path": str(write_jsonl(tmp_path / "toy.jsonl", [Q1, Q2]))},
+        "labelled": labelled_entry(tmp_path, "labelled", [Q1, Q2], {"NEG_ABOVE", "NEG_FILTER"}),
+    }
+    _, conn = pipeline(tmp_path, monkeypatch, "arhn_oracle", entries)
+    applied = dict(
+        conn.execute(
+            "SELECT method, list(split_part(p.text, ' ', 1) ORDER BY p.text) FROM decisions d JOIN passages p "
+            "USING (passage_id) WHERE subset = 'toy' AND action != 'keep' GROUP BY method"
+        ).fetchall()
+    )
+    assert applied == {"arhn:R+F": ["NEG_ABOVE", "NEG_FILTER"], "arhn:R": ["NEG_ABOVE"], "arhn:F": ["NEG_FILTER"]}
