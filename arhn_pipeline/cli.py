@@ -69,7 +69,7 @@ DEFAULT_VARIANTS = ("original", "arhn_RF", "rlhn_rlhn")
 def run(subsets: tuple[str, ...], train: bool, config_file: Path | None) -> None:
     """Materialize the pipeline for the chosen partitions, then the collection, the retriever variants
     (original, ARHN R+F, RLHN) and their evaluation; every run is recorded in the Dagster instance."""
-    from arhn_pipeline.definitions import defs
+    from arhn_pipeline.definitions import defs, job_run_config
     from arhn_pipeline.partitions import sync_partitions
     from arhn_pipeline.sources.registry import load_registry
 
@@ -93,12 +93,8 @@ def run(subsets: tuple[str, ...], train: bool, config_file: Path | None) -> None
     for job_name, partition in steps:
         click.echo(f"== {job_name}" + (f" {partition}" if partition else ""))
         job = defs.resolve_job_def(job_name)
-        names = {node.name for node in job.graph.node_defs}
         result = job.execute_in_process(
-            partition_key=partition,
-            instance=instance,
-            raise_on_error=False,
-            run_config={"ops": {k: v for k, v in ops.items() if k in names}},
+            partition_key=partition, instance=instance, raise_on_error=False, run_config=job_run_config(job, ops)
         )
         if not result.success:
             failed = f"{job_name} {partition or ''}".strip()

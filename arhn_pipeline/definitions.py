@@ -1,6 +1,8 @@
 """The whole pipeline as one Definitions object: each stage's assets and checks, the shared resources,
 and the jobs `arhn run` and the UI launch."""
 
+from typing import Any
+
 import dagster as dg
 
 from arhn_pipeline import settings
@@ -70,6 +72,12 @@ eval_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets("retriever_eval"),
     description="Score the base model and every trained variant on the configured BEIR sets.",
 )
+
+
+def job_run_config(job: dg.JobDefinition, ops: dict[str, Any]) -> dict[str, Any]:
+    """The part of a run config ({ops: {ASSET: {config: ...}}}) that concerns a job's assets."""
+    names = {node.name for node in job.graph.node_defs}
+    return {"ops": {name: value for name, value in ops.items() if name in names}}
 
 
 def build_defs(llm: LLMEngine | None = None, duckdb: DuckDBStore | None = None) -> dg.Definitions:

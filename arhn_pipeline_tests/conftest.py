@@ -30,8 +30,9 @@ def shared_data() -> Path:
 @pytest.fixture(autouse=True)
 def isolated_state(tmp_path, monkeypatch):
     """Every test gets its own DuckDB file, runtime dir and registry location; models stay shared."""
+    models = settings.models_dir()  # the prepared models stay shared: read before ARHN_VAR_DIR moves
     monkeypatch.setenv("ARHN_VAR_DIR", str(tmp_path / "var"))
-    monkeypatch.setenv("ARHN_MODELS_DIR", str(settings.models_dir()))
+    monkeypatch.setenv("ARHN_MODELS_DIR", str(models))
     monkeypatch.setenv("ARHN_DB", str(tmp_path / "arhn.duckdb"))
     monkeypatch.setenv("ARHN_VLLM_CACHE", str(PROJECT / "var" / "vllm-cache"))
     yield
@@ -117,11 +118,13 @@ def labelled_entry(tmp_path: Path, name: str, rows: list, false_negatives: set[s
 def gather_then_decide(defs, instance, names, run_config=None) -> list:
     """What `arhn run` does: every partition's evidence first, then each partition's qualification and decisions
     (so each partition with a reference can qualify the judges of the others)."""
+    from arhn_pipeline.definitions import job_run_config
+
     results = []
-    for job, name in [("gather_evidence", n) for n in names] + [("decide", n) for n in names]:
-        result = defs.resolve_job_def(job).execute_in_process(
-            partition_key=name, instance=instance, run_config=run_config or {}
-        )
+    for job_name, name in [("gather_evidence", n) for n in names] + [("decide", n) for n in names]:
+        job = defs.resolve_job_def(job_name)
+        config = job_run_config(job, (run_config or {}).get("ops", {}))
+        result = job.execute_in_process(partition_key=name, instance=instance, run_config=config)
         assert result.success
         results.append(result)
     return results

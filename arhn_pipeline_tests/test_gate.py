@@ -53,11 +53,11 @@ def quiz_oracle(req: LLMRequest) -> str:
     if "snippets/" in req.template:
         text = PASSAGE.findall(req.messages[-1][1])[0][1]
         return json.dumps({"snippet": "NO_ANSWER" if text.startswith("TN_") else text.split()[1]})
-    if "broken permutation" in req.messages[-1][1] or "what is alpha" in req.messages[-1][1]:
-        return arhn_oracle(req)
     shown = PASSAGE.findall(req.messages[-1][1])
-    order = sorted(shown, key=lambda p: (not p[1].startswith("FN_"), not p[1].startswith("POS"), -int(p[0])))
-    return json.dumps({"ranking": [int(i) for i, _ in order]})
+    ids = [int(i) for i, _ in sorted(shown, key=lambda p: (not p[1].startswith("FN_"), not p[1].startswith("POS")))]
+    if ids in (sorted(ids), sorted(ids, reverse=True)):  # never the order shown or its reverse (echoed)
+        ids = ids[:2] + sorted(ids[2:], reverse=ids[2:] == sorted(ids[2:]))
+    return json.dumps({"ranking": ids})
 
 
 @register_script("echo_ranker")
@@ -95,17 +95,20 @@ def entries_for(tmp_path) -> dict:
 def test_an_oracle_qualifies_on_a_labelled_entry_and_its_decisions_are_applied(tmp_path, monkeypatch):
     results, conn = pipeline(tmp_path, monkeypatch, "quiz_oracle", entries_for(tmp_path))
     gate = dict(conn.execute("SELECT DISTINCT method, gate FROM decisions WHERE subset = 'toy'").fetchall())
-    assert gate["arhn:R"].startswith("applied: kappa 1.000 >= 0.2 on 60 labelled negatives of labelled")
+    assert gate["arhn:R"] == "applied: kappa 1.000 >= 0.2 on 60 labelled negatives of labelled"
     relabeled = conn.execute(
         "SELECT count(*) FROM decisions d JOIN passages p USING (passage_id) "
         "WHERE subset = 'toy' AND method = 'arhn:R' AND action = 'to_positive' AND p.text LIKE 'FN_%'"
     ).fetchone()[0]
     assert relabeled == 12
+    # the labelled entry is the only reference: it qualifies toy's judge, and nothing qualifies its own
     stored = conn.execute("SELECT DISTINCT subset, reference FROM judge_qualification ORDER BY 1").fetchall()
-    assert stored == [("labelled", "toy"), ("toy", "labelled")] or stored == [("toy", "labelled")]
-    assert all(s != r for s, r in stored)  # never its own reference
-    checks = {e.check_name: e.passed for r in results for e in r.get_asset_check_evaluations()}
-    assert checks["judges_qualified"] is True
+    assert stored == [("toy", "labelled")]
+    # F alone has nothing to filter here (the oracle ranks every false negative above the positive): withheld
+    toy_meta = results[-2].asset_materializations_for_node("relabeled")[0].metadata
+    assert toy_meta["withheld_methods"].value == "arhn:F"
+    labelled_meta = results[-1].asset_materializations_for_node("relabeled")[0].metadata
+    assert labelled_meta["withheld_methods"].value == "arhn:R+F, arhn:R, arhn:F"
 
 
 def test_a_judge_at_chance_is_withheld_visibly(tmp_path, monkeypatch):

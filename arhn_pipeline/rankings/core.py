@@ -134,12 +134,12 @@ def is_echo(seen: list[int], n: int) -> bool:
 
 def mark_degenerate(responses: list[str], perms: list[Permutation]) -> list[Permutation]:
     """When every window got one identical answer (at least DEGENERATE_MIN_WINDOWS), none is evidence (an
-    unreadable answer stays `unparsed`)."""
+    answer that already is none, unparsed or echoed, keeps its status)."""
     if len(responses) < DEGENERATE_MIN_WINDOWS or len(set(responses)) != 1:
         return perms
     note = f"the same answer to all {len(responses)} windows"
     return [
-        p if p.status == UNPARSED else Permutation(list(range(len(p.order))), frozenset(), DEGENERATE, note)
+        p if not p.status.is_evidence else Permutation(list(range(len(p.order))), frozenset(), DEGENERATE, note)
         for p in perms
     ]
 
