@@ -8,12 +8,13 @@ import duckdb
 import pytest
 
 from arhn_pipeline import agreement as ag
+from arhn_pipeline import settings
 from arhn_pipeline.definitions import build_defs
 from arhn_pipeline.export import export, rows
 from arhn_pipeline.identity import passage_key
 from arhn_pipeline.prune.assets import PRESETS
 from arhn_pipeline_tests.conftest import engine, gather_then_decide, labelled_entry, write_jsonl, write_registry
-from arhn_pipeline_tests.test_arhn_pipeline import Q1, Q2
+from arhn_pipeline_tests.test_arhn_pipeline import LLM_RANKER, Q1, Q2
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +30,12 @@ def cleaned(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ARHN_SOURCES", str(write_registry(tmp_path / "s.yaml", entries)))
         mp.setenv("ARHN_DB", str(tmp_path / "arhn.duckdb"))
+        mp.setenv("ARHN_MODELS_DIR", str(settings.models_dir()))
         mp.setenv("ARHN_VAR_DIR", str(tmp_path / "var"))
         defs = build_defs(engine("arhn_oracle"))
         instance = dg.DagsterInstance.ephemeral()
         instance.add_dynamic_partitions("subset", list(entries))
-        gather_then_decide(defs, instance, list(entries))
+        gather_then_decide(defs, instance, list(entries), run_config=LLM_RANKER)
     return defs, instance, tmp_path / "arhn.duckdb"
 
 
@@ -43,8 +45,8 @@ def test_pruned_collection_keeps_the_preset_and_reports_sizes(cleaned):
         instance=instance, run_config={"ops": {"pruned_collection": {"config": {"preset": "rlhn7"}}}}
     )
     meta = result.asset_materializations_for_node("pruned_collection")[0].metadata
-    assert (meta["subsets_kept"].value, meta["subsets_dropped"].value) == (2, 1)
-    assert (meta["queries_before"].value, meta["queries_after"].value) == (6, 4)
+    assert (meta["subsets_kept"].value, meta["subsets_dropped"].value) == (2, 2)
+    assert (meta["queries_before"].value, meta["queries_after"].value) == (8, 4)
     assert "| toy_extra | 2 | 0 |" in meta["per_subset"].value and "not in the keep list" in meta["per_subset"].value
     with duckdb.connect(str(db), read_only=True) as conn:
         kept = conn.execute("SELECT DISTINCT subset FROM pruned_collection ORDER BY 1").fetchall()
@@ -60,7 +62,9 @@ def test_pruning_by_changed_share(cleaned):
         instance=instance, run_config={"ops": {"pruned_collection": {"config": config}}}
     )
     meta = result.asset_materializations_for_node("pruned_collection")[0].metadata
-    assert meta["subsets_kept"].value == 0 and "changed share 0.286 > 0.1" in meta["per_subset"].value
+    # the labelled entry's own decisions were withheld (no other reference qualifies its judge): nothing changed
+    assert meta["subsets_kept"].value == 1 and "changed share 0.286 > 0.1" in meta["per_subset"].value
+    assert "| labelled | 2 | 2 | 7 | 0.0 | 0.0 | kept |" in meta["per_subset"].value
 
 
 @pytest.mark.parametrize("fmt", ["bge", "tevatron", "hf"])
@@ -69,7 +73,7 @@ def test_exports_read_back_equal(cleaned, tmp_path, fmt):
     with duckdb.connect(str(db), read_only=True) as conn:
         expected = list(rows(conn, "arhn:R+F"))
         out = tmp_path / ("export" if fmt == "hf" else "export.jsonl")
-        assert export(conn, fmt, out, method="arhn:R+F") == len(expected) == 6
+        assert export(conn, fmt, out, method="arhn:R+F") == len(expected) == 8
     if fmt == "hf":
         back = list(datasets.load_from_disk(str(out)))
     else:

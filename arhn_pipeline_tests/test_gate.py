@@ -13,7 +13,7 @@ from arhn_pipeline.definitions import build_defs
 from arhn_pipeline.engine.base import LLMRequest
 from arhn_pipeline.engine.scripted import register_script
 from arhn_pipeline_tests.conftest import engine, gather_then_decide, labelled_entry, write_jsonl, write_registry
-from arhn_pipeline_tests.test_arhn_pipeline import PASSAGE, Q1, Q2, arhn_oracle
+from arhn_pipeline_tests.test_arhn_pipeline import PASSAGE, Q1, Q2
 
 WORDS = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa", "theta", "lambda", "zeta", "iota", "rho"]
 

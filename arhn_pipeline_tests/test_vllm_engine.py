@@ -109,3 +109,16 @@ def test_truncate_cuts_to_the_token_budget(vllm_engine):
     cut, was_cut = vllm_engine.truncate(text, 50)
     assert was_cut and len(vllm_engine._tokenizer.encode(cut, add_special_tokens=False)) <= 50
     assert vllm_engine.truncate("short text", 50) == ("short text", False)
+
+
+def test_dtype_auto_is_bfloat16_only_where_the_hardware_computes_it():
+    from arhn_pipeline.engine.vllm_engine import choose_dtype
+
+    assert choose_dtype("auto", gpu=True, flags=set())[0] == "bfloat16"
+    assert choose_dtype("auto", gpu=False, flags={"avx2", "avx512f", "avx512_bf16"}) == (
+        "bfloat16",
+        "CPU flags avx512_bf16",
+    )
+    dtype, why = choose_dtype("auto", gpu=False, flags={"avx2", "fma"})
+    assert dtype == "float32" and "no avx512_bf16" in why
+    assert choose_dtype("float16", gpu=False, flags=set()) == ("float16", "configured")

@@ -138,6 +138,10 @@ class LLMEngine(dg.ConfigurableResource):  # type: ignore[type-arg]
     def model_id(self) -> str:
         return self.model
 
+    def settings_metadata(self) -> dict[str, str]:
+        """Engine settings worth showing with a stage's materialization (the vLLM engine: its dtype and why)."""
+        return {}
+
     def context_window(self) -> int | None:
         """Tokens a prompt plus its answer may take, when the engine has a limit."""
         return None

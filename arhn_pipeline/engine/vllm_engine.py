@@ -19,6 +19,32 @@ from arhn_pipeline.engine.base import LLMEngine, LLMRequest, LLMResult
 SMOLLM2 = "smollm2"  # the packaged CPU default, converted by engine/prepare.py
 
 
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def choose_dtype(configured: str, gpu: bool, flags: set[str]) -> tuple[str, str]:
+    """(dtype, why): the configured dtype, or for `auto` bfloat16 where it is native and float32 elsewhere."""
+    if configured != "auto":
+        return configured, "configured"
+    if gpu:
+        return "bfloat16", "GPU"
+    native = sorted(f for f in BF16_CPU_FLAGS if f in flags)
+    if native:
+        return "bfloat16", f"CPU flags {', '.join(native)}"
+    return "float32", "CPU without native bfloat16 (no avx512_bf16 or amx_bf16 flag)"
+
+
 def sampling_params(request: LLMRequest):
     """vLLM's SamplingParams for a request: its sampling settings and structured output (choice, JSON schema,
     regex)."""
@@ -42,7 +68,11 @@ class VLLMEngine(LLMEngine):
         default=SMOLLM2,
         description="hub id or local folder of a chat model; 'smollm2' = the packaged SmolLM2-135M-Instruct",
     )
-    dtype: str = Field(default="bfloat16", description="weights and activations dtype")
+    dtype: str = Field(
+        default="auto",
+        description="weights and activations dtype; auto: bfloat16 where the hardware computes it natively (a GPU, "
+        "or a CPU with AVX512_BF16 or AMX), float32 elsewhere (emulated bf16 is ~4x slower on AVX2 CPUs)",
+    )
     max_model_len: int = Field(default=4096, description="context window the engine reserves per request")
     tensor_parallel_size: int = Field(default=1, description="GPUs per engine")
     gpu_memory_utilization: float = Field(default=0.85, description="GPU memory share for weights and KV cache")
@@ -79,8 +109,14 @@ class VLLMEngine(LLMEngine):
             from pathlib import Path
 
             manifest = json.loads((Path(self._model_path) / "arhn-manifest.json").read_text())
-            return f"smollm2-135m-instruct-q4_1@{manifest['source_sha256'][:12]}"
-        return self.model
+            return f"smollm2-135m-instruct-q4_1@{manifest['source_sha256'][:12]}/{self._dtype[0]}"
+        return f"{self.model}/{self._dtype[0]}"  # the dtype changes answers, so it is part of every call's key
+
+    def settings_metadata(self) -> dict[str, str]:
+        dtype, why = self._dtype
+        flags = cpu_flags()
+        shown = [f for f in ("avx2", "avx512f", *BF16_CPU_FLAGS) if f in flags]
+        return {"engine_dtype": dtype, "engine_dtype_chosen_by": why, "cpu_flags": ", ".join(shown) or "-"}
 
     @cached_property
     def _tokenizer(self):
@@ -106,7 +142,7 @@ class VLLMEngine(LLMEngine):
 
             kwargs: dict[str, Any] = dict(
                 model=self._model_path,
-                dtype=self.dtype,
+                dtype=self._dtype[0],
                 max_model_len=self.max_model_len,
                 tensor_parallel_size=self.tensor_parallel_size,
                 enforce_eager=self.enforce_eager,
@@ -123,6 +159,12 @@ class VLLMEngine(LLMEngine):
                 kwargs["gpu_memory_utilization"] = self.gpu_memory_utilization
             self._llm = LLM(**kwargs)
         return self._llm
+
+    @cached_property
+    def _dtype(self) -> tuple[str, str]:
+        from vllm.platforms import current_platform
+
+        return choose_dtype(self.dtype, not current_platform.is_cpu(), cpu_flags())
 
     def context_window(self) -> int | None:
         return self.max_model_len

@@ -158,6 +158,7 @@ def rankings(context: dg.AssetExecutionContext, config: RankingsConfig, duckdb: 
             "mean_positive_rank": round(sum(positive_ranks) / len(positive_ranks) if positive_ranks else 0.0, 2),
             **stats.as_metadata(),
             "model": model,
+            **(llm.settings_metadata() if ranker == Ranker.llm else {}),
             "prompt_version": version,
             "windows_not_read_as_given": dg.MetadataValue.md(
                 md_table(["query_id", "status", "what the parser repaired or why no evidence"], repaired.rows())

@@ -107,6 +107,7 @@ def snippets(context: dg.AssetExecutionContext, config: SnippetsConfig, duckdb: 
             "truncated_passages": sum(1 for s in shown.values() if s.truncated),
             **stats.as_metadata(),
             "model": llm.model_id(),
+            **llm.settings_metadata(),
             "prompt_version": core.TEMPLATE.version,
             "by_role_and_status": dg.MetadataValue.md(md_table(["role", "status", "pairs"], counts.rows())),
         },
