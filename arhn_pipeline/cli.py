@@ -178,7 +178,12 @@ def export_cmd(method, pruned, subsets, fmt, out, push_to_hub) -> None:
     from arhn_pipeline.export import export
 
     with _db(read_only=True) as conn:
-        n = export(conn, fmt, out, method=method, subsets=list(subsets) or None, pruned=pruned, push_to_hub=push_to_hub)
+        try:
+            n = export(
+                conn, fmt, out, method=method, subsets=list(subsets) or None, pruned=pruned, push_to_hub=push_to_hub
+            )
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
     click.echo(f"wrote {n:,} queries to {out}")
 
 

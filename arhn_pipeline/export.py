@@ -70,6 +70,12 @@ def export(
     """Write the collection to `out` (a .jsonl file, or a folder for hf); return the number of rows."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
+    if pruned is None:
+        known = ["original"] + [
+            r[0] for r in conn.execute("SELECT DISTINCT method FROM decisions ORDER BY 1").fetchall()
+        ]
+        if method not in known:
+            raise ValueError(f"no method {method!r} in the decisions; known: {', '.join(known)}")
     shape = to_tevatron if fmt == "tevatron" else to_bge
     if fmt == "hf":
         import datasets

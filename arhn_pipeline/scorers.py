@@ -6,8 +6,8 @@ A scorer is named by a string:
     score = cosine of the query's and the passage's embeddings (encode_query / encode_document, so models
     with prompts such as EmbeddingGemma get theirs);
   - `cross:<name or folder>`: a sentence-transformers CrossEncoder, score = its relevance logit;
-  - `judge:<name>`: a trained false-negative judge (trained_judge/core.py), score = its decision value for the
-    candidate against the query's first positive (the positive itself scores as a perfect match of itself).
+  - `judge:<name>`: a trained false-negative judge (trained_judge/core.py), score = its decision value for a
+    negative against the query's first positive; the positives score the judge's threshold.
 """
 
 from __future__ import annotations
@@ -50,16 +50,17 @@ class Scorer:
 
 
 def judge_scores(judge: Any, pairs: pl.DataFrame) -> list[float]:
+    """A judge ranks a negative by its decision value against the query's first positive; the positives sit at
+    the judge's threshold, so a negative ranks above them exactly when the judge calls it a false negative."""
     from arhn_pipeline.trained_judge.core import Triple, features
 
-    first_positive = (
-        pairs.filter(pl.col("role") == "positive")
-        .group_by("query_id", maintain_order=True)
-        .agg(pl.col("passage").first())
-    )
+    positives = pairs.filter(pl.col("role") == "positive")
+    first_positive = positives.group_by("query_id", maintain_order=True).agg(pl.col("passage").first())
     positive = dict(first_positive.iter_rows())
-    triples = [Triple(q, positive[qid], p) for qid, q, p in pairs.select("query_id", "query", "passage").iter_rows()]
-    return [float(v) for v in judge.decision(features(triples, judge.embedders, judge.max_length))]
+    rows = list(pairs.select("query_id", "query", "passage", "role").iter_rows())
+    negatives = [Triple(q, positive[qid], p) for qid, q, p, role in rows if role != "positive"]
+    decided = iter(judge.decision(features(negatives, judge.embedders, judge.max_length)) if negatives else [])
+    return [judge.threshold if role == "positive" else float(next(decided)) for *_, role in rows]
 
 
 @lru_cache(maxsize=4)

@@ -117,3 +117,11 @@ def test_margin_agreement_on_trec_dl_human_grades(shared_data, db):
     s = ag.scores(ag.predictions(db, "trec_dl20_judged", "margin:0.05"), ref)
     assert s["pairs"] == 1301 and s["reference_rate"] == 0.241
     assert s["f1"] == pytest.approx(0.49, abs=0.01) and s["kappa"] == pytest.approx(0.34, abs=0.01)
+
+
+def test_an_unknown_export_method_is_an_error_that_lists_the_methods(cleaned, tmp_path):
+    _, _, db = cleaned
+    out = tmp_path / "nothing.jsonl"
+    with duckdb.connect(str(db), read_only=True) as conn, pytest.raises(ValueError, match="known: original, arhn:F"):
+        export(conn, "bge", out, method="arhn:X")
+    assert not out.exists()

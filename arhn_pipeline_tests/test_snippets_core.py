@@ -1,5 +1,7 @@
 """Snippet prompts, parsing and verification (no engine)."""
 
+import json
+
 import pytest
 
 from arhn_pipeline.snippets import core
@@ -46,3 +48,29 @@ def test_passage_cannot_close_its_block_or_open_a_query():
     user = core.build_request("q", hostile, 64).messages[-1][1]
     assert user.count("</passage>") == 1 and user.count("<query>") == 1 and user.count("<instruction>") == 1
     assert "&lt;/passage>" in user
+
+
+@pytest.mark.parametrize("snippet", ["a", "6", " . ", "Ni"])
+def test_a_snippet_too_short_to_answer_is_trivial_not_verified(snippet):
+    verdict = core.judge_snippet(json.dumps({"snippet": snippet}), PASSAGE + " a 6 Ni.")
+    assert verdict.status in (core.TRIVIAL, core.UNPARSED) and verdict.status != core.VERIFIED
+
+
+def test_one_identical_answer_to_every_request_is_degenerate():
+    passages = [f"passage {i} about rivers" for i in range(10)]
+    same = ['{"snippet": "rivers"}'] * 10
+    assert {v.status for v in core.judge_snippets(same, passages)} == {core.DEGENERATE}
+    varied = ['{"snippet": "rivers"}'] * 9 + ['{"snippet": "NO_ANSWER"}']
+    assert core.DEGENERATE not in {v.status for v in core.judge_snippets(varied, passages)}
+    assert {v.status for v in core.judge_snippets(["no"] * 10, passages)} == {core.UNPARSED}
+
+
+def test_prompt_templates_render_in_a_sandbox(tmp_path):
+    import jinja2.exceptions
+
+    from arhn_pipeline.engine.prompts import PromptTemplate
+
+    path = tmp_path / "evil.prompt.yaml"
+    path.write_text("user: \"{{ ''.__class__.__mro__[1].__subclasses__() }}\"\n", encoding="utf-8")
+    with pytest.raises(jinja2.exceptions.SecurityError):
+        PromptTemplate.load(path).render()

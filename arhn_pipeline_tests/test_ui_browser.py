@@ -39,12 +39,21 @@ def webserver(tmp_path):
         ARHN_DB=str(tmp_path / "ui.duckdb"),
     )
     subprocess.run([BIN / "arhn", "sources", "sync"], env=env, cwd=PROJECT, check=True, capture_output=True)
+    # another sample partition's evidence first: its planted labels qualify the judges that clean sample_geo
+    subprocess.run(
+        [BIN / "arhn", "run", "--subset", "sample_bio", "--no-train"],
+        env=env,
+        cwd=PROJECT,
+        check=True,
+        capture_output=True,
+    )
     with dagster_dev(env) as port:
         yield port
 
 
 def run_statuses(port: int) -> list[str]:
-    return [r["status"] for r in runs(port)]
+    """The statuses of every run but the set-up's `arhn run` (jobs gather_evidence and decide)."""
+    return [r["status"] for r in runs(port) if r["jobName"] not in ("gather_evidence", "decide")]
 
 
 def test_launch_a_partition_from_the_ui_and_read_the_audit_table(webserver):
@@ -87,13 +96,20 @@ def test_launch_a_partition_from_the_ui_and_read_the_audit_table(webserver):
             assert run_statuses(port) == ["SUCCESS"], runs(port)
 
             page.goto(f"{base}/assets/relabeled?view=partitions&partition=sample_geo")
-            page.get_by_text("decisions_by_rule").wait_for(timeout=30_000)
-            page.get_by_text("[Show Markdown]").first.click()
+            page.get_by_text("relabeled_examples").wait_for(timeout=30_000)
+            page.locator("tr", has_text="qualification_gate").get_by_text("[Show Markdown]").click()
+            dialog = page.get_by_role("dialog")
+            dialog.get_by_text("labelled negatives of sample_bio").first.wait_for(timeout=30_000)
+            gate = dialog.inner_text()
+            page.screenshot(path=ARTIFACTS / "3-qualification-gate.png")
+            page.keyboard.press("Escape")
+            page.locator("tr", has_text="relabeled_examples").get_by_text("[Show Markdown]").click()
             dialog = page.get_by_role("dialog")
             dialog.get_by_text("R_ranked_above_positive").first.wait_for(timeout=30_000)
             audit = dialog.inner_text()
-            page.screenshot(path=ARTIFACTS / "3-audit-table.png")
+            page.screenshot(path=ARTIFACTS / "4-audit-table.png")
         finally:
             browser.close()
+    assert "applied: kappa" in gate
     assert "full evidence" in audit and "arhn explain --subset sample_geo --query sample_geo-" in audit
     assert "to_positive" in audit

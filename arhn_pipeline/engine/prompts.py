@@ -15,6 +15,7 @@ from pathlib import Path
 
 import jinja2
 import yaml
+from jinja2.sandbox import SandboxedEnvironment
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,7 +28,8 @@ def quote(text: str) -> str:
     return _TAG.sub(lambda m: f"&lt;{m.group(1)}{m.group(2)}", text)
 
 
-_ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False)
+# The sandbox: a template file named in run config cannot reach Python (attributes, calls) beyond its values.
+_ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False)
 _ENV.filters["quote"] = quote
 
 

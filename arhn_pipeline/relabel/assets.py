@@ -72,7 +72,8 @@ def relabeled(context: dg.AssetExecutionContext, config: RelabeledConfig, duckdb
         decisions = qualify.apply_gate(proposed.frame, verdicts)
         methods = proposed.methods
         replace_partition(conn, "decisions", subset, decisions, methods=methods)
-        examples = conn.execute(EXAMPLES, [subset, methods[0]]).fetchall()
+        shown = next((m for m in methods if verdicts[m].qualified), methods[0])
+        examples = conn.execute(EXAMPLES, [subset, shown]).fetchall()
         bad = scalar(conn, ONE_DECISION_SQL, {"s": subset})
         agreement = _agreement_check(conn, subset, methods, verdicts, config.min_kappa)
         tables = table_metadata(conn, "decisions", subset)

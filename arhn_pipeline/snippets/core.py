@@ -27,6 +27,7 @@ SCHEMA = {
 }
 
 VERIFIED = SnippetStatus.VERIFIED
+TRIVIAL = SnippetStatus.TRIVIAL
 UNVERIFIED = SnippetStatus.UNVERIFIED
 NO_ANSWER_STATUS = SnippetStatus.NO_ANSWER
 DEGENERATE = SnippetStatus.DEGENERATE
@@ -35,6 +36,9 @@ UNPARSED = SnippetStatus.UNPARSED
 # Defaults of the stage's settings (SnippetsConfig), here so that `arhn estimate` plans with the same ones.
 PASSAGE_MAX_TOKENS = 384
 SNIPPET_MAX_TOKENS = 96
+
+# A verified snippet shorter than this (in letters and digits) answers nothing: a letter, a word piece.
+MIN_SNIPPET_CHARS = 3
 
 # One identical answer to this many requests or more (of at least two passages) is no reading of the passages.
 DEGENERATE_MIN_REQUESTS = 8
@@ -106,11 +110,12 @@ def judge_snippet(response: str, passage: str) -> SnippetVerdict:
         return SnippetVerdict(UNPARSED, snippet, detail="empty snippet")
     if stripped.strip(". ").upper() == NO_ANSWER:
         return SnippetVerdict(NO_ANSWER_STATUS, None)
-    if stripped in passage:
-        return SnippetVerdict(VERIFIED, stripped, match="exact")
-    if _norm(stripped) in _norm(passage):
-        return SnippetVerdict(VERIFIED, stripped, match="normalized")
-    return SnippetVerdict(UNVERIFIED, stripped)
+    match = "exact" if stripped in passage else "normalized" if _norm(stripped) in _norm(passage) else None
+    if match is None:
+        return SnippetVerdict(UNVERIFIED, stripped)
+    if sum(ch.isalnum() for ch in stripped) < MIN_SNIPPET_CHARS:
+        return SnippetVerdict(TRIVIAL, stripped, match, detail=f"fewer than {MIN_SNIPPET_CHARS} letters or digits")
+    return SnippetVerdict(VERIFIED, stripped, match=match)
 
 
 def judge_snippets(responses: list[str], passages: list[str]) -> list[SnippetVerdict]:
