@@ -116,11 +116,6 @@ def judges_trained_on(conn: duckdb.DuckDBPyConnection, subset: str) -> dict[str,
     return out
 
 
-def stored_qualification(conn: duckdb.DuckDBPyConnection, subset: str) -> pl.DataFrame:
-    frame = conn.execute("SELECT * FROM judge_qualification WHERE subset = ?", [subset]).pl()
-    return frame if frame.height else pl.DataFrame(schema=QUALIFICATION_SCHEMA)
-
-
 @dataclass(frozen=True)
 class GateVerdict:
     method: str

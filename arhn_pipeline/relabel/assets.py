@@ -68,7 +68,11 @@ def relabeled(context: dg.AssetExecutionContext, config: RelabeledConfig, duckdb
         proposed = dec.decide_partition(conn, subset, config)
         if not proposed.methods:
             raise dg.Failure(f"no evidence to decide from for {subset!r}: {'; '.join(proposed.skipped)}")
-        verdicts = qualify.gate_verdicts(qualify.stored_qualification(conn, subset), proposed.judges, config.min_kappa)
+        # measured afresh from the stored evidence (the same computation as judge_qualification, which keeps the
+        # table): a prompt edit re-runs this asset, and its judges must be measured as they are now
+        references = {name: e for name, e in load_registry().items() if e.reference is not None}
+        measured, _ = qualify.qualify(conn, subset, proposed, references, config)
+        verdicts = qualify.gate_verdicts(measured, proposed.judges, config.min_kappa)
         decisions = qualify.apply_gate(proposed.frame, verdicts)
         methods = proposed.methods
         replace_partition(conn, "decisions", subset, decisions, methods=methods)
