@@ -225,9 +225,8 @@ def train_judge(train_on: tuple[str, ...], name: str, out: Path | None) -> None:
     """Fit a false-negative judge on the labelled negatives of registry entries (ingesting them if needed)."""
     from arhn_pipeline.raw_triplets.ingest import ingest
     from arhn_pipeline.sources.registry import load_registry
-    from arhn_pipeline.store import DuckDBStore
-    from arhn_pipeline.trained_judge.assets import TrainedJudgeConfig, train
     from arhn_pipeline.trained_judge.core import describe
+    from arhn_pipeline.trained_judge.training import train
 
     registry = load_registry()
     with _db() as conn:
@@ -238,12 +237,10 @@ def train_judge(train_on: tuple[str, ...], name: str, out: Path | None) -> None:
             ):
                 click.echo(f"ingesting {entry_name} first")
                 ingest(conn, entry_name, registry[entry_name])
-    try:
-        judge, path = train(
-            DuckDBStore(database=str(settings.db_path())), TrainedJudgeConfig(name=name, train_on=list(train_on))
-        )
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+        try:
+            judge, path = train(conn, name, list(train_on))
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
     if out is not None:
         path = str(judge.save(out))
         (settings.judges_dir() / f"{name}.json").unlink(missing_ok=True)

@@ -157,3 +157,50 @@ def test_the_classic_decision_paths_are_applied_once_the_oracle_qualifies(tmp_pa
         ).fetchall()
     )
     assert applied == {"arhn:R+F": ["NEG_ABOVE", "NEG_FILTER"], "arhn:R": ["NEG_ABOVE"], "arhn:F": ["NEG_FILTER"]}
+
+
+def test_a_trained_judge_is_measured_on_a_reference_it_did_not_train_on(tmp_path, monkeypatch):
+    """The trained_judge asset (real MiniLM embeddings) fitted on one labelled entry; cleaning a third, its
+    agreement is measured and stored on the other labelled entry, never on the one it was trained on."""
+    monkeypatch.setenv("ARHN_JUDGES_DIR", str(tmp_path / "judges"))
+    entries = {
+        "train_set": labelled_entry(tmp_path, "train_set", quiz(12), {f"FN_{i}" for i in range(12)}),
+        "held_out": labelled_entry(tmp_path, "held_out", quiz(24)[12:], {f"FN_{i}" for i in range(12, 24)}),
+        "toy": {"format": "bge", "path": str(write_jsonl(tmp_path / "toy.jsonl", quiz(36)[24:]))},
+    }
+    monkeypatch.setenv("ARHN_SOURCES", str(write_registry(tmp_path / "sources.yaml", entries)))
+    defs = build_defs(engine("constant_no"))
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("subset", list(entries))
+    ingest = [a for a in defs.assets if a.key.to_user_string() == "raw_triplets"]
+    assert dg.materialize(ingest, partition_key="train_set", instance=instance, resources=defs.resources).success
+    trained = [a for a in defs.assets if a.key.to_user_string() == "trained_judge"]
+    judge_config = {"name": "toyjudge", "train_on": ["train_set"], "embedders": ["all-MiniLM-L6-v2"]}
+    result = dg.materialize(
+        trained,
+        instance=instance,
+        resources=defs.resources,
+        run_config={"ops": {"trained_judge": {"config": judge_config}}},
+    )
+    assert result.success and (tmp_path / "judges" / "toyjudge.json").is_file()
+    config = {
+        "ops": {
+            "rankings": {"config": {"ranker": "llm"}},
+            "judgments": {"config": {"stages": [{"name": "judge", "kind": "trained_judge", "model": "toyjudge"}]}},
+            "judge_qualification": {"config": {"arhn_methods": []}},
+            "relabeled": {"config": {"arhn_methods": []}},
+        }
+    }
+    gather_then_decide(defs, instance, ["held_out", "toy", "train_set"], run_config=config)
+    conn = duckdb.connect(str(tmp_path / "arhn.duckdb"), read_only=True)
+    measured = conn.execute(
+        "SELECT DISTINCT reference, pairs FROM judge_qualification WHERE subset = 'toy' AND method = 'rlhn:rlhn'"
+    ).fetchall()
+    assert measured == [("held_out", 60)]  # never train_set, which the judge was fitted on
+    kappa = conn.execute(
+        "SELECT kappa FROM judge_qualification WHERE subset = 'toy' AND method = 'rlhn:rlhn'"
+    ).fetchone()[0]
+    gate = conn.execute("SELECT DISTINCT gate FROM decisions WHERE subset = 'toy' AND method = 'rlhn:rlhn'").fetchone()[
+        0
+    ]
+    assert f"kappa {kappa:.3f}" in gate and "of held_out" in gate
