@@ -204,3 +204,35 @@ def test_a_trained_judge_is_measured_on_a_reference_it_did_not_train_on(tmp_path
         0
     ]
     assert f"kappa {kappa:.3f}" in gate and "of held_out" in gate
+
+
+def test_a_combined_method_is_gated_rule_by_rule():
+    """R+F's relabels stand on R's qualification and its filtering on F's: a strong R cannot carry a coin F."""
+    import polars as pl
+
+    from arhn_pipeline.qualify.core import GateVerdict, apply_gate, withheld_methods
+    from arhn_pipeline.relabel.decisions import DECISION_SCHEMA
+
+    def row(method, action, rule):
+        base = {k: None for k in DECISION_SCHEMA}
+        return {**base, "method": method, "role": "negative", "action": action, "rule": rule,
+                "proposed_action": action, "proposed_rule": rule}  # fmt: skip
+
+    frame = pl.DataFrame(
+        [
+            row("arhn:R+F", "to_positive", "R_ranked_above_positive"),
+            row("arhn:R+F", "drop_negative", "F_answer_snippet_below_positive"),
+            row("arhn:R", "to_positive", "R_ranked_above_positive"),
+            row("arhn:F", "drop_negative", "F_answer_snippet_below_positive"),
+        ],
+        schema=DECISION_SCHEMA,
+    )
+    verdicts = {
+        "arhn:R+F": GateVerdict("arhn:R+F", True, 0.28, 100, ["x"], "applied: kappa 0.280"),
+        "arhn:R": GateVerdict("arhn:R", True, 0.74, 100, ["x"], "applied: kappa 0.740"),
+        "arhn:F": GateVerdict("arhn:F", False, -0.07, 100, ["x"], "withheld: kappa -0.070"),
+    }
+    gated = apply_gate(frame, verdicts)
+    assert gated["action"].to_list() == ["to_positive", "keep", "to_positive", "keep"]
+    assert gated["gate"].to_list()[:2] == ["applied: kappa 0.740", "withheld: kappa -0.070"]
+    assert withheld_methods(gated, verdicts) == ["arhn:R+F", "arhn:F"]

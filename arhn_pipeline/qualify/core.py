@@ -148,18 +148,39 @@ def gate_verdicts(qualification: pl.DataFrame, judges: Mapping[str, str], min_ka
     return out
 
 
+# A combined method's decisions are gated rule by rule by the method that makes that rule alone, when it is
+# measured: R+F's relabels stand on R's qualification, its filtering on F's (a strong R must not carry a coin F).
+COMPONENTS = {"arhn:R+F": {"R_ranked_above_positive": "arhn:R", "F_answer_snippet_below_positive": "arhn:F"}}
+
+
+def rule_verdict(method: str, rule: str, verdicts: Mapping[str, GateVerdict]) -> GateVerdict:
+    component = COMPONENTS.get(method, {}).get(rule)
+    return verdicts[component] if component is not None and component in verdicts else verdicts[method]
+
+
 def apply_gate(frame: pl.DataFrame, verdicts: Mapping[str, GateVerdict]) -> pl.DataFrame:
-    """Decisions of unqualified methods become `keep` with the rule `withheld_unqualified_judge` (what the rule
-    proposed stays in `proposed_action`, and why in `gate`); qualified methods' decisions stand."""
-    withheld = [m for m, v in verdicts.items() if not v.qualified]
-    reasons = {m: v.reason for m, v in verdicts.items()}
-    changed = pl.col("method").is_in(withheld) & (pl.col("proposed_action") != Action.KEEP)
-    reason = pl.col("method").replace_strict(reasons, default=None, return_dtype=pl.String)
-    return frame.with_columns(
+    """Decisions of unqualified judges become `keep` with the rule `withheld_unqualified_judge` (what the rule
+    proposed stays in `proposed_action` and `proposed_rule`, and why in `gate`); qualified ones stand."""
+    pairs = frame.select("method", "proposed_rule").unique()
+    table = pl.DataFrame(
+        [(m, r, v.qualified, v.reason) for m, r in pairs.iter_rows() for v in [rule_verdict(m, r, verdicts)]],
+        schema={"method": pl.String, "proposed_rule": pl.String, "_qualified": pl.Boolean, "_reason": pl.String},
+        orient="row",
+    )
+    gated = frame.join(table, on=["method", "proposed_rule"], how="left", maintain_order="left")
+    changed = ~pl.col("_qualified") & (pl.col("proposed_action") != Action.KEEP)
+    return gated.with_columns(
         action=pl.when(changed).then(pl.lit(str(Action.KEEP))).otherwise(pl.col("action")),
         rule=pl.when(changed).then(pl.lit(WITHHELD_RULE)).otherwise(pl.col("rule")),
-        gate=reason,
-    )
+        gate=pl.col("_reason"),
+    ).drop("_qualified", "_reason")
+
+
+def withheld_methods(gated: pl.DataFrame, verdicts: Mapping[str, GateVerdict]) -> list[str]:
+    """Methods whose judge did not qualify, and combined methods with a proposed change withheld (a part of
+    theirs did not qualify), in the order of `verdicts`."""
+    with_withheld_rows = set(gated.filter(pl.col("rule") == WITHHELD_RULE)["method"].to_list())
+    return [m for m, v in verdicts.items() if m in with_withheld_rows or (not v.qualified and m not in COMPONENTS)]
 
 
 def summary_rows(verdicts: Iterable[GateVerdict]) -> list[tuple[Any, ...]]:

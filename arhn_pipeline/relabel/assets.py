@@ -84,7 +84,7 @@ def relabeled(context: dg.AssetExecutionContext, config: RelabeledConfig, duckdb
     for v in verdicts.values():
         (context.log.info if v.qualified else context.log.warning)(f"{v.method}: {v.reason}")
     summary = decisions.group_by("method", "action", "rule").len().sort("method", "action", "rule")
-    withheld = [v.method for v in verdicts.values() if not v.qualified]
+    withheld = qualify.withheld_methods(decisions, verdicts)
     negatives = decisions.filter(pl.col("role") == "negative")
     changed = negatives.group_by("method").agg(
         applied=(pl.col("action") != "keep").mean(), proposed=(pl.col("proposed_action") != "keep").mean()
