@@ -55,7 +55,14 @@ def explain(conn: duckdb.DuckDBPyConnection, subset: str, query_id: str, passage
                 lines.append(f"  rank: {r} (positive at {prank}); ranking calls: {', '.join(rcalls or [])}")
                 for call in rcalls or []:
                     resp = conn.execute("SELECT response FROM llm_calls WHERE call_id = ?", [call]).fetchone()
-                    lines.append(f"    raw ranking {call[:12]}: {_cut(resp[0] if resp else None, 200)}")
+                    if resp is None:  # ranked by a scorer, not an LLM: its scores are the window's note
+                        note = conn.execute(
+                            "SELECT repairs FROM ranking_windows WHERE subset = ? AND query_id = ? AND call_id = ?",
+                            [subset, query_id, call],
+                        ).fetchone()
+                        lines.append(f"    ranked by {call}: {_cut(note[0] if note else None, 200)}")
+                    else:
+                        lines.append(f"    raw ranking {call[:12]}: {_cut(resp[0], 200)}")
                 lines.append(f"  prompt versions: {versions}; model: {model}")
         verdicts = conn.execute(
             """SELECT v.stage_index, v.stage, v.verdict, v.score, v.final, v.model, c.response
