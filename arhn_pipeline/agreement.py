@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import polars as pl
 
 from arhn_pipeline.identity import passage_key
 
@@ -65,8 +66,6 @@ def predictions(conn: duckdb.DuckDBPyConnection, subset: str, detector: str) -> 
             ).fetchall():
                 pred.setdefault((q, p), False)
         return pred
-    from arhn_pipeline.relabel.decisions import predictions as decision_predictions
-
     frame = conn.execute("SELECT * FROM decisions WHERE subset = ? AND method = ?", [subset, detector]).pl()
     return decision_predictions(frame).get(detector, {})  # what the judge proposed, before the gate
 
@@ -163,3 +162,16 @@ def table(conn: duckdb.DuckDBPyConnection, subset: str, ref: dict[Key, bool], de
         s = scores(predictions(conn, subset, detector), ref)
         rows.append([detector] + [s[c] for c in COLUMNS])
     return rows
+
+
+def decision_predictions(frame: pl.DataFrame) -> dict[str, dict[tuple[str, str], bool | None]]:
+    """Per method, each negative's "false negative?" as its decision says (before the gate): changed = yes;
+    kept for want of readable evidence (an unparsed or degenerate answer) = no prediction."""
+    out: dict[str, dict[tuple[str, str], bool | None]] = {}
+    negatives = frame.filter(pl.col("role") == "negative")
+    for method, qid, pid, action, rule in negatives.select(
+        "method", "query_id", "passage_id", "proposed_action", "proposed_rule"
+    ).iter_rows():
+        no_evidence = action == "keep" and ("unparsed" in rule or "degenerate" in rule)
+        out.setdefault(method, {})[(qid, pid)] = None if no_evidence else action != "keep"
+    return out

@@ -77,7 +77,7 @@ def qualify(
             outcomes.append(ReferenceOutcome(name, False, why))
             continue
         ref = ag.load_reference(entry.reference.format, entry.reference.path)
-        predicted = dec.predictions(theirs.frame)
+        predicted = ag.decision_predictions(theirs.frame)
         for method in same:
             s = ag.scores(predicted.get(method, {}), ref)
             rows.append(

@@ -145,7 +145,7 @@ def _agreement_check(
     if entry is None or entry.reference is None or not entry.reference.path.is_file():
         return dg.AssetCheckResult(check_name=AGREEMENT, passed=True, metadata={"reference": "none for this partition"})
     ref = ag.load_reference(entry.reference.format, entry.reference.path)
-    predicted = dec.predictions(conn.execute("SELECT * FROM decisions WHERE subset = ?", [subset]).pl())
+    predicted = ag.decision_predictions(conn.execute("SELECT * FROM decisions WHERE subset = ?", [subset]).pl())
     scored = {m: ag.scores(predicted.get(m, {}), ref) for m in methods}
     rows = [[m] + [s[c] for c in ag.COLUMNS] for m, s in scored.items()]
     below = sorted(m for m in methods if verdicts[m].qualified and float(scored[m]["kappa"]) < min_kappa)

@@ -284,16 +284,3 @@ def decide_partition(conn: duckdb.DuckDBPyConnection, subset: str, settings: Dec
     if frames:
         out.frame = pl.concat(frames).with_columns(judge=pl.col("method").replace_strict(out.judges))
     return out
-
-
-def predictions(frame: pl.DataFrame) -> dict[str, dict[tuple[str, str], bool | None]]:
-    """Per method, each negative's "false negative?" as its decision says (before the gate): changed = yes;
-    kept for want of readable evidence (an unparsed or degenerate answer) = no prediction."""
-    out: dict[str, dict[tuple[str, str], bool | None]] = {}
-    negatives = frame.filter(pl.col("role") == Role.NEGATIVE)
-    for method, qid, pid, action, rule in negatives.select(
-        "method", "query_id", "passage_id", "proposed_action", "proposed_rule"
-    ).iter_rows():
-        no_evidence = action == "keep" and ("unparsed" in rule or "degenerate" in rule)
-        out.setdefault(method, {})[(qid, pid)] = None if no_evidence else action != "keep"
-    return out
