@@ -43,7 +43,9 @@ def main() -> None:
 
     t0 = time.perf_counter()
     data = {name: year(name) for name in ("dl19", "dl20")}
-    print(f"features of {sum(len(y) for _, y in data.values())} judged negatives in {time.perf_counter() - t0:.0f} s")
+    seconds = time.perf_counter() - t0
+    pairs = sum(len(y) for _, y in data.values())
+    print(f"features of {pairs} judged negatives (both embedders) in {seconds:.0f} s: {pairs / seconds:.2f} pairs/s")
     names = [f"{e}:{f}" for e in core.DEFAULT_EMBEDDERS for f in core.FEATURES]
 
     def scored(fit_score) -> str:
