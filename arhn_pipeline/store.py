@@ -239,12 +239,6 @@ class DuckDBStore(DuckDBResource):
                 rows,
             )
 
-    def set_parse_status(self, statuses: dict[str, str]) -> None:
-        if not statuses:
-            return
-        with self.get_connection() as conn:
-            set_parse_status(conn, statuses)
-
     def mean_completion_tokens(self, model: str, template: str) -> float | None:
         with self.get_connection() as conn:
             row = conn.execute(

@@ -13,7 +13,7 @@ from arhn_pipeline.partitions import subset_partitions
 from arhn_pipeline.qualify import core as qualify
 from arhn_pipeline.relabel import decisions as dec
 from arhn_pipeline.relabel.config import RelabeledConfig
-from arhn_pipeline.sources.registry import load_registry
+from arhn_pipeline.sources.registry import SourceEntry, load_registry
 from arhn_pipeline.store import DuckDBStore, replace_partition, scalar, table_metadata
 
 ONE_DECISION = "one_decision_per_candidate_and_method"
@@ -70,7 +70,8 @@ def relabeled(context: dg.AssetExecutionContext, config: RelabeledConfig, duckdb
             raise dg.Failure(f"no evidence to decide from for {subset!r}: {'; '.join(proposed.skipped)}")
         # measured afresh from the stored evidence (the same computation as judge_qualification, which keeps the
         # table): a prompt edit re-runs this asset, and its judges must be measured as they are now
-        references = {name: e for name, e in load_registry().items() if e.reference is not None}
+        registry = load_registry()
+        references = {name: e for name, e in registry.items() if e.reference is not None}
         measured, _ = qualify.qualify(conn, subset, proposed, references, config)
         verdicts = qualify.gate_verdicts(measured, proposed.judges, config.min_kappa)
         decisions = qualify.apply_gate(proposed.frame, verdicts)
@@ -79,12 +80,17 @@ def relabeled(context: dg.AssetExecutionContext, config: RelabeledConfig, duckdb
         shown = next((m for m in methods if verdicts[m].qualified), methods[0])
         examples = conn.execute(EXAMPLES, [subset, shown]).fetchall()
         bad = scalar(conn, ONE_DECISION_SQL, {"s": subset})
-        agreement = _agreement_check(conn, subset, methods, verdicts, config.min_kappa)
+        agreement = _agreement_check(conn, subset, references.get(subset), methods, verdicts, config.min_kappa)
         tables = table_metadata(conn, "decisions", subset)
     for v in verdicts.values():
         (context.log.info if v.qualified else context.log.warning)(f"{v.method}: {v.reason}")
     summary = decisions.group_by("method", "action", "rule").len().sort("method", "action", "rule")
     withheld = qualify.withheld_methods(decisions, verdicts)
+    gate_table = dg.MetadataValue.md(
+        md_table(
+            ["method", "qualified", "kappa", "labelled negatives", "reason"], qualify.summary_rows(verdicts.values())
+        )
+    )
     negatives = decisions.filter(pl.col("role") == "negative")
     changed = negatives.group_by("method").agg(
         applied=(pl.col("action") != "keep").mean(), proposed=(pl.col("proposed_action") != "keep").mean()
@@ -97,12 +103,7 @@ def relabeled(context: dg.AssetExecutionContext, config: RelabeledConfig, duckdb
             "methods": ", ".join(methods),
             "skipped": "; ".join(proposed.skipped) or "none",
             "withheld_methods": ", ".join(withheld) or "none",
-            "qualification_gate": dg.MetadataValue.md(
-                md_table(
-                    ["method", "qualified", "kappa", "labelled negatives", "reason"],
-                    qualify.summary_rows(verdicts.values()),
-                )
-            ),
+            "qualification_gate": gate_table,
             "share_of_negatives_changed": dg.MetadataValue.md(
                 md_table(
                     ["method", "applied", "proposed by the rules"],
@@ -125,12 +126,7 @@ def relabeled(context: dg.AssetExecutionContext, config: RelabeledConfig, duckdb
                 metadata={
                     "withheld": ", ".join(withheld) or "none",
                     "min_kappa": config.min_kappa,
-                    "gate": dg.MetadataValue.md(
-                        md_table(
-                            ["method", "qualified", "kappa", "labelled negatives", "reason"],
-                            qualify.summary_rows(verdicts.values()),
-                        )
-                    ),
+                    "gate": gate_table,
                 },
             ),
             agreement,
@@ -139,9 +135,13 @@ def relabeled(context: dg.AssetExecutionContext, config: RelabeledConfig, duckdb
 
 
 def _agreement_check(
-    conn: ddb.DuckDBPyConnection, subset: str, methods: list[str], verdicts: dict[str, Any], min_kappa: float
+    conn: ddb.DuckDBPyConnection,
+    subset: str,
+    entry: SourceEntry | None,
+    methods: list[str],
+    verdicts: dict[str, Any],
+    min_kappa: float,
 ) -> dg.AssetCheckResult:
-    entry = load_registry().get(subset)
     if entry is None or entry.reference is None or not entry.reference.path.is_file():
         return dg.AssetCheckResult(check_name=AGREEMENT, passed=True, metadata={"reference": "none for this partition"})
     ref = ag.load_reference(entry.reference.format, entry.reference.path)

@@ -155,19 +155,16 @@ def describe(judge: JudgeModel) -> dict[str, Any]:
     }
 
 
-def labelled_triples(
-    pairs: Any, reference: dict[tuple[str, str], bool]
-) -> tuple[list[Triple], np.ndarray, list[tuple[str, str]]]:
+def labelled_triples(pairs: Any, reference: dict[tuple[str, str], bool]) -> tuple[list[Triple], np.ndarray]:
     """The labelled negatives of a partition's pairs (store.load_pairs): each with its query and first
-    positive, its label, and its (query_id, passage_id) key."""
+    positive, and its label."""
     positive: dict[str, str] = {}
     for qid, role, text in pairs.select("query_id", "role", "passage").iter_rows():
         if role == "positive":
             positive.setdefault(qid, text)
-    triples, labels, keys = [], [], []
+    triples, labels = [], []
     for qid, query, pid, role, text in pairs.select("query_id", "query", "passage_id", "role", "passage").iter_rows():
         if role == "negative" and (qid, pid) in reference:
             triples.append(Triple(query, positive[qid], text))
             labels.append(reference[(qid, pid)])
-            keys.append((qid, pid))
-    return triples, np.asarray(labels, dtype=bool), keys
+    return triples, np.asarray(labels, dtype=bool)

@@ -34,7 +34,7 @@ def train(
         pairs = load_pairs(conn, entry_name)
         if pairs.is_empty():
             raise ValueError(f"{entry_name!r} has no ingested rows: materialize its raw_triplets first")
-        t, y, _ = core.labelled_triples(pairs, ag.load_reference(entry.reference.format, entry.reference.path))
+        t, y = core.labelled_triples(pairs, ag.load_reference(entry.reference.format, entry.reference.path))
         triples += t
         labels.append(y)
         trained_on[entry_name] = core.file_sha256(entry.reference.path)
