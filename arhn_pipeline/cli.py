@@ -21,7 +21,21 @@ def dagster_instance():
     return dg.DagsterInstance.get()
 
 
-@click.group()
+class _Commands(click.Group):
+    """Errors about the user's files (registry, sources, database) end in one line naming the file, never a
+    traceback."""
+
+    def invoke(self, ctx: click.Context):
+        from arhn_pipeline.sources.readers import SourceError
+        from arhn_pipeline.sources.registry import RegistryError
+
+        try:
+            return super().invoke(ctx)
+        except (RegistryError, SourceError) as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Commands)
 def main() -> None:
     """arhn-pipeline: find and fix false negatives in retrieval training data."""
 
@@ -35,11 +49,14 @@ def sources() -> None:
 def sources_list() -> None:
     from arhn_pipeline.sources.registry import load_registry
 
-    for name, entry in load_registry().items():
+    registry = load_registry()
+    for name, entry in registry.items():
         exists = entry.path is None or entry.path.exists()
         flag = "" if exists else "  [missing]"
         default = "default" if entry.in_default_run else "       "
         click.echo(f"{name:24} {entry.format:9} {default}  {entry.location}{flag}")
+    for name, problem in registry.problems.items():
+        click.echo(f"{name:24} [broken]  {problem}")
 
 
 @sources.command("sync")
@@ -77,9 +94,14 @@ def run(subsets: tuple[str, ...], train: bool, config_file: Path | None) -> None
     sync_partitions(instance)
     registry = load_registry()
     chosen = list(subsets) or [name for name, e in registry.items() if e.in_default_run]
-    unknown = [s for s in chosen if s not in registry]
-    if unknown:
-        raise click.UsageError(f"not in the source registry: {unknown}; known: {sorted(registry)}")
+    for name in chosen:
+        if name in registry.problems or name not in registry:
+            raise click.UsageError(
+                str(registry.problems.get(name) or f"not in the source registry: {name!r}; known: {sorted(registry)}")
+            )
+    if not subsets:
+        for problem in registry.problems.values():
+            click.echo(f"skipped (broken entry): {problem}", err=True)
     # every partition's evidence first, so that each can serve as the others' reference when judges qualify
     steps = [("gather_evidence", s) for s in chosen] + [("decide", s) for s in chosen] + [("build_collection", None)]
     if train:
@@ -117,7 +139,10 @@ def _db(read_only: bool = False):
     """The pipeline's DuckDB file; waits (and says so) while a run is writing to it."""
     from arhn_pipeline.store import connect
 
-    return connect(str(settings.db_path()), read_only=read_only, on_wait=lambda m: click.echo(m, err=True))
+    path = settings.db_path()
+    if read_only and not path.exists():
+        raise click.ClickException(f"no pipeline database at {path} yet: run `arhn run` (or materialize in the UI)")
+    return connect(str(path), read_only=read_only, on_wait=lambda m: click.echo(m, err=True))
 
 
 def _explain_example(subsets: list[str]) -> str | None:
@@ -201,6 +226,7 @@ def agreement(subset: str, detectors: tuple[str, ...]) -> None:
     from arhn_pipeline import agreement as ag
     from arhn_pipeline.raw_triplets.ingest import ingest
     from arhn_pipeline.sources.registry import load_registry
+    from arhn_pipeline.store import snapshot
 
     entry = load_registry().get(subset)
     if entry is None or entry.reference is None:
@@ -210,11 +236,13 @@ def agreement(subset: str, detectors: tuple[str, ...]) -> None:
         if not conn.execute("SELECT count(*) FROM queries WHERE subset = ?", [subset]).fetchone()[0]:
             click.echo(f"ingesting {subset} first")
             ingest(conn, subset, entry)
-        chosen = list(detectors) or ["margin:0.05", "margin:0.1"] + ag.stored_detectors(conn, subset)
-        click.echo(f"{subset}: reference {entry.reference.format} ({len(ref):,} labelled negatives)")
-        click.echo("  ".join(f"{h:>14}" for h in ["detector"] + ag.COLUMNS))
-        for row in ag.table(conn, subset, ref, chosen):
-            click.echo("  ".join(f"{v:>14}" for v in row))
+        # the partition copied into memory and the file let go: embedding takes minutes, a run must not wait
+        conn = snapshot(conn, [subset])
+    chosen = list(detectors) or ["margin:0.05", "margin:0.1"] + ag.stored_detectors(conn, subset)
+    click.echo(f"{subset}: reference {entry.reference.format} ({len(ref):,} labelled negatives)")
+    click.echo("  ".join(f"{h:>14}" for h in ["detector"] + ag.COLUMNS))
+    for row in ag.table(conn, subset, ref, chosen):
+        click.echo("  ".join(f"{v:>14}" for v in row))
 
 
 @main.command("train-judge")
@@ -225,6 +253,7 @@ def train_judge(train_on: tuple[str, ...], name: str, out: Path | None) -> None:
     """Fit a false-negative judge on the labelled negatives of registry entries (ingesting them if needed)."""
     from arhn_pipeline.raw_triplets.ingest import ingest
     from arhn_pipeline.sources.registry import load_registry
+    from arhn_pipeline.store import snapshot
     from arhn_pipeline.trained_judge.core import describe
     from arhn_pipeline.trained_judge.training import train
 
@@ -237,10 +266,11 @@ def train_judge(train_on: tuple[str, ...], name: str, out: Path | None) -> None:
             ):
                 click.echo(f"ingesting {entry_name} first")
                 ingest(conn, entry_name, registry[entry_name])
-        try:
-            judge, path = train(conn, name, list(train_on))
-        except ValueError as exc:
-            raise click.UsageError(str(exc)) from None
+        conn = snapshot(conn, train_on)  # embedding takes minutes: the file is let go of first
+    try:
+        judge, path = train(conn, name, list(train_on))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     if out is not None:
         path = str(judge.save(out))
         (settings.judges_dir() / f"{name}.json").unlink(missing_ok=True)

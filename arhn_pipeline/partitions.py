@@ -14,7 +14,7 @@ subset_partitions = dg.DynamicPartitionsDefinition(name=PARTITIONS_NAME)
 
 def sync_partitions(instance: dg.DagsterInstance) -> tuple[list[str], list[str]]:
     """Register every registry entry as a partition; return (added, orphaned)."""
-    wanted = list(load_registry())
+    wanted = load_registry().names()
     existing = set(instance.get_dynamic_partitions(PARTITIONS_NAME))
     added = [name for name in wanted if name not in existing]
     if added:
@@ -29,7 +29,7 @@ def sync_partitions(instance: dg.DagsterInstance) -> tuple[list[str], list[str]]
     description="Adds a `subset` partition for every entry of the source registry (sources.yaml).",
 )
 def source_registry_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
-    wanted = list(load_registry())
+    wanted = load_registry().names()
     existing = set(context.instance.get_dynamic_partitions(PARTITIONS_NAME))
     new = [name for name in wanted if name not in existing]
     if not new:

@@ -144,6 +144,31 @@ def connect(
             delay = min(delay * 2, 1.0)
 
 
+def snapshot(conn: duckdb.DuckDBPyConnection, subsets: Iterable[str]) -> duckdb.DuckDBPyConnection:
+    """An in-memory copy of some partitions' rows (every table with a `subset` column, and its passages), so
+    that a slow reader (embedding texts, say) can let go of the file at once and never hold a writer up."""
+    mem = duckdb.connect(":memory:")
+    create_schema(mem)
+    tables = [
+        t
+        for (t,) in conn.execute(
+            "SELECT DISTINCT table_name FROM duckdb_columns() WHERE column_name = 'subset' AND NOT internal"
+            " AND table_name IN (SELECT table_name FROM duckdb_tables() WHERE NOT temporary)"
+        ).fetchall()
+        if not t.startswith("_")
+    ]
+    chosen = list(subsets)
+    copies = {t: conn.execute(f"SELECT * FROM {t} WHERE subset IN ?", [chosen]).arrow() for t in tables}
+    copies["passages"] = conn.execute(
+        "SELECT * FROM passages WHERE passage_id IN (SELECT passage_id FROM candidates WHERE subset IN ?)", [chosen]
+    ).arrow()
+    for table, rows in copies.items():
+        mem.register("_copy", rows)
+        mem.execute(f"INSERT INTO {table} SELECT * FROM _copy")
+        mem.unregister("_copy")
+    return mem
+
+
 @dataclass(frozen=True)
 class StoredCall:
     """An answered call, as the call cache hands it back to a stage."""

@@ -5,8 +5,10 @@ from pydantic import Field
 
 from arhn_pipeline.markdown import md_table
 from arhn_pipeline.partitions import subset_partitions
-from arhn_pipeline.raw_triplets.ingest import ingest
-from arhn_pipeline.sources.registry import load_registry
+from arhn_pipeline.raw_triplets.ingest import Limits, ingest
+from arhn_pipeline.sources.readers import MAX_LINE_BYTES, SourceError
+from arhn_pipeline.sources.registry import RegistryError, load_registry
+from arhn_pipeline.sources.rows import MAX_TEXT_CHARS
 from arhn_pipeline.store import DuckDBStore, other_tables_metadata, table_metadata
 
 QUARANTINE_SHARE = "quarantine_share"
@@ -17,6 +19,12 @@ INGEST_VERSION = "1"
 
 class RawTripletsConfig(dg.Config):
     batch_size: int = Field(default=20_000, description="candidate rows written to DuckDB per batch")
+    max_line_bytes: int = Field(
+        default=MAX_LINE_BYTES, ge=1, description="a longer line is quarantined as too_large, never held in memory"
+    )
+    max_text_chars: int = Field(
+        default=MAX_TEXT_CHARS, ge=1, description="a query or passage longer than this quarantines its row (too_large)"
+    )
 
 
 @dg.asset(
@@ -38,13 +46,17 @@ class RawTripletsConfig(dg.Config):
 )
 def raw_triplets(context: dg.AssetExecutionContext, config: RawTripletsConfig, duckdb: DuckDBStore):
     subset = context.partition_key
-    registry = load_registry()
-    if subset not in registry:
-        raise dg.Failure(f"partition {subset!r} is not in the source registry ({sorted(registry)})")
-    entry = registry[subset]
+    try:
+        entry = load_registry().entry(subset)
+    except RegistryError as exc:
+        raise dg.Failure(description=f"{exc}; fix the entry (the other partitions are not affected)") from None
     context.log.info(f"ingesting {subset} from {entry.location}")
+    limits = Limits(max_line_bytes=config.max_line_bytes, max_text_chars=config.max_text_chars)
     with duckdb.get_connection() as conn:
-        stats = ingest(conn, subset, entry, batch_size=config.batch_size)
+        try:
+            stats = ingest(conn, subset, entry, batch_size=config.batch_size, limits=limits)
+        except SourceError as exc:  # the file as a whole (missing, not UTF-8 text, no valid row): one clear line
+            raise dg.Failure(description=str(exc)) from None
         preview = _preview(conn, subset)
         reasons = conn.execute(
             "SELECT field, reason, count(*) FROM quarantine WHERE subset = ? GROUP BY ALL ORDER BY 3 DESC LIMIT 10",

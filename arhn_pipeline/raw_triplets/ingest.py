@@ -13,9 +13,9 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from arhn_pipeline.sources.readers import iter_records
+from arhn_pipeline.sources.readers import MAX_LINE_BYTES, SourceError, iter_records
 from arhn_pipeline.sources.registry import SourceEntry
-from arhn_pipeline.sources.rows import RowError, Triplet, parse_row
+from arhn_pipeline.sources.rows import MAX_TEXT_CHARS, RowError, Triplet, parse_row
 from arhn_pipeline.store import PARTITIONED_TABLES, delete_partition, transaction
 
 # A quarantined line keeps its raw text for inspection, cut at this size so one huge line cannot bloat the table.
@@ -130,11 +130,30 @@ def _digest(t: Triplet) -> bytes:
     return h.digest()
 
 
-def ingest(conn: duckdb.DuckDBPyConnection, subset: str, entry: SourceEntry, batch_size: int = 20_000) -> IngestStats:
+@dataclass(frozen=True)
+class Limits:
+    """Sizes past which a line or a text is quarantined as too_large (raw_triplets config)."""
+
+    max_line_bytes: int = MAX_LINE_BYTES
+    max_text_chars: int = MAX_TEXT_CHARS
+
+
+class NoValidRows(SourceError):
+    """Every line of the source was quarantined: the partition's stored rows are kept, not replaced by nothing."""
+
+
+def ingest(
+    conn: duckdb.DuckDBPyConnection,
+    subset: str,
+    entry: SourceEntry,
+    batch_size: int = 20_000,
+    limits: Limits = Limits(),
+) -> IngestStats:
     """Replace `subset`'s rows with the source's: all or nothing.
 
     Batches go to staging tables, committed as they come (so memory stays flat: one long transaction
     would hold every appended row); one short transaction then swaps them in for the partition's old rows.
+    A source without one valid row raises NoValidRows (with the commonest reasons) and changes nothing.
     """
     # One staging name per (table, subset): a run killed mid-ingest leaves tables the next run replaces.
     tag = hashlib.sha256(subset.encode()).hexdigest()[:12]
@@ -142,7 +161,16 @@ def ingest(conn: duckdb.DuckDBPyConnection, subset: str, entry: SourceEntry, bat
     for table, staging in stage.items():
         conn.execute(f"CREATE OR REPLACE TABLE {staging} AS SELECT * FROM {table} LIMIT 0")
     try:
-        stats = _stream_into(conn, subset, entry, batch_size, stage)
+        stats = _stream_into(conn, subset, entry, batch_size, stage, limits)
+        if stats.queries == 0:
+            reasons = conn.execute(
+                f"SELECT reason, count(*) FROM {stage['quarantine']} GROUP BY ALL ORDER BY 2 DESC LIMIT 3"
+            ).fetchall()
+            shown = "; ".join(f"{n} x {reason}" for reason, n in reasons)
+            raise NoValidRows(
+                f"source {entry.name!r}: {entry.location}: none of its {stats.lines} lines is a valid row ({shown}); "
+                "the partition's stored rows are kept"
+            )
         with transaction(conn):
             delete_partition(conn, subset, PARTITIONED_TABLES)
             for table, staging in stage.items():
@@ -153,18 +181,20 @@ def ingest(conn: duckdb.DuckDBPyConnection, subset: str, entry: SourceEntry, bat
     return stats
 
 
-def _stream_into(conn, subset: str, entry: SourceEntry, batch_size: int, stage: dict[str, str]) -> IngestStats:
+def _stream_into(
+    conn, subset: str, entry: SourceEntry, batch_size: int, stage: dict[str, str], limits: Limits
+) -> IngestStats:
     stats = IngestStats()
     seen: dict[str, tuple[int, bytes]] = {}
     batch = _Batch(subset, entry.location, stage)
-    for rec in iter_records(entry):
+    for rec in iter_records(entry, limits.max_line_bytes):
         stats.lines += 1
         if rec.error:
             stats.quarantined_rows += 1
             batch.quarantine_row(rec.line, *rec.error, raw=rec.raw)
             continue
         try:
-            t = parse_row(rec.value, entry.format)
+            t = parse_row(rec.value, entry.format, limits.max_text_chars)
             if not t.negatives:
                 raise RowError(
                     "neg" if entry.format == "bge" else "negative_passages",

@@ -1,16 +1,45 @@
-"""Streaming readers: one record at a time, so memory does not grow with the source."""
+"""Streaming readers: one record at a time, so memory does not grow with the source.
+
+A file is read as bytes, line by line, never more than `max_line_bytes` of one line in memory. Gzip files
+(`.gz` of any supported format, or any file starting with gzip's magic bytes) are read directly; other
+compressed, UTF-16/32 and binary files are named as such once, before any line is read, instead of being
+quarantined line by line. Every line that cannot become a JSON value gets its own quarantine reason.
+"""
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import IO, Any
 
 from arhn_pipeline.sources.registry import SourceEntry
 
 
 class SourceError(Exception):
-    """The source as a whole cannot be read (missing, unreadable, empty): names the file."""
+    """The source as a whole cannot be read (missing, unreadable, empty, not UTF-8 text): names the file."""
+
+
+# A line longer than this is quarantined as too_large without being held in memory (raw_triplets config).
+MAX_LINE_BYTES = 16 * 1024 * 1024
+# How much of a too-large or undecodable line the quarantine keeps.
+RAW_PREVIEW_CHARS = 2_000
+
+_COMPRESSED = {
+    b"BZh": "bzip2",
+    b"\xfd7zXZ\x00": "xz",
+    b"\x28\xb5\x2f\xfd": "zstd",
+    b"PK\x03\x04": "zip",
+    b"7z\xbc\xaf\x27\x1c": "7z",
+}
+_WIDE_BOMS = {
+    b"\xff\xfe\x00\x00": "UTF-32",
+    b"\x00\x00\xfe\xff": "UTF-32",
+    b"\xff\xfe": "UTF-16",
+    b"\xfe\xff": "UTF-16",
+}
+_UTF8_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass
@@ -21,29 +50,150 @@ class Record:
     error: tuple[str, str] | None = None  # (field, reason) when the line could not be decoded
 
 
-def iter_records(entry: SourceEntry) -> Iterator[Record]:
-    records = _iter_jsonl(entry) if entry.path is not None else _iter_hub(entry)
+class DuplicateKeyError(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKeyError(key)
+            seen.add(key)
+    return obj
+
+
+def decode_line(text: str) -> tuple[object, tuple[str, str] | None]:
+    """(value, None) for a line holding one JSON value, or (None, (field, reason)). Never raises."""
+    try:
+        value = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except json.JSONDecodeError as exc:
+        return None, ("line", f"malformed JSON: {exc.msg} at column {exc.colno}")
+    except DuplicateKeyError as exc:
+        return None, (exc.key, f"duplicate key {exc.key!r} in one JSON object (which value is meant is unknowable)")
+    except RecursionError:
+        return None, ("line", "JSON nested too deeply to read (more levels than any row format has)")
+    if "\\u" in text or "\\U" in text:
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return None, ("line", f"lone surrogate escape (\\u{ord(exc.object[exc.start]):04x}): not a character")
+        except RecursionError:
+            return None, ("line", "JSON nested too deeply to read (more levels than any row format has)")
+    return value, None
+
+
+def iter_records(entry: SourceEntry, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[Record]:
+    records = _iter_jsonl(entry, max_line_bytes) if entry.path is not None else _iter_hub(entry)
     for n, rec in enumerate(records):
         if entry.limit is not None and n >= entry.limit:
             return
         yield rec
 
 
-def _iter_jsonl(entry: SourceEntry) -> Iterator[Record]:
+def _open(entry: SourceEntry) -> IO[bytes]:
+    """The file's bytes, gunzipped when it is gzip; a SourceError naming the file for anything that is not
+    (possibly gzipped) UTF-8 text."""
     path = entry.path
     assert path is not None  # a file entry
+    where = f"source {entry.name!r}: {entry.location}"
     if not path.is_file():
-        raise SourceError(f"source {entry.name!r}: file not found: {path}")
-    any_line = False
+        raise SourceError(f"source {entry.name!r}: file not found: {entry.location}")
     try:
-        fh = path.open("rb")
+        fh: IO[bytes] = path.open("rb")
+        head = fh.read(4)
+        fh.seek(0)
     except OSError as exc:
-        raise SourceError(f"source {entry.name!r}: cannot open {path}: {exc}") from exc
-    with fh:
-        for n, data in enumerate(fh, start=1):
+        raise SourceError(f"{where}: cannot open: {exc.strerror or exc}") from exc
+    if head[:2] == b"\x1f\x8b":
+        unzipped = gzip.GzipFile(fileobj=fh, mode="rb")
+        try:
+            unzipped.read(1)
+            unzipped.seek(0)
+            fh = unzipped  # type: ignore[assignment]
+        except gzip.BadGzipFile:  # gzip's magic bytes but no gzip header: read as the text it may be
+            fh.seek(0)
+        except (OSError, EOFError) as exc:
+            fh.close()
+            raise SourceError(f"{where}: a damaged gzip file: {exc}") from exc
+    try:
+        sample = fh.read(64 * 1024)
+    except (OSError, EOFError) as exc:
+        fh.close()
+        raise SourceError(f"{where}: a damaged gzip file: {exc}") from exc
+    problem = _not_text(sample)
+    if problem:
+        fh.close()
+        raise SourceError(f"{where}: {problem}")
+    fh.seek(0)
+    return fh
+
+
+def _not_text(sample: bytes) -> str | None:
+    # compressed data starts with its format's magic bytes and is mostly bytes that are not UTF-8
+    undecodable = sample.decode("utf-8", errors="replace").count("\ufffd")
+    for magic, kind in _COMPRESSED.items():
+        if sample.startswith(magic) and undecodable * 10 > len(sample):
+            return f"a {kind}-compressed file; decompress it (or gzip it: .gz files are read directly)"
+    for bom, kind in _WIDE_BOMS.items():
+        if sample.startswith(bom) and b"\x00" in sample:  # wide text: ASCII characters come with NUL bytes
+            return f"{kind}-encoded text; convert it to UTF-8 (iconv -f {kind} -t UTF-8)"
+    # a file of text lines of which most are not UTF-8 is not a JSON-lines file with some bad lines
+    lines = [line for line in sample.split(b"\n")[:-1] if line.strip()]
+    bad = 0
+    for line in lines:
+        try:
+            bad += b"\x00" in line or not line.decode("utf-8")
+        except UnicodeDecodeError:
+            bad += 1
+    if len(lines) >= 4 and bad * 2 > len(lines):
+        if b"\x00" in sample:
+            return f"binary data: {bad} of its first {len(lines)} lines hold NUL bytes or are not UTF-8"
+        return (
+            f"not UTF-8 text: {bad} of its first {len(lines)} lines are not valid UTF-8 (Latin-1 or another "
+            "encoding?); convert it to UTF-8"
+        )
+    return None
+
+
+def _lines(fh: IO[bytes], max_line_bytes: int) -> Iterator[tuple[int, bytes, int | None]]:
+    """(line number, bytes, size when over the limit): a line over the limit is cut to its first bytes, the
+    rest skipped without being held in memory."""
+    n = 0
+    while True:
+        data = fh.readline(max_line_bytes + 1)
+        if not data:
+            return
+        n += 1
+        if len(data) <= max_line_bytes or data.endswith(b"\n"):
+            yield n, data, None
+            continue
+        size, rest = len(data), data
+        while rest and not rest.endswith(b"\n"):
+            rest = fh.readline(1 << 20)
+            size += len(rest)
+        yield n, data[: RAW_PREVIEW_CHARS * 4], size
+
+
+def _iter_jsonl(entry: SourceEntry, max_line_bytes: int) -> Iterator[Record]:
+    fh = _open(entry)
+    any_line, n = False, 0
+    try:
+        for n, data, too_large in _lines(fh, max_line_bytes):
+            if n == 1 and data.startswith(_UTF8_BOM):
+                data = data[len(_UTF8_BOM) :]
             if not data.strip():
                 continue
             any_line = True
+            if too_large is not None:
+                raw = data.decode("utf-8", errors="replace")[:RAW_PREVIEW_CHARS]
+                reason = f"too_large: {too_large} bytes, over the {max_line_bytes}-byte line limit (max_line_bytes)"
+                yield Record(n, raw, error=("line", reason))
+                continue
             try:
                 text = data.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -51,12 +201,14 @@ def _iter_jsonl(entry: SourceEntry) -> Iterator[Record]:
                 yield Record(n, raw, error=("line", f"invalid UTF-8 at byte {exc.start}"))
                 continue
             text = text.rstrip("\r\n")
-            try:
-                yield Record(n, text, value=json.loads(text))
-            except json.JSONDecodeError as exc:
-                yield Record(n, text, error=("line", f"malformed JSON: {exc.msg} at column {exc.colno}"))
+            value, error = decode_line(text)
+            yield Record(n, text, value=value, error=error)
+    except (OSError, EOFError) as exc:  # a gzip file cut short or damaged past its first block
+        raise SourceError(f"source {entry.name!r}: {entry.location}: unreadable after line {n}: {exc}") from exc
+    finally:
+        fh.close()
     if not any_line:
-        raise SourceError(f"source {entry.name!r}: file is empty: {path}")
+        raise SourceError(f"source {entry.name!r}: file is empty: {entry.location}")
 
 
 def _iter_hub(entry: SourceEntry) -> Iterator[Record]:

@@ -50,6 +50,9 @@ class SourceEntry(BaseModel):
     in_default_run: bool = Field(
         default=True, description="materialized by `arhn run`; entries that need ../shared say false"
     )
+    path_as_written: str | None = Field(
+        default=None, exclude=True, description="`path` before ${VAR} expansion: what logs and metadata show"
+    )
 
     @model_validator(mode="after")
     def _one_origin(self) -> SourceEntry:
@@ -61,14 +64,37 @@ class SourceEntry(BaseModel):
 
     @property
     def location(self) -> str:
+        """Where the rows come from, as the registry wrote it (an expanded ${VAR} may hold a secret)."""
         if self.path is not None:
-            return str(self.path)
+            return self.path_as_written or str(self.path)
         assert self.hub is not None  # the validator requires one of the two
         return f"hub:{self.hub.dataset}"
 
 
 class RegistryError(Exception):
     pass
+
+
+class Registry(dict[str, SourceEntry]):
+    """The registry's valid entries by name; `problems` names each entry that is not valid and why. A broken
+    entry fails its own partition only."""
+
+    def __init__(self, entries: dict[str, SourceEntry], problems: dict[str, str], path: Path):
+        super().__init__(entries)
+        self.problems = problems
+        self.path = path
+
+    def names(self) -> list[str]:
+        """Every entry's name, broken ones included (each is a partition that fails with its problem)."""
+        return [*self, *(name for name in self.problems if name not in self)]
+
+    def entry(self, name: str) -> SourceEntry:
+        """The entry, or a RegistryError saying what is wrong with it (or that it does not exist)."""
+        if name in self.problems:
+            raise RegistryError(self.problems[name])
+        if name not in self:
+            raise RegistryError(f"{name!r} is not in the source registry {self.path} (entries: {sorted(self)})")
+        return self[name]
 
 
 def _expand(value: str, base: Path) -> Path:
@@ -81,8 +107,9 @@ def _expand(value: str, base: Path) -> Path:
     return path if path.is_absolute() else (base / path).resolve()
 
 
-def load_registry(path: Path | None = None) -> dict[str, SourceEntry]:
-    """Read the registry; relative paths are relative to the registry file."""
+def load_registry(path: Path | None = None) -> Registry:
+    """Read the registry; relative paths are relative to the registry file. A file that cannot be read as a
+    registry raises RegistryError; an entry that is not valid is named in `problems`, the others load."""
     path = path or settings.sources_file()
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -94,16 +121,38 @@ def load_registry(path: Path | None = None) -> dict[str, SourceEntry]:
     if not isinstance(raw, dict):
         raise RegistryError(f"source registry {path}: expected a `sources:` mapping of name -> entry")
     entries: dict[str, SourceEntry] = {}
+    problems: dict[str, str] = {}
     for name, spec in raw.items():
-        spec = dict(spec or {})
-        if "path" in spec:
-            spec["path"] = _expand(str(spec["path"]), path.parent)
-        if spec.get("reference"):
-            spec["reference"]["path"] = _expand(str(spec["reference"]["path"]), path.parent)
-        if spec.get("hub", {}).get("data_files"):
-            spec["hub"]["data_files"] = [str(_expand(f, path.parent)) for f in spec["hub"]["data_files"]]
+        name = str(name)
         try:
-            entries[name] = SourceEntry(name=name, **spec)
-        except ValidationError as exc:
-            raise RegistryError(f"source registry {path}, entry {name!r}: {exc}") from exc
-    return entries
+            entries[name] = _entry(name, spec, path.parent)
+        except (RegistryError, ValidationError, TypeError, ValueError) as exc:
+            problems[name] = f"source registry {path}, entry {name!r}: {_explain(exc)}"
+    return Registry(entries, problems, path)
+
+
+def _entry(name: str, spec: Any, base: Path) -> SourceEntry:
+    if not isinstance(spec, dict):
+        raise RegistryError(f"expected a mapping of settings, got {type(spec).__name__}")
+    spec = dict(spec)
+    if "path" in spec:
+        spec["path_as_written"] = str(spec["path"])
+        spec["path"] = _expand(str(spec["path"]), base)
+    if isinstance(spec.get("reference"), dict) and "path" in spec["reference"]:
+        spec["reference"] = {**spec["reference"], "path": _expand(str(spec["reference"]["path"]), base)}
+    hub = spec.get("hub")
+    if isinstance(hub, dict) and hub.get("data_files"):
+        spec["hub"] = {**hub, "data_files": [str(_expand(str(f), base)) for f in hub["data_files"]]}
+    return SourceEntry(name=name, **spec)
+
+
+def _explain(exc: Exception) -> str:
+    """One line per problem, naming the setting: `format: Input should be 'bge' or 'tevatron' (got 'bgee')`."""
+    if isinstance(exc, ValidationError):
+        parts = []
+        for err in exc.errors(include_url=False):
+            where = ".".join(str(p) for p in err["loc"]) or "entry"
+            got = f" (got {err['input']!r})" if err["type"] not in ("missing", "value_error") else ""
+            parts.append(f"{where}: {err['msg'].removeprefix('Value error, ')}{got}")
+        return "; ".join(parts)
+    return str(exc)

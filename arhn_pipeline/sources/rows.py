@@ -12,7 +12,16 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
 from arhn_pipeline.identity import normalize_text, passage_key
 
@@ -23,9 +32,17 @@ Format = Literal["bge", "tevatron"]
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
-def _clean_text(value: str) -> str:
+# Characters a query or passage may have (raw_triplets config `max_text_chars`): one 50 MB passage would
+# otherwise be tokenized, embedded and held in every stage's memory.
+MAX_TEXT_CHARS = 100_000
+
+
+def _clean_text(value: str, info: ValidationInfo) -> str:
     if not value.strip():
         raise ValueError("empty text")
+    limit = (info.context or {}).get("max_text_chars", MAX_TEXT_CHARS)
+    if len(value) > limit:
+        raise ValueError(f"too_large: {len(value)} characters, over the {limit}-character limit (max_text_chars)")
     bad = _CONTROL.search(value)
     if bad:
         raise ValueError(f"control character U+{ord(bad.group()):04X} at offset {bad.start()}")
@@ -42,8 +59,8 @@ class BGERow(BaseModel):
     query: Text
     pos: list[Text] = Field(min_length=1)
     neg: list[Text] = Field(min_length=1)
-    pos_scores: list[float] | None = None
-    neg_scores: list[float] | None = None
+    pos_scores: list[FiniteFloat] | None = None  # NaN or infinity is a broken score, not a score
+    neg_scores: list[FiniteFloat] | None = None
     pos_ids: list[Id] | None = None
     neg_ids: list[Id] | None = None
     query_id: Id | None = None
@@ -66,7 +83,7 @@ class TevatronPassage(BaseModel):
     docid: Id | None = None
     title: str | None = None
     text: Text
-    score: float | None = None
+    score: FiniteFloat | None = None
 
 
 class TevatronRow(BaseModel):
@@ -129,16 +146,19 @@ def _first_error(exc: ValidationError) -> RowError:
     return RowError(_loc(err["loc"]), msg)
 
 
-def parse_row(obj: object, fmt: Format) -> Triplet:
+def parse_row(obj: object, fmt: Format, max_text_chars: int = MAX_TEXT_CHARS) -> Triplet:
     """Validate one decoded JSON value and map it to a Triplet; raises RowError naming the field."""
     if not isinstance(obj, dict):
         raise RowError("row", f"expected a JSON object, got {type(obj).__name__}")
+    context = {"max_text_chars": max_text_chars}
     try:
         if fmt == "bge":
-            return _from_bge(BGERow.model_validate(obj))
-        return _from_tevatron(TevatronRow.model_validate(obj))
+            return _from_bge(BGERow.model_validate(obj, context=context))
+        return _from_tevatron(TevatronRow.model_validate(obj, context=context))
     except ValidationError as exc:
         raise _first_error(exc) from None
+    except RecursionError:
+        raise RowError("row", "nested too deeply to validate") from None
 
 
 def _from_bge(row: BGERow) -> Triplet:
