@@ -16,9 +16,14 @@ def dagster_instance():
     project's dagster.yaml linked in."""
     import dagster as dg
 
+    from arhn_pipeline.runs import reap_dead_runs
+
     home = settings.dagster_home()
     os.environ.setdefault("DAGSTER_HOME", str(home))
-    return dg.DagsterInstance.get()
+    instance = dg.DagsterInstance.get()
+    for line in reap_dead_runs(instance):  # a killed earlier run must not hold the engine's slot
+        click.echo(line, err=True)
+    return instance
 
 
 class _Commands(click.Group):

@@ -17,6 +17,7 @@ from arhn_pipeline.qualify import assets as qualify_assets
 from arhn_pipeline.rankings import assets as rankings_assets
 from arhn_pipeline.raw_triplets import assets as raw_triplets_assets
 from arhn_pipeline.relabel import assets as relabel_assets
+from arhn_pipeline.runs import dead_run_sensor, sleep_while_waiting_for_slots
 from arhn_pipeline.snippets import assets as snippets_assets
 from arhn_pipeline.store import DuckDBStore
 from arhn_pipeline.train import assets as train_assets
@@ -87,7 +88,7 @@ def build_defs(llm: LLMEngine | None = None, duckdb: DuckDBStore | None = None) 
     return dg.Definitions(
         assets=assets,
         jobs=[clean_subset_job, evidence_job, decide_job, collection_job, train_job, eval_job],
-        sensors=[source_registry_sensor, automation_sensor],
+        sensors=[source_registry_sensor, automation_sensor, dead_run_sensor],
         schedules=[nightly_refresh],
         # One process per run: the engine loads once and serves every LLM step of the run.
         executor=dg.in_process_executor,
@@ -98,4 +99,5 @@ def build_defs(llm: LLMEngine | None = None, duckdb: DuckDBStore | None = None) 
     )
 
 
+sleep_while_waiting_for_slots()  # every run process imports this module
 defs = build_defs()

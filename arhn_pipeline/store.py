@@ -207,6 +207,10 @@ class DuckDBStore(DuckDBResource):
     _schema_ready: bool = PrivateAttr(default=False)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        from arhn_pipeline.runs import record_run_process
+
+        # every asset uses the store: the run's process is recorded here, so that a dead run can be found
+        record_run_process(context.instance, context.run)
         self._make_schema()
 
     def _make_schema(self) -> None:

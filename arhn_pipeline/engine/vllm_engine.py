@@ -15,6 +15,7 @@ from pydantic import Field, PrivateAttr
 
 from arhn_pipeline import settings
 from arhn_pipeline.engine.base import LLMEngine, LLMRequest, LLMResult
+from arhn_pipeline.engine.watchdog import guard
 
 SMOLLM2 = "smollm2"  # the packaged CPU default, converted by engine/prepare.py
 
@@ -90,6 +91,7 @@ class VLLMEngine(LLMEngine):
     )
 
     _llm: Any = PrivateAttr(default=None)
+    _watchdog: Any = PrivateAttr(default=None)
 
     @property
     def engine_name(self) -> str:
@@ -157,7 +159,13 @@ class VLLMEngine(LLMEngine):
 
             if not current_platform.is_cpu():
                 kwargs["gpu_memory_utilization"] = self.gpu_memory_utilization
+            import psutil
+
+            me = psutil.Process()
+            before = {p.pid for p in me.children(recursive=True)}
             self._llm = LLM(**kwargs)
+            # vLLM's engine processes must not outlive this one, however it ends (kill -9 included)
+            self._watchdog = guard([p.pid for p in me.children(recursive=True) if p.pid not in before])
         return self._llm
 
     @cached_property
@@ -219,3 +227,5 @@ class VLLMEngine(LLMEngine):
                 core.shutdown()
             self._llm = None
             gc.collect()
+        if self._watchdog is not None:  # it exits once the engine's processes are gone
+            self._watchdog = None

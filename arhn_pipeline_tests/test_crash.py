@@ -1,0 +1,171 @@
+"""A crash frees what it held: `arhn run` killed with SIGKILL while it holds the engine pool's slot leaves a
+STARTED run and a held slot behind; the next `arhn` command marks that run failed with the reason and frees
+the slot, and its own run completes. A run waiting for the slot sleeps (it does not spin a core) and stops on
+SIGTERM. With the real engine: vLLM's processes end within ten seconds of their parent's SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from arhn_pipeline.runs import PID_TAG
+from arhn_pipeline_tests.conftest import PROJECT
+
+ARHN = Path(sys.executable).parent / "arhn"
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(PROJECT / "dagster.yaml", home / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    return home
+
+
+def run_env(**extra) -> dict[str, str]:
+    return dict(os.environ, ARHN_ENGINE="scripted", ARHN_SCRIPT="sample_oracle", **extra)
+
+
+def start_run(subset: str, latency: float, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [ARHN, "run", "--subset", subset, "--no-train"],
+        env=run_env(ARHN_SCRIPT_LATENCY=str(latency)),
+        cwd=PROJECT,
+        start_new_session=True,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def pool(instance: dg.DagsterInstance):
+    return instance.event_log_storage.get_concurrency_info("llm_engine")
+
+
+def wait_for(condition, what: str, seconds: float = 240):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie (an ended process that nobody has reaped yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_killed_run_is_marked_failed_and_frees_the_engine_slot(home, tmp_path):
+    instance = dg.DagsterInstance.get()
+    first = start_run("sample_geo", latency=5.0, log=tmp_path / "first.log")
+    held = wait_for(lambda: pool(instance).claimed_slots, "the first run to hold the engine slot")
+    dead_run = held[0].run_id
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert instance.get_run_by_id(dead_run).status == dg.DagsterRunStatus.STARTED  # what a kill leaves
+    assert instance.get_run_by_id(dead_run).tags[PID_TAG] == str(first.pid)
+    assert pool(instance).active_run_ids == {dead_run}
+
+    second = subprocess.run(
+        [ARHN, "run", "--subset", "sample_geo", "--no-train"],
+        env=run_env(),
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
+    assert f"Run {dead_run} failed: its process (pid {first.pid}" in second.stderr
+    dead = instance.get_run_by_id(dead_run)
+    assert dead.status == dg.DagsterRunStatus.FAILURE
+    failure = instance.all_logs(dead_run, of_type=dg.DagsterEventType.RUN_FAILURE)[-1]
+    assert "no longer exists (killed or crashed)" in failure.message
+    assert not pool(instance).claimed_slots and not pool(instance).pending_steps
+
+
+def test_a_run_waiting_for_the_slot_sleeps_and_stops_on_sigterm(home, tmp_path):
+    instance = dg.DagsterInstance.get()
+    holder = start_run("sample_geo", latency=30.0, log=tmp_path / "holder.log")
+    try:
+        wait_for(lambda: pool(instance).claimed_slots, "the first run to hold the engine slot")
+        waiter = start_run("sample_bio", latency=0.0, log=tmp_path / "waiter.log")
+        wait_for(lambda: pool(instance).pending_steps, "the second run to wait for the slot")
+        cpu_before, wall_before = cpu_seconds(waiter.pid), time.monotonic()
+        time.sleep(10)
+        busy = (cpu_seconds(waiter.pid) - cpu_before) / (time.monotonic() - wall_before)
+        assert busy < 0.3, f"a run waiting for the slot used {busy:.0%} of a core"
+        waiter.send_signal(signal.SIGTERM)
+        try:
+            waiter.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(waiter.pid, signal.SIGKILL)
+            raise AssertionError("a run waiting for the slot ignored SIGTERM") from None
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait()
+    from arhn_pipeline.runs import reap_dead_runs
+
+    reap_dead_runs(instance)
+    assert not pool(instance).claimed_slots
+    statuses = {r.status for r in instance.get_runs()}
+    assert dg.DagsterRunStatus.STARTED not in statuses, statuses
+
+
+@pytest.mark.vllm
+def test_vllm_processes_end_with_their_parent(tmp_path):
+    """A process that started the real engine is killed with SIGKILL: within ten seconds no process it
+    started is left."""
+    script = (
+        "import os, sys, psutil\n"
+        "from arhn_pipeline.engine.vllm_engine import VLLMEngine\n"
+        "from arhn_pipeline.engine.base import LLMRequest, Sampling\n"
+        "engine = VLLMEngine()\n"
+        "engine.generate([LLMRequest(messages=(('user', 'Say yes.'),), template='t', template_version='1',"
+        " sampling=Sampling(max_tokens=4))])\n"
+        "kids = [p.pid for p in psutil.Process().children(recursive=True)]\n"
+        "print('KIDS', *kids, flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=PROJECT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        line = next(line for line in proc.stdout if line.startswith("KIDS"))
+        kids = [int(p) for p in line.split()[1:]]
+        assert kids, "the engine started no process: nothing to check"
+        proc.kill()  # SIGKILL of the parent alone, as the out-of-memory killer would
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(alive(p) for p in kids):
+            time.sleep(0.2)
+        left = [p for p in kids if alive(p)]
+        assert not left, f"processes left 10 s after their parent was killed: {left}"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
