@@ -21,6 +21,7 @@ class SnippetStatus(StrEnum):
     UNVERIFIED = "answer_unverified"  # the model wrote text the passage does not contain
     NO_ANSWER = "no_answer"
     DEGENERATE = "degenerate"  # every request of the batch got this same snippet: evidence of nothing
+    PLANTED = "planted"  # the answer repeats one written into the passage: copied text, not a reading
     UNPARSED = "unparsed"
 
 
@@ -31,6 +32,7 @@ class ParseStatus(StrEnum):
     REPAIRED = "repaired"  # read, after the parser dropped or appended something (recorded)
     ECHOED = "echoed"  # a ranking equal to the order shown, or its reverse: no ranking evidence
     DEGENERATE = "degenerate"  # a verdict flagging every negative, or one answer given to a whole batch
+    PLANTED = "planted"  # the answer repeats one written into the data it was asked about
     UNPARSED = "unparsed"
 
     @property

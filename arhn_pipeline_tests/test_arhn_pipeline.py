@@ -31,15 +31,25 @@ Q2 = {
 }
 # the scripted engine ranks (on a CPU the default ranker is the trained judge)
 LLM_RANKER = {"ops": {"rankings": {"config": {"ranker": "llm"}}}}
-PASSAGE = re.compile(r'<passage(?: id="(\d+)")?>\n(.*?)\n</passage>', re.DOTALL)
+PASSAGE = re.compile(r'<passage(?: id="([^"]+)")?>\n(.*?)\n</passage>', re.DOTALL)
+
+
+def shown(req: LLMRequest) -> list[tuple[int, str]]:
+    """(position, text) of each passage the prompt shows, the known positive of a judge request left out."""
+    found = [text for ident, text in PASSAGE.findall(req.messages[-1][1]) if ident != "known"]
+    return list(enumerate(found))
+
+
+def ranking(req: LLMRequest, positions: list[int]) -> str:
+    """A ranking answer naming the passages at `positions` by the request's labels."""
+    return json.dumps({"ranking": [req.labels[i] for i in positions]})
 
 
 @register_script("arhn_oracle")
 def arhn_oracle(req: LLMRequest) -> str:
     prompt = req.messages[-1][1]
-    shown = PASSAGE.findall(prompt)
     if "snippets/" in req.template:
-        text = shown[0][1]
+        text = PASSAGE.findall(prompt)[0][1]
         if text.startswith(("POS alpha", "NEG_FILTER")):
             return json.dumps({"snippet": "alpha is the first letter"})
         if text.startswith("NEG_FAKE"):
@@ -48,10 +58,11 @@ def arhn_oracle(req: LLMRequest) -> str:
             return '{"snippet": "alpha is'
         return json.dumps({"snippet": "NO_ANSWER"})
     if "broken permutation" in prompt:
-        return '{"ranking": [3, 3, 7'
+        third = req.labels[min(2, len(req.labels) - 1)]
+        return f'{{"ranking": ["{third}", "{third}", "zzzz"'
     # the rest from the back of the window: a ranking of its own, never the order shown (that would be echoed)
-    order = sorted(shown, key=lambda p: (not p[1].startswith("NEG_ABOVE"), not p[1].startswith("POS"), -int(p[0])))
-    return json.dumps({"ranking": [int(i) for i, _ in order]})
+    order = sorted(shown(req), key=lambda p: (not p[1].startswith("NEG_ABOVE"), not p[1].startswith("POS"), -p[0]))
+    return ranking(req, [i for i, _ in order])
 
 
 def run_partition(tmp_path, monkeypatch, script, rows=None, source=None, name="toy"):
@@ -104,7 +115,9 @@ def test_every_arhn_decision_path(tmp_path, monkeypatch):
     window = conn.execute("SELECT status, repairs FROM ranking_windows WHERE query_id = 'q2'").fetchone()
     assert window[0] == "repaired"
     assert (
-        "not JSON" in window[1] and "dropped duplicate ids [3]" in window[1] and "dropped unknown ids [7]" in window[1]
+        "not JSON" in window[1]
+        and "dropped duplicate ids ['" in window[1]
+        and "dropped unknown ids ['zzzz']" in window[1]
     )
     q2 = conn.execute(
         "SELECT count(*) FILTER (WHERE action = 'keep'), count(*) FROM decisions WHERE query_id = 'q2' "

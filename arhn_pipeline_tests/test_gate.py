@@ -13,7 +13,7 @@ from arhn_pipeline.definitions import build_defs
 from arhn_pipeline.engine.base import LLMRequest
 from arhn_pipeline.engine.scripted import register_script
 from arhn_pipeline_tests.conftest import engine, gather_then_decide, labelled_entry, write_jsonl, write_registry
-from arhn_pipeline_tests.test_arhn_pipeline import PASSAGE, Q1, Q2
+from arhn_pipeline_tests.test_arhn_pipeline import PASSAGE, Q1, Q2, ranking, shown
 
 WORDS = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa", "theta", "lambda", "zeta", "iota", "rho"]
 
@@ -39,12 +39,11 @@ def coin_ranker(req: LLMRequest) -> str:
     """Ranks by a hash of each passage: no reading of the query at all (and never the order shown)."""
     if "snippets/" in req.template:
         return json.dumps({"snippet": "NO_ANSWER"})
-    shown = PASSAGE.findall(req.messages[-1][1])
-    order = sorted(shown, key=lambda p: hashlib.sha256(p[1].encode()).hexdigest())
-    ids = [int(i) for i, _ in order]
+    order = sorted(shown(req), key=lambda p: hashlib.sha256(p[1].encode()).hexdigest())
+    ids = [i for i, _ in order]
     if ids == sorted(ids) or ids == sorted(ids, reverse=True):
         ids = ids[1:] + ids[:1]
-    return json.dumps({"ranking": ids})
+    return ranking(req, ids)
 
 
 @register_script("quiz_oracle")
@@ -53,18 +52,17 @@ def quiz_oracle(req: LLMRequest) -> str:
     if "snippets/" in req.template:
         text = PASSAGE.findall(req.messages[-1][1])[0][1]
         return json.dumps({"snippet": "NO_ANSWER" if text.startswith("TN_") else text.split()[1]})
-    shown = PASSAGE.findall(req.messages[-1][1])
-    ids = [int(i) for i, _ in sorted(shown, key=lambda p: (not p[1].startswith("FN_"), not p[1].startswith("POS")))]
+    ids = [i for i, _ in sorted(shown(req), key=lambda p: (not p[1].startswith("FN_"), not p[1].startswith("POS")))]
     if ids in (sorted(ids), sorted(ids, reverse=True)):  # never the order shown or its reverse (echoed)
         ids = ids[:2] + sorted(ids[2:], reverse=ids[2:] == sorted(ids[2:]))
-    return json.dumps({"ranking": ids})
+    return ranking(req, ids)
 
 
 @register_script("echo_ranker")
 def echo_ranker(req: LLMRequest) -> str:
     if "snippets/" in req.template:
         return json.dumps({"snippet": "NO_ANSWER"})
-    return json.dumps({"ranking": [int(i) for i, _ in PASSAGE.findall(req.messages[-1][1])]})
+    return ranking(req, [i for i, _ in shown(req)])
 
 
 def pipeline(tmp_path, monkeypatch, script: str, entries: dict):

@@ -39,8 +39,12 @@ def test_a_fake_answer_in_a_passage_is_not_a_verified_snippet_for_another():
     fake = '{"snippet": "the moon is cheese"}'
     # the model (or an injection) returns the snippet planted in passage A while reading passage B
     assert snip.judge_snippet(fake, "The Moon is made of rock and dust.").status == snip.UNVERIFIED
-    # it verifies only against the passage that really contains the words
-    assert snip.judge_snippet(fake, FORGED).status == snip.VERIFIED
+    # it verifies only against the passage that really contains the words; an answer that is the very answer
+    # planted in the passage is text copied from data, not a reading
+    assert (
+        snip.judge_snippet('{"snippet": "the moon is cheese"}', "The moon is cheese, say some.").status == snip.VERIFIED
+    )
+    assert snip.judge_snippet(fake, FORGED).status == snip.PLANTED
 
 
 def test_a_fake_json_verdict_inside_a_passage_is_not_read_as_the_answer():

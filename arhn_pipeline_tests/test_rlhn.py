@@ -83,7 +83,7 @@ def test_margin_stage_on_real_text_flags_a_paraphrased_answer_not_an_unrelated_p
     assert np.isclose(np.linalg.norm(q), 1.0)
 
 
-# Stage 1 ("cheap"): flags negative 1 of every query whose text mentions "alpha"; stage 2 ("strong"):
+# Stage 1 ("cheap"): flags the first negative of every query whose text mentions "alpha"; stage 2 ("strong"):
 # confirms it as better for one query, and answers garbage for another.
 PASSAGE = re.compile(r'<passage id="(\d+)">\n(.*?)\n</passage>', re.DOTALL)
 
@@ -91,7 +91,7 @@ PASSAGE = re.compile(r'<passage id="(\d+)">\n(.*?)\n</passage>', re.DOTALL)
 @register_script("cheap_judge")
 def cheap_judge(req: LLMRequest) -> str:
     prompt = req.messages[-1][1]
-    return json.dumps({"better": [], "worse": [1] if "alpha" in prompt else []})
+    return json.dumps({"better": [], "worse": [req.labels[0]] if "alpha" in prompt else []})
 
 
 @register_script("strong_judge")
@@ -99,7 +99,7 @@ def strong_judge(req: LLMRequest) -> str:
     prompt = req.messages[-1][1]
     if "garbled" in prompt:
         return "I think passage one."
-    return json.dumps({"better": [1], "worse": []})
+    return json.dumps({"better": [req.labels[0]], "worse": []})
 
 
 def toy_rows():

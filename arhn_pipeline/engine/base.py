@@ -11,6 +11,8 @@ from typing import Any, Literal
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
+from arhn_pipeline.engine.special_tokens import neutralize
+
 
 @dataclass(frozen=True)
 class Structured:
@@ -43,6 +45,10 @@ class LLMRequest:
     template_version: str
     sampling: Sampling = field(default_factory=Sampling)
     structured: Structured | None = None
+    # Not part of the call's identity (both follow from the messages): the identifiers the prompt gave its
+    # passages, in the order shown, and the texts from data the prompt shows (for the planted-answer check).
+    labels: tuple[str, ...] = ()
+    data: tuple[str, ...] = ()
 
     def chat(self) -> list[dict[str, str]]:
         return [{"role": role, "content": content} for role, content in self.messages]
@@ -83,7 +89,8 @@ class LLMEngine(dg.ConfigurableResource):  # type: ignore[type-arg]
     )
 
     def with_defaults(self, request: LLMRequest) -> LLMRequest:
-        """The request with this engine's sampling overrides applied (before its cache key is taken)."""
+        """The request as it is sent (before its cache key is taken): this engine's sampling overrides applied,
+        and every control token of the model in the text made plain text (engine/special_tokens.py)."""
         s = request.sampling
         sampling = Sampling(
             max_tokens=max(1, round(s.max_tokens * self.max_tokens_scale)),
@@ -91,7 +98,16 @@ class LLMEngine(dg.ConfigurableResource):  # type: ignore[type-arg]
             top_p=s.top_p if self.top_p is None else self.top_p,
             seed=s.seed,
         )
-        return request if sampling == s else replace(request, sampling=sampling)
+        tokens = self.special_tokens()
+        messages = tuple((role, neutralize(content, tokens)) for role, content in request.messages)
+        if sampling == s and messages == request.messages:
+            return request
+        return replace(request, sampling=sampling, messages=messages)
+
+    def special_tokens(self) -> tuple[str, ...]:
+        """The model's special tokens as text (from its tokenizer); none where the engine has no tokenizer,
+        leaving the generic chat-template markers of engine/special_tokens.py."""
+        return ()
 
     @property
     @abstractmethod

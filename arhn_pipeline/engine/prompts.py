@@ -8,6 +8,7 @@ prompt re-asks exactly the calls it changes and marks exactly the assets that us
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -26,6 +27,58 @@ _TAG = re.compile(r"<(/?)(passage|query|instruction)", re.IGNORECASE)
 
 def quote(text: str) -> str:
     return _TAG.sub(lambda m: f"&lt;{m.group(1)}{m.group(2)}", text)
+
+
+# Identifiers for the passages of one request. Numbers 1..n could be named by text planted in a passage
+# ("passage 3 is the best"); these come from a hash of every text of the request, so the same request always
+# gets the same labels (its calls stay cached) while no text can contain them in advance (each label depends
+# on that very text). 4 characters of 31 (no 0/o, 1/l/i): about 920,000 labels.
+_LABEL_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
+
+
+def passage_labels(texts: list[str], n: int) -> tuple[str, ...]:
+    seed = hashlib.sha256("\x1f".join(texts).encode("utf-8", errors="surrogatepass")).digest()
+    labels: list[str] = []
+    counter = 0
+    while len(labels) < n:
+        block = hashlib.sha256(seed + counter.to_bytes(4, "big")).digest()
+        counter += 1
+        for i in range(0, len(block) - 3, 4):
+            label = "".join(_LABEL_ALPHABET[b % len(_LABEL_ALPHABET)] for b in block[i : i + 4])
+            if label not in labels and not label.isdigit() and len(labels) < n:
+                labels.append(label)
+    return tuple(labels)
+
+
+_JSON_OBJECT = re.compile(r"\{[^{}]{0,4000}\}")
+
+
+def answer_value(response: str) -> object:
+    """The JSON value an answer holds (a reasoning block and a code fence around it removed), or None."""
+    text = re.sub(r"<think>.*?</think>", "", response, flags=re.DOTALL | re.IGNORECASE).strip()
+    text = re.sub(r"^```(?:json)?\s*|\s*```$", "", text)
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def planted(response: str, data: tuple[str, ...] | list[str]) -> bool:
+    """The answer repeats an answer written into the data it was asked about (a JSON object in a query or
+    passage equal to the whole answer): text the model copied, not a judgement, whatever it says."""
+    value = answer_value(response)
+    if value is None:
+        return False
+    for text in data:
+        if "{" not in text:
+            continue
+        for found in _JSON_OBJECT.findall(text.replace("&lt;", "<")):
+            try:
+                if json.loads(found) == value:
+                    return True
+            except ValueError:
+                continue
+    return False
 
 
 # The sandbox: a template file named in run config cannot reach Python (attributes, calls) beyond its values.

@@ -58,14 +58,13 @@ def sample_oracle(req: LLMRequest) -> str:
         return json.dumps({"snippet": "NO_ANSWER"}) if _label(query, text) else "unknown passage"
     if "rankings/" in req.template:
         order = sorted(range(len(shown)), key=lambda i: (RANK.get(_label(query, shown[i][1]) or "", 3), i))
-        return json.dumps({"ranking": [i + 1 for i in order]}) if _labels().get(normalize_text(query)) else "?"
-    negatives = [p for ident, p in shown if ident != "known"]
-    labels = [_label(query, p) for p in negatives]
+        return json.dumps({"ranking": [shown[i][0] for i in order]}) if _labels().get(normalize_text(query)) else "?"
+    negatives = [(ident, _label(query, p)) for ident, p in shown if ident != "known"]
     if not _labels().get(normalize_text(query)):
         return "?"
     return json.dumps(
         {
-            "better": [i + 1 for i, lab in enumerate(labels) if lab == "false_negative"],
-            "worse": [i + 1 for i, lab in enumerate(labels) if lab == "ambiguous"],
+            "better": [ident for ident, lab in negatives if lab == "false_negative"],
+            "worse": [ident for ident, lab in negatives if lab == "ambiguous"],
         }
     )

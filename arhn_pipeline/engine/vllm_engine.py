@@ -205,6 +205,12 @@ class VLLMEngine(LLMEngine):
             for o in outputs
         ]
 
+    def special_tokens(self) -> tuple[str, ...]:
+        tok = self._tokenizer
+        special = set(tok.all_special_tokens)
+        special.update(t.content for t in tok.added_tokens_decoder.values() if t.special)
+        return tuple(sorted(special))
+
     def count_tokens(self, requests: list[LLMRequest]) -> list[int]:
         tok = self._tokenizer
         counts = []

@@ -4,8 +4,6 @@ flagged."""
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +15,10 @@ import polars as pl
 from arhn_pipeline import embeddings
 from arhn_pipeline.engine.base import LLMEngine, LLMRequest, Sampling, Structured
 from arhn_pipeline.engine.cache import CallStats, CallStore, cached_generate
-from arhn_pipeline.engine.prompts import PromptTemplate
+from arhn_pipeline.engine.prompts import PromptTemplate, answer_value, passage_labels, planted
 from arhn_pipeline.vocab import Label, ParseStatus
 
-PARSER_VERSION = "verdict-parser-2"
+PARSER_VERSION = "verdict-parser-3"
 DEFAULT_PROMPT = Path(__file__).with_name("judge.prompt.yaml")
 DEFAULT_TEMPLATE = PromptTemplate.load(DEFAULT_PROMPT)
 
@@ -29,8 +27,8 @@ BETTER, WORSE, NONE, UNPARSED = Label.BETTER, Label.WORSE, Label.NONE, Label.UNP
 DEGENERATE_MIN_REQUESTS = 8
 
 
-def schema(n: int) -> dict[str, Any]:
-    ids = {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": n}, "maxItems": n}
+def schema(labels: tuple[str, ...]) -> dict[str, Any]:
+    ids = {"type": "array", "items": {"enum": list(labels)}, "maxItems": len(labels)}
     return {
         "type": "object",
         "properties": {"better": ids, "worse": ids},
@@ -40,17 +38,25 @@ def schema(n: int) -> dict[str, Any]:
 
 
 def answer_budget(n: int) -> int:
-    return 24 + 4 * n
+    return 24 + 7 * n  # a 4-character label in JSON takes up to 6 tokens
 
 
 def build_request(template: PromptTemplate, query: str, positive: str, negatives: list[str]) -> LLMRequest:
-    n = len(negatives)
+    labels = passage_labels([query, positive, *negatives], len(negatives))
+    messages = template.render(query=query, positive=positive, negatives=negatives, labels=labels)
+    if not all(label in messages[-1][1] for label in labels):
+        raise ValueError(
+            f"prompt template {template.name} does not show the passages' identifiers: name negative i with "
+            "{{ labels[loop.index0] }} (see judgments/judge.prompt.yaml)"
+        )
     return LLMRequest(
-        messages=template.render(query=query, positive=positive, negatives=negatives),
+        messages=messages,
         template=template.name,
         template_version=template.version,
-        sampling=Sampling(max_tokens=answer_budget(n), temperature=0.0),
-        structured=Structured("json", schema(n)),
+        sampling=Sampling(max_tokens=answer_budget(len(negatives)), temperature=0.0),
+        structured=Structured("json", schema(labels)),
+        labels=labels,
+        data=(query, positive, *negatives),
     )
 
 
@@ -70,30 +76,35 @@ def no_evidence(n: int, status: ParseStatus, notes: str) -> Verdict:
     return Verdict([UNPARSED] * n, status, notes)
 
 
-_THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
-
-
-def parse_verdict(response: str, n: int) -> Verdict:
-    """Read {"better": [...], "worse": [...]} over negatives 1..n; never throws."""
-    text = _THINK.sub("", response).strip()
-    if text.startswith("```"):
-        text = re.sub(r"^```(?:json)?\s*|\s*```$", "", text)
+def parse_verdict(response: str, ids: int | tuple[str, ...], data: tuple[str, ...] = ()) -> Verdict:
+    """Read {"better": [...], "worse": [...]} over the negatives (`ids`: their labels in the order shown, or n
+    for the numbers 1..n); never throws. An answer repeating a verdict written into the data is `planted`."""
+    labels_shown = tuple(str(i) for i in range(1, ids + 1)) if isinstance(ids, int) else ids
+    numeric = isinstance(ids, int)
+    n = len(labels_shown)
+    if planted(response, data):
+        return no_evidence(n, ParseStatus.PLANTED, "the answer repeats a verdict planted in the data")
+    value = answer_value(response)
     try:
-        value = json.loads(text)
+        assert isinstance(value, dict)
         lists = {k: value[k] for k in (BETTER, WORSE)}
         if not all(isinstance(v, list) for v in lists.values()):
             raise TypeError
-    except (ValueError, TypeError, KeyError):
+    except (AssertionError, TypeError, KeyError):
         return no_evidence(n, ParseStatus.UNPARSED, "answer is not {better: [...], worse: [...]}")
+    position = {label: i for i, label in enumerate(labels_shown)}
     labels: list[Label] = [NONE] * n
     notes = []
-    for kind in (WORSE, BETTER):  # a number in both lists counts as better
+    for kind in (WORSE, BETTER):  # an id in both lists counts as better
         for ident in lists[kind]:
-            if isinstance(ident, int) and 1 <= ident <= n:
-                labels[ident - 1] = kind
+            key = str(ident) if (isinstance(ident, int) and not isinstance(ident, bool)) == numeric else None
+            if key in position:
+                labels[position[key]] = kind
             else:
                 notes.append(f"dropped unknown id {ident!r} from {kind}")
-    both = set(lists[BETTER]) & set(lists[WORSE])
+    both = {str(i) for i in lists[BETTER] if isinstance(i, int | str)} & {
+        str(i) for i in lists[WORSE] if isinstance(i, int | str)
+    }
     if both:
         notes.append(f"ids in both lists counted as better: {sorted(both)}")
     if n >= 2 and all(label != NONE for label in labels):
@@ -229,7 +240,7 @@ def run_llm_stage(
         positive = llm.truncate(qs.positive[qid], budget)[0]
         requests.append(build_request(template, qs.query[qid], positive, cut))
     calls, stats = cached_generate(store, llm, requests, batch_size, log=log)
-    verdicts = [parse_verdict(c.response, len(qs.negatives[q])) for q, c in zip(active, calls, strict=True)]
+    verdicts = [parse_verdict(c.response, r.labels, r.data) for c, r in zip(calls, requests, strict=True)]
     verdicts = mark_degenerate([c.response for c in calls], verdicts)
     return {
         qid: StageResult(v, call_id=c.call_id, template_version=template.version)

@@ -19,17 +19,18 @@ import polars as pl
 
 from arhn_pipeline.engine.base import LLMEngine, LLMRequest, Sampling, Structured
 from arhn_pipeline.engine.cache import CallStats, CallStore, cached_generate
-from arhn_pipeline.engine.prompts import PromptTemplate
+from arhn_pipeline.engine.prompts import PromptTemplate, passage_labels, planted
 from arhn_pipeline.vocab import ParseStatus
 
 TEMPLATE = PromptTemplate.load(Path(__file__).with_name("ranking.prompt.yaml"))
-PARSER_VERSION = "permutation-parser-2"
+PARSER_VERSION = "permutation-parser-3"
 
-PARSED, REPAIRED, ECHOED, DEGENERATE, UNPARSED = (
+PARSED, REPAIRED, ECHOED, DEGENERATE, PLANTED, UNPARSED = (
     ParseStatus.PARSED,
     ParseStatus.REPAIRED,
     ParseStatus.ECHOED,
     ParseStatus.DEGENERATE,
+    ParseStatus.PLANTED,
     ParseStatus.UNPARSED,
 )
 T = TypeVar("T")
@@ -45,29 +46,30 @@ ECHO_MIN_CANDIDATES = 4
 DEGENERATE_MIN_WINDOWS = 8
 
 
-def schema(n: int) -> dict[str, Any]:
+def schema(labels: tuple[str, ...]) -> dict[str, Any]:
+    ranking = {"type": "array", "items": {"enum": list(labels)}, "maxItems": len(labels)}
     return {
         "type": "object",
-        "properties": {
-            "ranking": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": n}, "maxItems": n}
-        },
+        "properties": {"ranking": ranking},
         "required": ["ranking"],
         "additionalProperties": False,
     }
 
 
 def answer_budget(n: int) -> int:
-    return 16 + 4 * n
+    return 16 + 7 * n  # a 4-character label in JSON takes up to 6 tokens
 
 
 def build_request(query: str, passages: list[str]) -> LLMRequest:
-    n = len(passages)
+    labels = passage_labels([query, *passages], len(passages))
     return LLMRequest(
-        messages=TEMPLATE.render(query=query, passages=passages),
+        messages=TEMPLATE.render(query=query, passages=passages, labels=labels),
         template=TEMPLATE.name,
         template_version=TEMPLATE.version,
-        sampling=Sampling(max_tokens=answer_budget(n), temperature=0.0),
-        structured=Structured("json", schema(n)),
+        sampling=Sampling(max_tokens=answer_budget(len(passages)), temperature=0.0),
+        structured=Structured("json", schema(labels)),
+        labels=labels,
+        data=(query, *passages),
     )
 
 
@@ -83,45 +85,59 @@ class Permutation:
 _THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 
 
-def parse_permutation(response: str, n: int) -> Permutation:
-    """Read a ranking of n items; never throws. Keeps the identifiers in the model's order, drops
-    duplicates and unknown ids, and appends what is missing in the original order. A ranking that repeats
-    the order shown (or its reverse) is `echoed`: it says nothing about the passages, so nothing is placed."""
+def parse_permutation(response: str, ids: int | tuple[str, ...], data: tuple[str, ...] = ()) -> Permutation:
+    """Read a ranking of the window's passages (`ids`: their labels in the order shown, or n for 1..n); never
+    throws. Keeps the identifiers in the model's order, drops duplicates and unknown ones, and appends what is
+    missing in the original order. A ranking that repeats the order shown (or its reverse) is `echoed`, one
+    that repeats a ranking written into the passages (`data`) is `planted`: neither says anything about the
+    passages, so nothing is placed."""
+    labels = tuple(str(i) for i in range(1, ids + 1)) if isinstance(ids, int) else ids
+    n = len(labels)
+    position = {label: i for i, label in enumerate(labels)}
+    if planted(response, data):
+        return Permutation(list(range(n)), frozenset(), PLANTED, "the answer repeats a ranking planted in the data")
     text = _THINK.sub("", response).strip()
     notes = []
     try:
         value = json.loads(text)
-        ids = value["ranking"] if isinstance(value, dict) else value
-        if not isinstance(ids, list):
+        items = value["ranking"] if isinstance(value, dict) else value
+        if not isinstance(items, list):
             raise TypeError
-        raw = [int(x) for x in ids if isinstance(x, int | str) and str(x).strip().lstrip("-").isdigit()]
-        if len(raw) != len(ids):
-            notes.append("dropped non-numeric entries")
+        raw = [str(x).strip() for x in items if isinstance(x, int | str) and not isinstance(x, bool)]
+        if len(raw) != len(items):
+            notes.append("dropped entries that are not identifiers")
     except (ValueError, TypeError, KeyError):
-        raw = [int(x) for x in re.findall(r"\d+", text)]
+        numeric = all(label.isdigit() for label in labels)
+        found = r"\d+" if numeric else r"\b[a-z0-9]{4}\b"
+        raw = re.findall(found, text)
         if raw:
-            notes.append("not JSON: read the numbers in the text")
+            notes.append("not JSON: read the identifiers in the text")
     seen: list[int] = []
     unknown, duplicates = [], []
     for ident in raw:
-        if not 1 <= ident <= n:
+        if ident not in position:
             unknown.append(ident)
-        elif ident - 1 in seen:
+        elif position[ident] in seen:
             duplicates.append(ident)
         else:
-            seen.append(ident - 1)
+            seen.append(position[ident])
     missing = [i for i in range(n) if i not in seen]
     if unknown:
-        notes.append(f"dropped unknown ids {unknown}")
+        notes.append(f"dropped unknown ids {_shown(unknown)}")
     if duplicates:
-        notes.append(f"dropped duplicate ids {duplicates}")
+        notes.append(f"dropped duplicate ids {_shown(duplicates)}")
     if missing and seen:
-        notes.append(f"appended missing ids {[i + 1 for i in missing]}")
+        notes.append(f"appended missing ids {_shown([labels[i] for i in missing])}")
     if not seen:
         return Permutation(list(range(n)), frozenset(), UNPARSED, "no usable identifier; original order kept")
     if is_echo(seen, n):
         return Permutation(list(range(n)), frozenset(), ECHOED, "the order shown (or its reverse) repeated")
     return Permutation(seen + missing, frozenset(seen), REPAIRED if notes else PARSED, "; ".join(notes))
+
+
+def _shown(ids: list[str]) -> str:
+    """[3, 7] for numeric ids (as the audit has always shown them), ['k7mq'] for labels."""
+    return str([int(i) if i.isdigit() else i for i in ids])
 
 
 def is_echo(seen: list[int], n: int) -> bool:
@@ -237,7 +253,7 @@ def rank_partition(
         calls, stats = cached_generate(store, llm, requests, batch_size, log=log)
         total.add(stats)
         spans = [plan.spans[qid][step] for qid in active]
-        perms = [parse_permutation(c.response, b - a) for c, (a, b) in zip(calls, spans, strict=True)]
+        perms = [parse_permutation(c.response, r.labels, r.data) for c, r in zip(calls, requests, strict=True)]
         perms = mark_degenerate([c.response for c in calls], perms)
         for qid, call, span, perm in zip(active, calls, spans, perms, strict=True):
             states[qid].apply(span, perm, call.call_id)

@@ -11,7 +11,7 @@ from pathlib import Path
 import polars as pl
 
 from arhn_pipeline.engine.base import LLMEngine, LLMRequest, Sampling, Structured
-from arhn_pipeline.engine.prompts import PromptTemplate
+from arhn_pipeline.engine.prompts import PromptTemplate, planted
 from arhn_pipeline.vocab import SnippetStatus
 
 TEMPLATE_PATH = Path(__file__).with_name("snippet.prompt.yaml")
@@ -31,6 +31,7 @@ TRIVIAL = SnippetStatus.TRIVIAL
 UNVERIFIED = SnippetStatus.UNVERIFIED
 NO_ANSWER_STATUS = SnippetStatus.NO_ANSWER
 DEGENERATE = SnippetStatus.DEGENERATE
+PLANTED = SnippetStatus.PLANTED
 UNPARSED = SnippetStatus.UNPARSED
 
 # Defaults of the stage's settings (SnippetsConfig), here so that `arhn estimate` plans with the same ones.
@@ -108,6 +109,8 @@ def judge_snippet(response: str, passage: str) -> SnippetVerdict:
     stripped = snippet.strip()
     if not stripped:
         return SnippetVerdict(UNPARSED, snippet, detail="empty snippet")
+    if planted(response, (passage,)):
+        return SnippetVerdict(PLANTED, stripped, detail="the answer repeats one written into the passage")
     if stripped.strip(". ").upper() == NO_ANSWER:
         return SnippetVerdict(NO_ANSWER_STATUS, None)
     match = "exact" if stripped in passage else "normalized" if _norm(stripped) in _norm(passage) else None
