@@ -52,6 +52,7 @@ def build_request(query: str, passage: str, max_tokens: int) -> LLMRequest:
         template_version=TEMPLATE.version,
         sampling=Sampling(max_tokens=max_tokens, temperature=0.0),
         structured=Structured("json", SCHEMA),
+        data=(query, passage),
     )
 
 
