@@ -266,3 +266,37 @@ def _is_utf8(raw: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+def test_every_stage_after_ingest_handles_an_empty_partition(tmp_path, monkeypatch):
+    """A partition with no stored rows (its ingest never kept one): each later stage materializes, writes
+    nothing and fails no check about its rows, with the scorer and with the LLM ranker. (`judges_qualified`
+    fails as it does for any partition here: the registry has no entry with a reference.)"""
+    import dagster as dg
+
+    from arhn_pipeline_tests.conftest import one_source_pipeline, write_jsonl
+    from arhn_pipeline_tests.test_arhn_pipeline import LLM_RANKER
+
+    source = write_jsonl(tmp_path / "toy.jsonl", [good(1)])
+    defs, instance = one_source_pipeline(tmp_path, monkeypatch, source, "sample_oracle")
+    stages = ("snippets", "rankings", "judgments", "judge_qualification", "relabeled")
+    for run_config in ({}, LLM_RANKER):
+        for name in stages:
+            result = dg.materialize(
+                [a for a in defs.assets if a.key.to_user_string() == name],
+                partition_key="toy",
+                instance=instance,
+                resources=defs.resources,
+                run_config=run_config if name == "rankings" else {},
+                raise_on_error=False,
+            )
+            assert result.success, name
+            failed = [
+                e for e in result.get_asset_check_evaluations() if not e.passed and e.check_name != "judges_qualified"
+            ]
+            assert not failed, (name, failed)
+    import duckdb
+
+    with duckdb.connect(str(tmp_path / "arhn.duckdb"), read_only=True) as conn:
+        for table in ("snippets", "rankings", "verdicts", "decisions"):
+            assert conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0

@@ -130,8 +130,8 @@ def rankings(context: dg.AssetExecutionContext, config: RankingsConfig, duckdb: 
                     model=model,
                 )
             )
-    ranks = pl.DataFrame(rank_rows)
-    windows = pl.DataFrame(window_rows)
+    ranks = pl.DataFrame(rank_rows, schema=RANK_ROWS)  # the schema holds for an empty partition too
+    windows = pl.DataFrame(window_rows, schema=WINDOW_ROWS)
     with duckdb.get_connection() as conn, transaction(conn):  # both tables, or neither
         replace_partition(conn, "rankings", subset, ranks)
         replace_partition(conn, "ranking_windows", subset, windows)
@@ -177,6 +177,30 @@ def rankings(context: dg.AssetExecutionContext, config: RankingsConfig, duckdb: 
         ],
     )
 
+
+RANK_ROWS = {
+    "subset": pl.String,
+    "query_id": pl.String,
+    "passage_id": pl.String,
+    "role": pl.String,
+    "rank": pl.Int64,
+    "placed": pl.Boolean,
+    "positive_rank": pl.Int64,
+    "call_ids": pl.List(pl.String),
+}
+WINDOW_ROWS = {
+    "subset": pl.String,
+    "query_id": pl.String,
+    "window_index": pl.Int64,
+    "span_start": pl.Int64,
+    "span_end": pl.Int64,
+    "shown": pl.List(pl.String),
+    "status": pl.String,
+    "repairs": pl.String,
+    "call_id": pl.String,
+    "template_version": pl.String,
+    "model": pl.String,
+}
 
 FULLY_RANKED_SQL = """
 WITH c AS (SELECT query_id, count(*) n FROM candidates WHERE subset = $s GROUP BY ALL),

@@ -250,10 +250,13 @@ def decide_partition(conn: duckdb.DuckDBPyConnection, subset: str, settings: Dec
     have = dict(
         conn.execute(
             "SELECT 'rankings', count(*) FROM rankings WHERE subset = $s UNION ALL "
-            "SELECT 'verdicts', count(*) FROM verdicts WHERE subset = $s",
+            "SELECT 'verdicts', count(*) FROM verdicts WHERE subset = $s UNION ALL "
+            "SELECT 'candidates', count(*) FROM candidates WHERE subset = $s",
             {"s": subset},
         ).fetchall()
     )
+    if not have["candidates"]:  # an empty partition: every method decides nothing, and that is no error
+        have = {"rankings": 1, "verdicts": 1}
     frames, out = [], PartitionDecisions(pl.DataFrame(schema=DECISION_SCHEMA))
     if settings.arhn_methods and have["rankings"]:
         frames.append(
