@@ -178,7 +178,7 @@ def rankings(context: dg.AssetExecutionContext, config: RankingsConfig, duckdb: 
     )
 
 
-RANK_ROWS = {
+RANK_ROWS: dict[str, pl.DataType | type[pl.DataType]] = {
     "subset": pl.String,
     "query_id": pl.String,
     "passage_id": pl.String,
@@ -188,7 +188,7 @@ RANK_ROWS = {
     "positive_rank": pl.Int64,
     "call_ids": pl.List(pl.String),
 }
-WINDOW_ROWS = {
+WINDOW_ROWS: dict[str, pl.DataType | type[pl.DataType]] = {
     "subset": pl.String,
     "query_id": pl.String,
     "window_index": pl.Int64,
