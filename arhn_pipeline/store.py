@@ -23,6 +23,7 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 from pydantic import PrivateAttr
 
+from arhn_pipeline import faults
 from arhn_pipeline.schema import create_schema
 
 PARTITIONED_TABLES = ("queries", "candidates", "quarantine")  # written by raw_triplets
@@ -61,6 +62,7 @@ def replace_partition(
             conn.execute(f"DELETE FROM {table} WHERE subset = ?", [subset])
         else:
             conn.execute(f"DELETE FROM {table} WHERE subset = ? AND method IN (SELECT unnest(?))", [subset, methods])
+        faults.point("table_write")
         if frame.height:
             conn.register("_partition_rows", frame.select(cols))
             conn.execute(f"INSERT INTO {table} SELECT * FROM _partition_rows")
@@ -68,7 +70,8 @@ def replace_partition(
 
 
 def load_pairs(conn: duckdb.DuckDBPyConnection, subset: str) -> pl.DataFrame:
-    """Every (query, candidate) pair of a partition with its texts, in source order."""
+    """Every (query, candidate) pair of a partition with its texts, in source order (each stage starts here)."""
+    faults.point("stage_start")
     return conn.execute(
         """
         SELECT c.query_id, q.text AS query, c.passage_id, c.role, c.original_rank, p.title, p.text AS passage

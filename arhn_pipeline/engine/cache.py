@@ -8,11 +8,13 @@ store, never while the engine generates.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from arhn_pipeline import faults
 from arhn_pipeline.engine.base import LLMEngine, LLMRequest
 from arhn_pipeline.store import CallRecord, StoredCall
 
@@ -54,6 +56,17 @@ class CallStats:
         }
 
 
+def _trace(keys: Iterable[str]) -> None:
+    """With ARHN_CALL_LOG=FILE, append the key of every call sent to the engine (before it is sent): an
+    operator's record of exactly what was asked, and how a test proves that nothing answered is asked again."""
+    path = os.environ.get("ARHN_CALL_LOG")
+    if path:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.writelines(f"{key}\n" for key in keys)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
 def cached_generate(
     store: CallStore,
     engine: LLMEngine,
@@ -76,11 +89,13 @@ def cached_generate(
     pending = list(todo.items())
     for start in range(0, len(pending), batch_size):
         chunk = pending[start : start + batch_size]
+        _trace(key for key, _ in chunk)
         t0 = time.perf_counter()
         results = engine.generate([req for _, req in chunk])
         seconds = time.perf_counter() - t0
         if len(results) != len(chunk):
             raise RuntimeError(f"engine returned {len(results)} results for {len(chunk)} requests")
+        faults.point("llm_batch")
         stats.engine_seconds += seconds
         store.store_calls(
             [

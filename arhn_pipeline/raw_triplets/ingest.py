@@ -13,6 +13,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
+from arhn_pipeline import faults
 from arhn_pipeline.sources.readers import MAX_LINE_BYTES, SourceError, iter_records
 from arhn_pipeline.sources.registry import SourceEntry
 from arhn_pipeline.sources.rows import MAX_TEXT_CHARS, RowError, Triplet, parse_row
@@ -231,6 +232,7 @@ def _stream_into(
         batch.add(t, rec.line)
         if len(batch) >= batch_size:
             batch.flush(conn)
+            faults.point("ingest_batch")
     batch.flush(conn)
     return stats
 

@@ -98,7 +98,7 @@ def fine_tune(
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     from transformers import TrainerCallback, set_seed
 
-    from arhn_pipeline import embeddings
+    from arhn_pipeline import embeddings, faults
 
     set_seed(s.seed)
     torch.manual_seed(s.seed)
@@ -114,6 +114,9 @@ def fine_tune(
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
             if logs:
                 log(f"step {state.global_step}/{state.max_steps}: {logs}")
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            faults.point("training_step")
 
     args = Args(
         output_dir=str(out_dir / "checkpoints"),
