@@ -43,6 +43,14 @@ class _Commands(click.Group):
 @click.group(cls=_Commands)
 def main() -> None:
     """arhn-pipeline: find and fix false negatives in retrieval training data."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s arhn %(message)s", "%H:%M:%S"))
+    logger = logging.getLogger("arhn_pipeline")
+    if not logger.handlers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 @main.group()
@@ -92,6 +100,7 @@ def run(subsets: tuple[str, ...], train: bool, config_file: Path | None) -> None
     """Materialize the pipeline for the chosen partitions, then the collection, the retriever variants
     (original, ARHN R+F, RLHN) and their evaluation; every run is recorded in the Dagster instance."""
     from arhn_pipeline.definitions import defs, job_run_config
+    from arhn_pipeline.engine.vllm_engine import engine_session
     from arhn_pipeline.partitions import sync_partitions
     from arhn_pipeline.sources.registry import load_registry
 
@@ -117,15 +126,16 @@ def run(subsets: tuple[str, ...], train: bool, config_file: Path | None) -> None
 
         ops = (yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}).get("ops", {})
     failed = None
-    for job_name, partition in steps:
-        click.echo(f"== {job_name}" + (f" {partition}" if partition else ""))
-        job = defs.resolve_job_def(job_name)
-        result = job.execute_in_process(
-            partition_key=partition, instance=instance, raise_on_error=False, run_config=job_run_config(job, ops)
-        )
-        if not result.success:
-            failed = f"{job_name} {partition or ''}".strip()
-            break
+    with engine_session():  # one engine start-up for every partition's run, each still its own Dagster run
+        for job_name, partition in steps:
+            click.echo(f"== {job_name}" + (f" {partition}" if partition else ""))
+            job = defs.resolve_job_def(job_name)
+            result = job.execute_in_process(
+                partition_key=partition, instance=instance, raise_on_error=False, run_config=job_run_config(job, ops)
+            )
+            if not result.success:
+                failed = f"{job_name} {partition or ''}".strip()
+                break
     click.echo(f"\nDuckDB file: {settings.db_path()}")
     if failed:
         click.echo(f"failed: {failed} (its run log is in the Dagster UI)", err=True)

@@ -127,3 +127,17 @@ def test_engine_sampling_overrides_are_part_of_the_key(db, store):
     assert stats.cache_misses == 2
     temps = db.execute("SELECT DISTINCT sampling->>'$.temperature' FROM llm_calls ORDER BY 1").fetchall()
     assert [t[0] for t in temps] == ["0.0", "0.7"]
+
+
+def test_progress_is_reported_while_the_engine_works_and_after_each_batch(db, store, monkeypatch):
+    """An engine that holds the main thread for a whole batch: the stage still reports done / total, the rate
+    and the time left on its own clock (every ARHN_PROGRESS_SECONDS), and after each batch."""
+    monkeypatch.setenv("ARHN_PROGRESS_SECONDS", "0.2")
+    engine = ScriptedEngine(model="echo_last_word", latency_seconds=1.0)
+    cached_generate(store, engine, requests(3))
+    lines: list[str] = []
+    cached_generate(store, engine, requests(9), batch_size=4, log=lines.append)
+    assert len(lines) >= 3 * 4  # three batches of a second each, a report every 0.2 s
+    assert all(line.startswith("t.yaml: ") and "new calls answered (3 from cache)" in line for line in lines)
+    assert lines[-1].startswith("t.yaml: 6/6 new calls answered") and "requests/s" in lines[-1]
+    assert any("left" in line and "unknown" not in line for line in lines if "4/6" in line)

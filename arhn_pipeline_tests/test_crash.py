@@ -169,3 +169,38 @@ def test_vllm_processes_end_with_their_parent(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+@pytest.mark.vllm
+def test_arhn_run_starts_the_engine_once_for_every_partition(home, tmp_path):
+    """Two partitions with the real engine: one engine start-up in all, each partition still its own
+    Dagster runs (gather_evidence, decide) with its own materializations."""
+    from arhn_pipeline_tests.conftest import write_jsonl, write_registry
+
+    entries = {}
+    for name in ("lakes", "hills"):
+        rows = [
+            {
+                "query_id": f"{name}{i}",
+                "query": f"where are {name} {i}",
+                "pos": [f"{name} {i} lie here."],
+                "neg": [f"Nothing about {name} {i}.", f"Another text {i}."],
+            }
+            for i in range(2)
+        ]
+        entries[name] = {"format": "bge", "path": str(write_jsonl(tmp_path / f"{name}.jsonl", rows))}
+    env = dict(os.environ, ARHN_ENGINE="vllm", ARHN_SOURCES=str(write_registry(tmp_path / "sources.yaml", entries)))
+    result = subprocess.run(
+        [ARHN, "run", "--subset", "lakes", "--subset", "hills", "--no-train"],
+        env=env,
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stderr.count("vLLM engine started in") == 1, result.stderr[-4000:]
+    instance = dg.DagsterInstance.get()
+    for asset in ("snippets", "relabeled"):
+        assert instance.get_materialized_partitions(dg.AssetKey(asset)) >= {"lakes", "hills"}, asset
+    assert "snippets: 6/6 new calls answered" in result.stderr  # progress, in the terminal

@@ -122,3 +122,10 @@ def test_dtype_auto_is_bfloat16_only_where_the_hardware_computes_it():
     dtype, why = choose_dtype("auto", gpu=False, flags={"avx2", "fma"})
     assert dtype == "float32" and "no avx512_bf16" in why
     assert choose_dtype("float16", gpu=False, flags=set()) == ("float16", "configured")
+
+
+def test_the_engine_reports_each_answered_request_while_it_generates(vllm_engine):
+    counts: list[int] = []
+    with vllm_engine.reporting(counts.append):
+        results = vllm_engine.generate(questions(6, topic="lakes"))
+    assert len(results) == 6 and sum(counts) == 6 and len(counts) >= 2

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -126,6 +128,21 @@ class LLMEngine(dg.ConfigurableResource):  # type: ignore[type-arg]
         """Cut `text` to at most `max_tokens` tokens of this model; say whether it was cut."""
 
     _made: dict[str, LLMEngine] = PrivateAttr(default_factory=dict)
+    _on_answered: Any = PrivateAttr(default=None)
+
+    @contextmanager
+    def reporting(self, on_answered: Callable[[int], None]) -> Iterator[None]:
+        """While open, the engine calls `on_answered(n)` as requests of a `generate` call are answered (the
+        call cache's progress reports); engines that answer a batch at once report nothing until it returns."""
+        previous, self._on_answered = self._on_answered, on_answered
+        try:
+            yield
+        finally:
+            self._on_answered = previous
+
+    def answered(self, n: int = 1) -> None:
+        if self._on_answered is not None:
+            self._on_answered(n)
 
     def for_model(self, name: str | None) -> LLMEngine:
         """The engine of this kind and settings for another model (a cascade stage that names one); this one

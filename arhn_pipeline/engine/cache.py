@@ -9,6 +9,7 @@ store, never while the engine generates.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -56,6 +57,67 @@ class CallStats:
         }
 
 
+# How often a stage reports its progress while the engine works (ARHN_PROGRESS_SECONDS overrides it).
+PROGRESS_SECONDS = 30.0
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+class Progress:
+    """Done / total, requests per second and the time left of one stage's engine calls, reported every
+    PROGRESS_SECONDS from a background thread (the engine may hold the main thread for minutes) and after
+    every batch."""
+
+    def __init__(self, stage: str, total: int, cached: int, log: Callable[[str], None] | None):
+        self.stage, self.total, self.cached, self.log = stage, total, cached, log
+        self.done = 0
+        self.t0 = time.monotonic()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._every = float(os.environ.get("ARHN_PROGRESS_SECONDS", PROGRESS_SECONDS))
+        self._thread = threading.Thread(target=self._beat, name=f"progress-{stage}", daemon=True)
+
+    def __enter__(self) -> Progress:
+        if self.log is not None and self.total:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+    def answered(self, n: int) -> None:
+        with self._lock:
+            self.done = min(self.total, self.done + n)
+
+    def settle(self, done: int) -> None:
+        """A batch came back: `done` calls are answered in all."""
+        with self._lock:
+            self.done = done
+        self.report()
+
+    def line(self) -> str:
+        with self._lock:
+            done = self.done
+        elapsed = time.monotonic() - self.t0
+        rate = done / elapsed if elapsed > 0 else 0.0
+        left = f"about {_duration((self.total - done) / rate)} left" if rate > 0 else "time left unknown yet"
+        return (
+            f"{self.stage}: {done}/{self.total} new calls answered ({self.cached} from cache), "
+            f"{rate:.2f} requests/s, {_duration(elapsed)} so far, {left}"
+        )
+
+    def report(self) -> None:
+        if self.log is not None:
+            self.log(self.line())
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._every):
+            self.report()
+
+
 def _trace(keys: Iterable[str]) -> None:
     """With ARHN_CALL_LOG=FILE, append the key of every call sent to the engine (before it is sent): an
     operator's record of exactly what was asked, and how a test proves that nothing answered is asked again."""
@@ -87,6 +149,22 @@ def cached_generate(
     stats.cache_hits = len(requests) - len(todo)
     stats.cache_misses = len(todo)
     pending = list(todo.items())
+    stage = requests[0].template.split("/")[0] if requests else "llm"
+    with Progress(stage, len(pending), stats.cache_hits, log) as progress, engine.reporting(progress.answered):
+        _answer(store, engine, model, pending, batch_size, stats, stored, progress)
+    return [stored[k] for k in keys], stats
+
+
+def _answer(
+    store: CallStore,
+    engine: LLMEngine,
+    model: str,
+    pending: list[tuple[str, LLMRequest]],
+    batch_size: int,
+    stats: CallStats,
+    stored: dict[str, StoredCall],
+    progress: Progress,
+) -> None:
     for start in range(0, len(pending), batch_size):
         chunk = pending[start : start + batch_size]
         _trace(key for key, _ in chunk)
@@ -124,9 +202,4 @@ def cached_generate(
             stats.prompt_tokens += res.prompt_tokens
             stats.completion_tokens += res.completion_tokens
             stats.cached_prompt_tokens += res.cached_prompt_tokens or 0
-        if log:
-            log(
-                f"llm: {min(start + batch_size, len(pending))}/{len(pending)} new calls answered "
-                f"({stats.cache_hits} from cache)"
-            )
-    return [stored[k] for k in keys], stats
+        progress.settle(min(start + batch_size, len(pending)))

@@ -7,7 +7,12 @@ model), once per run process, and is shut down when the run ends.
 from __future__ import annotations
 
 import gc
+import json
+import logging
 import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cached_property
 from typing import Any
 
@@ -17,7 +22,31 @@ from arhn_pipeline import settings
 from arhn_pipeline.engine.base import LLMEngine, LLMRequest, LLMResult
 from arhn_pipeline.engine.watchdog import guard
 
+log = logging.getLogger(__name__)
+
 SMOLLM2 = "smollm2"  # the packaged CPU default, converted by engine/prepare.py
+
+# Engines kept loaded across runs while an `engine_session()` is open (`arhn run`: one start-up for every
+# partition's run, instead of one per run). Keyed by every setting that shapes the engine; at most one loaded.
+_SESSION: dict[str, Any] | None = None
+STARTS: list[float] = []  # seconds each engine start-up took in this process (bench/first_run.py reads it)
+
+
+@contextmanager
+def engine_session() -> Iterator[None]:
+    """Keep the vLLM engine loaded from one run to the next within this process; shut it down at the end.
+    Each run stays its own Dagster run (its partition's materializations, lineage and staleness as ever)."""
+    global _SESSION
+    if _SESSION is not None:
+        yield
+        return
+    _SESSION = {}
+    try:
+        yield
+    finally:
+        held, _SESSION = _SESSION, None
+        for llm, _watchdog in held.values():
+            _shutdown(llm)
 
 
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -107,7 +136,6 @@ class VLLMEngine(LLMEngine):
 
     def model_id(self) -> str:
         if self.model == SMOLLM2:
-            import json
             from pathlib import Path
 
             manifest = json.loads((Path(self._model_path) / "arhn-manifest.json").read_text())
@@ -136,8 +164,17 @@ class VLLMEngine(LLMEngine):
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{(os.cpu_count() or 1) - 1}")
         os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
 
+    def _session_key(self) -> str:
+        return json.dumps({**self.model_dump(), "dtype": self._dtype[0]}, sort_keys=True, default=str)
+
     def llm(self):
+        if self._llm is None and _SESSION is not None and self._session_key() in _SESSION:
+            self._llm, self._watchdog = _SESSION[self._session_key()]
         if self._llm is None:
+            if _SESSION:  # another model or setting: one loaded engine at a time
+                for llm, _ in _SESSION.values():
+                    _shutdown(llm)
+                _SESSION.clear()
             os.environ.setdefault("VLLM_CACHE_ROOT", str(settings.vllm_cache_dir()))
             self._cpu_environment()
             from vllm import LLM
@@ -163,9 +200,14 @@ class VLLMEngine(LLMEngine):
 
             me = psutil.Process()
             before = {p.pid for p in me.children(recursive=True)}
+            t0 = time.perf_counter()
             self._llm = LLM(**kwargs)
+            STARTS.append(time.perf_counter() - t0)
+            log.info(f"vLLM engine started in {STARTS[-1]:.1f} s ({self.model}, dtype {self._dtype[0]})")
             # vLLM's engine processes must not outlive this one, however it ends (kill -9 included)
             self._watchdog = guard([p.pid for p in me.children(recursive=True) if p.pid not in before])
+            if _SESSION is not None:
+                _SESSION[self._session_key()] = (self._llm, self._watchdog)
         return self._llm
 
     @cached_property
@@ -193,7 +235,9 @@ class VLLMEngine(LLMEngine):
     def _generate(self, requests: list[LLMRequest]) -> list[LLMResult]:
         if not requests:
             return []
-        outputs = self.llm().chat([r.chat() for r in requests], [sampling_params(r) for r in requests], use_tqdm=False)
+        outputs = self.llm().chat(
+            [r.chat() for r in requests], [sampling_params(r) for r in requests], use_tqdm=self._progress_bar()
+        )
         return [
             LLMResult(
                 text=o.outputs[0].text,
@@ -204,6 +248,28 @@ class VLLMEngine(LLMEngine):
             )
             for o in outputs
         ]
+
+    def _progress_bar(self) -> Any:
+        """vLLM's progress bar as a silent one that reports each answered request (no output of its own)."""
+        if self._on_answered is None:
+            return False
+        import io
+
+        from tqdm import tqdm
+
+        engine = self
+
+        class Answered(tqdm):
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **{**kwargs, "file": io.StringIO()})
+                self._generation = "processed prompts" in str(kwargs.get("desc", "")).lower()
+
+            def update(self, n: float | None = 1) -> bool | None:
+                if self._generation and n:
+                    engine.answered(int(n))
+                return super().update(n)
+
+        return Answered
 
     def special_tokens(self) -> tuple[str, ...]:
         tok = self._tokenizer
@@ -226,12 +292,17 @@ class VLLMEngine(LLMEngine):
         return self._tokenizer.decode(ids[:max_tokens]), True
 
     def release(self) -> None:
+        """Shut the engine down, unless an engine session keeps it for the next run."""
         if self._llm is not None:
-            engine = getattr(self._llm, "llm_engine", None)
-            core = getattr(engine, "engine_core", None)
-            if core is not None and hasattr(core, "shutdown"):
-                core.shutdown()
+            if _SESSION is None or all(llm is not self._llm for llm, _ in _SESSION.values()):
+                _shutdown(self._llm)
             self._llm = None
-            gc.collect()
-        if self._watchdog is not None:  # it exits once the engine's processes are gone
-            self._watchdog = None
+        self._watchdog = None  # it exits by itself once the engine's processes are gone
+
+
+def _shutdown(llm: Any) -> None:
+    engine = getattr(llm, "llm_engine", None)
+    core = getattr(engine, "engine_core", None)
+    if core is not None and hasattr(core, "shutdown"):
+        core.shutdown()
+    gc.collect()
