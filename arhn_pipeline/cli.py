@@ -125,6 +125,7 @@ def run(subsets: tuple[str, ...], train: bool, config_file: Path | None) -> None
         import yaml
 
         ops = (yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}).get("ops", {})
+    _print_plan(registry, chosen)
     failed = None
     with engine_session():  # one engine start-up for every partition's run, each still its own Dagster run
         for job_name, partition in steps:
@@ -148,6 +149,24 @@ def run(subsets: tuple[str, ...], train: bool, config_file: Path | None) -> None
         click.echo(f"Audit a relabeled negative:  .venv/bin/arhn explain {example}")
     if failed:
         sys.exit(1)
+
+
+def _print_plan(registry, chosen: list[str]) -> None:
+    """The LLM requests each partition's stages will send and the time to expect, before a run starts. The
+    LLM stages on CPU: snippets (rankings use the judge scorer and the cascade's LLM stage runs on GPUs only)."""
+    from arhn_pipeline import plan
+    from arhn_pipeline.engine.resources import engine_from_env
+
+    llm = engine_from_env()
+    conn = plan.open_readonly(settings.db_path())
+    try:
+        plans = [plan.snippet_plan(conn, llm, name, registry[name]) for name in chosen]
+        per_request = plan.seconds_per_request(conn, llm.model_id())
+    finally:
+        if conn is not None:
+            conn.close()
+    for line in plan.lines(plans, per_request, engine_start=llm.engine_name == "vllm"):
+        click.echo(line)
 
 
 def _db(read_only: bool = False):

@@ -70,8 +70,7 @@ def replace_partition(
 
 
 def load_pairs(conn: duckdb.DuckDBPyConnection, subset: str) -> pl.DataFrame:
-    """Every (query, candidate) pair of a partition with its texts, in source order (each stage starts here)."""
-    faults.point("stage_start")
+    """Every (query, candidate) pair of a partition with its texts, in source order."""
     return conn.execute(
         """
         SELECT c.query_id, q.text AS query, c.passage_id, c.role, c.original_rank, p.title, p.text AS passage

@@ -7,7 +7,7 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from arhn_pipeline import embeddings, settings
+from arhn_pipeline import embeddings, faults, settings
 from arhn_pipeline.engine.base import LLMEngine
 from arhn_pipeline.engine.cache import CallStats
 from arhn_pipeline.engine.prompts import PromptTemplate, code_version
@@ -88,6 +88,7 @@ def _template(prompt: str | None) -> PromptTemplate:
 )
 def judgments(context: dg.AssetExecutionContext, config: JudgmentsConfig, duckdb: DuckDBStore, llm: LLMEngine):
     subset = context.partition_key
+    faults.point("stage_start")  # a fault-injection point: the stages before this one are materialized
     with duckdb.get_connection() as conn:
         qs = core.QuerySet(load_pairs(conn, subset))
 

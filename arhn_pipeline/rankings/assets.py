@@ -4,7 +4,7 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from arhn_pipeline import embeddings, scorers
+from arhn_pipeline import embeddings, faults, scorers
 from arhn_pipeline.engine.base import LLMEngine
 from arhn_pipeline.engine.cache import CallStats
 from arhn_pipeline.engine.prompts import code_version
@@ -74,6 +74,7 @@ class RankingsConfig(dg.Config):
 )
 def rankings(context: dg.AssetExecutionContext, config: RankingsConfig, duckdb: DuckDBStore, llm: LLMEngine):
     subset = context.partition_key
+    faults.point("stage_start")  # a fault-injection point: the stages before this one are materialized
     with duckdb.get_connection() as conn:
         pairs = load_pairs(conn, subset)
     stats = CallStats()

@@ -4,6 +4,7 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
+from arhn_pipeline import faults
 from arhn_pipeline.engine.base import LLMEngine
 from arhn_pipeline.engine.cache import cached_generate
 from arhn_pipeline.engine.prompts import code_version
@@ -60,6 +61,7 @@ class SnippetsConfig(dg.Config):
 )
 def snippets(context: dg.AssetExecutionContext, config: SnippetsConfig, duckdb: DuckDBStore, llm: LLMEngine):
     subset = context.partition_key
+    faults.point("stage_start")  # a fault-injection point: the stages before this one are materialized
     with duckdb.get_connection() as conn:
         pairs = load_pairs(conn, subset)
     requests, shown = core.snippet_requests(pairs, llm, config.passage_max_tokens, config.snippet_max_tokens)
