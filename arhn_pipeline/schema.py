@@ -10,7 +10,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS llm_calls (
     call_id              VARCHAR PRIMARY KEY,  -- LLMRequest.cache_key(model)
     model                VARCHAR NOT NULL,
-    engine               VARCHAR NOT NULL,     -- vllm | scripted
+    engine               VARCHAR NOT NULL,     -- vllm | openai | scripted
     template             VARCHAR NOT NULL,     -- prompt file, e.g. snippets/snippet.prompt.yaml
     template_version     VARCHAR NOT NULL,     -- content hash of that file
     messages             JSON NOT NULL,        -- exactly what was asked
@@ -25,6 +25,16 @@ CREATE TABLE IF NOT EXISTS llm_calls (
     batch_size           INTEGER,
     parse_status         VARCHAR,              -- set by the stage's parser: parsed | repaired | unparsed | ...
     created_at           TIMESTAMP NOT NULL
+);
+-- Calls a remote engine could not answer (after its retries): what failed, each time. Not answers: a re-run
+-- asks them again.
+CREATE TABLE IF NOT EXISTS llm_failures (
+    call_id    VARCHAR NOT NULL,
+    model      VARCHAR NOT NULL,
+    engine     VARCHAR NOT NULL,
+    template   VARCHAR NOT NULL,
+    error      VARCHAR NOT NULL,
+    failed_at  TIMESTAMP NOT NULL
 );
 CREATE TABLE IF NOT EXISTS passages (
     passage_id VARCHAR PRIMARY KEY,   -- passage_key(title, text)

@@ -270,6 +270,12 @@ class DuckDBStore(DuckDBResource):
                 rows,
             )
 
+    def store_failures(self, failures: list[tuple[str, str, str, str, str]]) -> None:
+        """(call_id, model, engine, template, error) of calls the engine could not answer."""
+        if failures:
+            with self.get_connection() as conn:
+                conn.executemany("INSERT INTO llm_failures VALUES (?, ?, ?, ?, ?, now())", failures)
+
     def mean_completion_tokens(self, model: str, template: str) -> float | None:
         with self.get_connection() as conn:
             row = conn.execute(

@@ -75,6 +75,7 @@ class LLMResult:
     prompt_tokens: int
     completion_tokens: int
     cached_prompt_tokens: int | None = None  # served from the prefix cache, when the engine reports it
+    error: str | None = None  # no answer: what failed (a remote engine after its retries); never stored as one
 
 
 class LLMEngine(dg.ConfigurableResource):  # type: ignore[type-arg]

@@ -25,6 +25,13 @@ class CallStore(Protocol):
 
     def store_calls(self, records: list[CallRecord]) -> None: ...
 
+    def store_failures(self, failures: list[tuple[str, str, str, str, str]]) -> None: ...
+
+
+class EngineCallsFailed(RuntimeError):
+    """Some calls got no answer after the engine's retries. Every answer that came is stored; a re-run asks
+    exactly the failed ones."""
+
 
 @dataclass
 class CallStats:
@@ -150,8 +157,17 @@ def cached_generate(
     stats.cache_misses = len(todo)
     pending = list(todo.items())
     stage = requests[0].template.split("/")[0] if requests else "llm"
+    failures: list[tuple[str, str, str, str, str]] = []
     with Progress(stage, len(pending), stats.cache_hits, log) as progress, engine.reporting(progress.answered):
-        _answer(store, engine, model, pending, batch_size, stats, stored, progress)
+        _answer(store, engine, model, pending, batch_size, stats, stored, progress, failures)
+    if failures:
+        store.store_failures(failures)
+        kinds = sorted({f[4].rsplit("; ", 1)[-1] for f in failures})
+        raise EngineCallsFailed(
+            f"{stage}: {len(failures)} of {len(pending)} calls got no answer from {engine.engine_name} after its "
+            f"retries (last errors: {', '.join(kinds[:5])}); the {len(pending) - len(failures)} answered are "
+            "stored, a re-run asks only the failed ones (see the llm_failures table)"
+        )
     return [stored[k] for k in keys], stats
 
 
@@ -164,6 +180,7 @@ def _answer(
     stats: CallStats,
     stored: dict[str, StoredCall],
     progress: Progress,
+    failures: list[tuple[str, str, str, str, str]],
 ) -> None:
     for start in range(0, len(pending), batch_size):
         chunk = pending[start : start + batch_size]
@@ -195,9 +212,17 @@ def _answer(
                     batch_size=len(chunk),
                 )
                 for (key, req), res in zip(chunk, results, strict=True)
+                if res.error is None
             ]
         )
+        failures.extend(
+            (key, model, engine.engine_name, req.template, res.error)
+            for (key, req), res in zip(chunk, results, strict=True)
+            if res.error is not None
+        )
         for (key, _), res in zip(chunk, results, strict=True):
+            if res.error is not None:
+                continue
             stored[key] = StoredCall(key, res.text, res.finish_reason)
             stats.prompt_tokens += res.prompt_tokens
             stats.completion_tokens += res.completion_tokens

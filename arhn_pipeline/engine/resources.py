@@ -1,6 +1,10 @@
 """Which engine the shipped definitions use, chosen by environment so the assets never know:
 
 ARHN_ENGINE=vllm      (default) vLLM offline inference; ARHN_MODEL names the model (default: smollm2)
+ARHN_ENGINE=openai    an OpenAI-compatible endpoint (a `vllm serve`, a hosted API): ARHN_MODEL (served name),
+                      ARHN_OPENAI_BASE_URL (default http://127.0.0.1:8000/v1), ARHN_OPENAI_API_KEY_ENV (the NAME
+                      of the variable holding the key, default OPENAI_API_KEY), ARHN_OPENAI_CONCURRENCY (8),
+                      ARHN_OPENAI_STRUCTURED (json_schema | vllm | none), ARHN_TOKENIZER, ARHN_MAX_MODEL_LEN
 ARHN_ENGINE=scripted  answers by a registered rule (ARHN_SCRIPT), for logic tests and demos;
                       ARHN_SCRIPT_LATENCY=seconds makes each engine call take that long
 """
@@ -24,4 +28,17 @@ def engine_from_env() -> LLMEngine:
             model=os.environ.get("ARHN_SCRIPT", "constant_no"),
             latency_seconds=float(os.environ.get("ARHN_SCRIPT_LATENCY", "0")),
         )
-    raise ValueError(f"ARHN_ENGINE must be 'vllm' or 'scripted', not {kind!r}")
+    if kind == "openai":
+        from arhn_pipeline.engine.openai_engine import OpenAIEngine
+
+        env = os.environ
+        return OpenAIEngine(
+            model=env.get("ARHN_MODEL", "smollm2"),
+            base_url=env.get("ARHN_OPENAI_BASE_URL", "http://127.0.0.1:8000/v1"),
+            api_key_env=env.get("ARHN_OPENAI_API_KEY_ENV", "OPENAI_API_KEY"),
+            concurrency=int(env.get("ARHN_OPENAI_CONCURRENCY", "8")),
+            structured=env.get("ARHN_OPENAI_STRUCTURED", "json_schema"),
+            tokenizer=env.get("ARHN_TOKENIZER") or None,
+            max_model_len=int(env["ARHN_MAX_MODEL_LEN"]) if env.get("ARHN_MAX_MODEL_LEN") else None,
+        )
+    raise ValueError(f"ARHN_ENGINE must be 'vllm', 'openai' or 'scripted', not {kind!r}")
