@@ -5,6 +5,7 @@ from its PyPI chunk packages (engine/prepare.py), or any sentence-transformers m
 from __future__ import annotations
 
 import importlib.util
+import weakref
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -50,11 +51,34 @@ def load(name: str = DEFAULT_EMBEDDER) -> Any:
     return SentenceTransformer(model_location(name), device=device())
 
 
+# Vectors already computed in this process, per (model, role, sequence length): one run's stages embed the same
+# texts (the judge as ranker, then as the cascade's first stage), so the second pays nothing. Bounded.
+_MEMO: dict[tuple[int, bool, int], dict[str, np.ndarray]] = {}
+_MODELS: dict[int, Any] = {}  # id -> weak reference: a vector memo never outlives its model (ids are reused)
+MEMO_MAX_VECTORS = 50_000
+
+
 def encode_unique(model: Any, texts: list[str], query: bool) -> tuple[dict[str, int], np.ndarray]:
     """Unit vectors of the distinct texts, and each text's row."""
     unique = list(dict.fromkeys(texts))
-    encode = model.encode_query if query and hasattr(model, "encode_query") else model.encode
-    if not query and hasattr(model, "encode_document"):
-        encode = model.encode_document
-    vecs = encode(unique, normalize_embeddings=True, batch_size=32, convert_to_numpy=True)
-    return {t: i for i, t in enumerate(unique)}, np.asarray(vecs)
+    ref = _MODELS.get(id(model))
+    if ref is None or ref() is not model:
+        for key in [k for k in _MEMO if k[0] == id(model)]:
+            del _MEMO[key]
+        _MODELS[id(model)] = weakref.ref(model)
+    memo = _MEMO.setdefault((id(model), query, int(getattr(model, "max_seq_length", 0) or 0)), {})
+    found = {t: memo[t] for t in unique if t in memo}
+    todo = [t for t in unique if t not in found]
+    if todo:
+        encode = model.encode_query if query and hasattr(model, "encode_query") else model.encode
+        if not query and hasattr(model, "encode_document"):
+            encode = model.encode_document
+        vecs = np.asarray(encode(todo, normalize_embeddings=True, batch_size=32, convert_to_numpy=True))
+        found.update(zip(todo, vecs, strict=True))
+        if sum(len(m) for m in _MEMO.values()) + len(todo) > MEMO_MAX_VECTORS:
+            for m in _MEMO.values():
+                m.clear()
+        if len(todo) <= MEMO_MAX_VECTORS:
+            memo.update(zip(todo, vecs, strict=True))
+    index = {t: i for i, t in enumerate(unique)}
+    return index, (np.stack([found[t] for t in unique]) if unique else np.zeros((0, 0), dtype=np.float32))
