@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -127,7 +128,7 @@ def run(subsets: tuple[str, ...], train: bool, config_file: Path | None) -> None
         ops = (yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}).get("ops", {})
     _print_plan(registry, chosen)
     failed = None
-    with engine_session():  # one engine start-up for every partition's run, each still its own Dagster run
+    with engine_session(), _stops_on_signal():  # one engine start-up for every partition's run
         for job_name, partition in steps:
             click.echo(f"== {job_name}" + (f" {partition}" if partition else ""))
             job = defs.resolve_job_def(job_name)
@@ -149,6 +150,19 @@ def run(subsets: tuple[str, ...], train: bool, config_file: Path | None) -> None
         click.echo(f"Audit a relabeled negative:  .venv/bin/arhn explain {example}")
     if failed:
         sys.exit(1)
+
+
+@contextmanager
+def _stops_on_signal():
+    """SIGTERM / SIGINT end `arhn run` with one line and the signal's exit status, never a traceback; the run
+    in progress is recorded as failed by Dagster (or, if the process is killed outright, by the next command)."""
+    from dagster._core.errors import DagsterExecutionInterruptedError
+
+    try:
+        yield
+    except (KeyboardInterrupt, DagsterExecutionInterruptedError):
+        click.echo("arhn run: interrupted; the run in progress is marked failed", err=True)
+        sys.exit(130)
 
 
 def _print_plan(registry, chosen: list[str]) -> None:

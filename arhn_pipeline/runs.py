@@ -93,11 +93,25 @@ def dead_run_sensor(context: dg.SensorEvaluationContext) -> dg.SkipReason:
 
 
 def sleep_while_waiting_for_slots() -> None:
-    """Make a step that waits for a pool slot sleep until its next claim is due instead of spinning."""
+    """Make a step that waits for a pool slot sleep until its next claim is due instead of spinning, and
+    stop on SIGTERM / SIGINT while it waits (Dagster only records a signal there and acts on it once the step
+    starts, i.e. once another run frees the slot)."""
+    from dagster._core.errors import DagsterExecutionInterruptedError
+    from dagster._core.execution.plan.active import ActiveExecution
     from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
+    from dagster._utils.interrupts import check_captured_interrupt
 
     if getattr(InstanceConcurrencyContext, "_arhn_sleeps", False):
         return
+    sleep_til_ready = ActiveExecution.sleep_til_ready
+
+    def sleep_or_stop(self: ActiveExecution) -> None:
+        slots = self._instance_concurrency_context
+        if slots is not None and slots.has_pending_claims() and check_captured_interrupt():
+            raise DagsterExecutionInterruptedError("interrupted while waiting for a pool slot")
+        sleep_til_ready(self)
+
+    ActiveExecution.sleep_til_ready = sleep_or_stop  # type: ignore[method-assign]
 
     def interval_to_next_pending_claim_check(self) -> float:
         if not self._pending_claims or not self._pending_timeouts:

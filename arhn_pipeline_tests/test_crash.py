@@ -109,9 +109,11 @@ def test_a_run_waiting_for_the_slot_sleeps_and_stops_on_sigterm(home, tmp_path):
         waiter = start_run("sample_bio", latency=0.0, log=tmp_path / "waiter.log")
         wait_for(lambda: pool(instance).pending_steps, "the second run to wait for the slot")
         cpu_before, wall_before = cpu_seconds(waiter.pid), time.monotonic()
-        time.sleep(10)
+        time.sleep(15)
         busy = (cpu_seconds(waiter.pid) - cpu_before) / (time.monotonic() - wall_before)
-        assert busy < 0.3, f"a run waiting for the slot used {busy:.0%} of a core"
+        # spinning took 97-99% of a core; polling the pool (each waiting step claims about once a second,
+        # with events written each time) takes a few to 30% on 2 loaded cores
+        assert busy < 0.5, f"a run waiting for the slot used {busy:.0%} of a core"
         waiter.send_signal(signal.SIGTERM)
         try:
             waiter.wait(timeout=30)
