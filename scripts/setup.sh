@@ -56,6 +56,18 @@ else
   .venv/bin/python -c "from arhn_pipeline import embeddings; print(embeddings.model_location('embeddinggemma-300m'))"
 fi
 
+# tcmalloc: vLLM on CPU generates about 12% faster in float32 with it preloaded (bench/engine_alloc.py);
+# `arhn run` preloads it when present. Optional: without apt or root the pipeline runs without it.
+tcmalloc=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4
+if [[ ",$extras," == *",cpu,"* ]] && [ ! -e "$tcmalloc" ] && command -v apt-get >/dev/null; then
+  echo ">> installing Debian's libtcmalloc-minimal4 (optional)"
+  if [ "$(id -u)" = 0 ]; then sudo=(); else sudo=(sudo -n); fi
+  { "${sudo[@]}" apt-get install -y -qq libtcmalloc-minimal4 >/dev/null 2>&1 \
+    || { "${sudo[@]}" apt-get update -qq >/dev/null 2>&1 \
+         && DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq libtcmalloc-minimal4 >/dev/null 2>&1; }; } \
+    || echo "   could not install it (no root?): runs go on without tcmalloc"
+fi
+
 if [ "$browser" = 1 ] && ! command -v chromium >/dev/null; then
   echo ">> installing Debian's chromium for the browser test"
   if [ "$(id -u)" = 0 ]; then sudo=(); else sudo=(sudo); fi
