@@ -52,16 +52,17 @@ def main() -> None:
     from arhn_pipeline.engine.vllm_engine import BF16_CPU_FLAGS, choose_dtype, cpu_flags
 
     flags = cpu_flags()
-    dtype, why = choose_dtype("auto", False, flags)
+    dtype, why = choose_dtype(os.environ.get("ARHN_DTYPE", "auto"), False, flags)
     shown = [f for f in ("avx2", "avx512f", *BF16_CPU_FLAGS) if f in flags]
     model = next(
         (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?"
     )
     print(f"machine: {model}, {os.cpu_count()} cores, flags {', '.join(shown) or '-'}")
-    print(f"dtype auto -> {dtype} ({why}); LD_PRELOAD={os.environ.get('LD_PRELOAD', '-')}")
+    preload = "yes" if Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4").exists() else "no (not installed)"
+    print(f"dtype {os.environ.get('ARHN_DTYPE', 'auto')} -> {dtype} ({why}); tcmalloc preloaded by arhn run: {preload}")
     with tempfile.TemporaryDirectory(prefix="arhn-first-run-") as tmp:
         env = dict(os.environ, ARHN_VAR_DIR=tmp, ARHN_MODELS_DIR=str(settings.models_dir()))
-        for key in ("ARHN_DB", "DAGSTER_HOME", "ARHN_VLLM_CACHE", "ARHN_ENGINE", "ARHN_MODEL"):
+        for key in ("ARHN_DB", "DAGSTER_HOME", "ARHN_VLLM_CACHE", "ARHN_ENGINE", "ARHN_MODEL", "ARHN_SOURCES"):
             env.pop(key, None)
         results = [("cold", *run(env))]
         if not args.cold_only:

@@ -1,6 +1,7 @@
 """Which engine the shipped definitions use, chosen by environment so the assets never know:
 
-ARHN_ENGINE=vllm      (default) vLLM offline inference; ARHN_MODEL names the model (default: smollm2)
+ARHN_ENGINE=vllm      (default) vLLM offline inference; ARHN_MODEL names the model (default: smollm2),
+                      ARHN_DTYPE its dtype (default auto: bfloat16 where native, else float32)
 ARHN_ENGINE=openai    an OpenAI-compatible endpoint (a `vllm serve`, a hosted API): ARHN_MODEL (served name),
                       ARHN_OPENAI_BASE_URL (default http://127.0.0.1:8000/v1), ARHN_OPENAI_API_KEY_ENV (the NAME
                       of the variable holding the key, default OPENAI_API_KEY), ARHN_OPENAI_CONCURRENCY (8),
@@ -22,7 +23,7 @@ from arhn_pipeline.engine.vllm_engine import SMOLLM2, VLLMEngine
 def engine_from_env() -> LLMEngine:
     kind = os.environ.get("ARHN_ENGINE", "vllm")
     if kind == "vllm":
-        return VLLMEngine(model=os.environ.get("ARHN_MODEL", SMOLLM2))
+        return VLLMEngine(model=os.environ.get("ARHN_MODEL", SMOLLM2), dtype=os.environ.get("ARHN_DTYPE", "auto"))
     if kind == "scripted":
         return ScriptedEngine(
             model=os.environ.get("ARHN_SCRIPT", "constant_no"),
