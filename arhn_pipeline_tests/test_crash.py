@@ -131,19 +131,35 @@ def test_a_run_waiting_for_the_slot_sleeps_and_stops_on_sigterm(home, tmp_path):
     assert dg.DagsterRunStatus.STARTED not in statuses, statuses
 
 
+def descendants(root: int) -> set[int]:
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {p for p, pp in parents.items() if pp in frontier and p not in found}
+        found |= frontier
+    return found
+
+
 @pytest.mark.vllm
-def test_vllm_processes_end_with_their_parent(tmp_path):
-    """A process that started the real engine is killed with SIGKILL: within ten seconds no process it
-    started is left."""
+@pytest.mark.parametrize("when", ["after_a_batch", "during_start_up"])
+def test_vllm_processes_end_with_their_parent(tmp_path, when):
+    """A process that started the real engine is killed with SIGKILL (after answering a batch, or while the
+    engine is still starting): within ten seconds no process it started is left."""
     script = (
-        "import os, sys, psutil\n"
+        "import sys\n"
         "from arhn_pipeline.engine.vllm_engine import VLLMEngine\n"
         "from arhn_pipeline.engine.base import LLMRequest, Sampling\n"
         "engine = VLLMEngine()\n"
+        "engine._dtype\n"
+        "print('STARTING', flush=True)\n"
         "engine.generate([LLMRequest(messages=(('user', 'Say yes.'),), template='t', template_version='1',"
         " sampling=Sampling(max_tokens=4))])\n"
-        "kids = [p.pid for p in psutil.Process().children(recursive=True)]\n"
-        "print('KIDS', *kids, flush=True)\n"
+        "print('ANSWERED', flush=True)\n"
         "sys.stdin.read()\n"
     )
     proc = subprocess.Popen(
@@ -156,9 +172,11 @@ def test_vllm_processes_end_with_their_parent(tmp_path):
         start_new_session=True,
     )
     try:
-        line = next(line for line in proc.stdout if line.startswith("KIDS"))
-        kids = [int(p) for p in line.split()[1:]]
-        assert kids, "the engine started no process: nothing to check"
+        marker = "ANSWERED" if when == "after_a_batch" else "STARTING"
+        next(line for line in proc.stdout if line.startswith(marker))
+        if when == "during_start_up":  # the watchdog and vLLM's first engine process exist, the engine is loading
+            wait_for(lambda: len(descendants(proc.pid)) >= 2, "vLLM's engine process", seconds=120)
+        kids = descendants(proc.pid)
         proc.kill()  # SIGKILL of the parent alone, as the out-of-memory killer would
         proc.wait()
         deadline = time.monotonic() + 10

@@ -20,7 +20,7 @@ from pydantic import Field, PrivateAttr
 
 from arhn_pipeline import settings
 from arhn_pipeline.engine.base import LLMEngine, LLMRequest, LLMResult
-from arhn_pipeline.engine.watchdog import guard
+from arhn_pipeline.engine.watchdog import guard, stop
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,8 @@ def engine_session() -> Iterator[None]:
         yield
     finally:
         held, _SESSION = _SESSION, None
-        for llm, _watchdog in held.values():
-            _shutdown(llm)
+        for llm, watchdog in held.values():
+            _shutdown(llm, watchdog)
 
 
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -172,8 +172,8 @@ class VLLMEngine(LLMEngine):
             self._llm, self._watchdog = _SESSION[self._session_key()]
         if self._llm is None:
             if _SESSION:  # another model or setting: one loaded engine at a time
-                for llm, _ in _SESSION.values():
-                    _shutdown(llm)
+                for llm, watchdog in _SESSION.values():
+                    _shutdown(llm, watchdog)
                 _SESSION.clear()
             os.environ.setdefault("VLLM_CACHE_ROOT", str(settings.vllm_cache_dir()))
             self._cpu_environment()
@@ -196,16 +196,17 @@ class VLLMEngine(LLMEngine):
 
             if not current_platform.is_cpu():
                 kwargs["gpu_memory_utilization"] = self.gpu_memory_utilization
-            import psutil
-
-            me = psutil.Process()
-            before = {p.pid for p in me.children(recursive=True)}
+            # vLLM's engine processes must not outlive this one, however it ends (kill -9 included, during the
+            # start-up too): the watchdog follows every process started from here on
+            self._watchdog = guard()
             t0 = time.perf_counter()
-            self._llm = LLM(**kwargs)
+            try:
+                self._llm = LLM(**kwargs)
+            except BaseException:
+                stop(self._watchdog)
+                raise
             STARTS.append(time.perf_counter() - t0)
             log.info(f"vLLM engine started in {STARTS[-1]:.1f} s ({self.model}, dtype {self._dtype[0]})")
-            # vLLM's engine processes must not outlive this one, however it ends (kill -9 included)
-            self._watchdog = guard([p.pid for p in me.children(recursive=True) if p.pid not in before])
             if _SESSION is not None:
                 _SESSION[self._session_key()] = (self._llm, self._watchdog)
         return self._llm
@@ -295,14 +296,15 @@ class VLLMEngine(LLMEngine):
         """Shut the engine down, unless an engine session keeps it for the next run."""
         if self._llm is not None:
             if _SESSION is None or all(llm is not self._llm for llm, _ in _SESSION.values()):
-                _shutdown(self._llm)
+                _shutdown(self._llm, self._watchdog)
             self._llm = None
-        self._watchdog = None  # it exits by itself once the engine's processes are gone
+        self._watchdog = None
 
 
-def _shutdown(llm: Any) -> None:
+def _shutdown(llm: Any, watchdog: Any) -> None:
     engine = getattr(llm, "llm_engine", None)
     core = getattr(engine, "engine_core", None)
     if core is not None and hasattr(core, "shutdown"):
         core.shutdown()
     gc.collect()
+    stop(watchdog)

@@ -1,11 +1,12 @@
 """Stop an engine's processes when the process that started them ends, however it ended.
 
 vLLM runs its engine in child processes; a parent killed with SIGKILL (or by the out-of-memory killer)
-cannot stop them, and they would keep their gigabytes. `guard(children)` starts this module as a small
-separate process that watches the parent: when the parent is gone it sends the children SIGTERM, then
-SIGKILL after a grace period. It exits by itself once the children are gone (a normal shutdown).
+cannot stop them, and they would keep their gigabytes. `guard()` starts this module as a small separate
+process, before the engine starts, that follows the parent: every process the parent starts from then on
+(children and their children, even once re-parented) is remembered; when the parent is gone they get
+SIGTERM, then SIGKILL after a grace period. `stop()` ends the watchdog when the engine is shut down.
 
-    python -m arhn_pipeline.engine.watchdog PARENT_PID PARENT_START CHILD_PID:CHILD_START ...
+    python -m arhn_pipeline.engine.watchdog PARENT_PID PARENT_START
 """
 
 from __future__ import annotations
@@ -15,21 +16,19 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from arhn_pipeline.procs import process_start as _start
 
-POLL_SECONDS = 0.5
+POLL_SECONDS = 0.2
 GRACE_SECONDS = 3.0
 
 
-def guard(children: list[int]) -> subprocess.Popen | None:
-    """Start a watchdog for `children` of this process; None when there is nothing to watch."""
-    watched = [f"{pid}:{start}" for pid in children if (start := _start(pid))]
-    if not watched:
-        return None
+def guard() -> subprocess.Popen:
+    """Start a watchdog over the processes this process starts from now on."""
     me = os.getpid()
     return subprocess.Popen(
-        [sys.executable, "-m", "arhn_pipeline.engine.watchdog", str(me), _start(me) or "", *watched],
+        [sys.executable, "-m", "arhn_pipeline.engine.watchdog", str(me), _start(me) or ""],
         start_new_session=True,  # a signal to the parent's process group must not reach the watchdog
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -37,30 +36,75 @@ def guard(children: list[int]) -> subprocess.Popen | None:
     )
 
 
-def _alive(pid: int, start: str) -> bool:
-    return _start(pid) == start  # a reused pid belongs to another process
+def stop(watchdog: subprocess.Popen | None) -> None:
+    """End a watchdog whose engine was shut down normally."""
+    if watchdog is not None and watchdog.poll() is None:
+        watchdog.terminate()
+        try:
+            watchdog.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            watchdog.kill()
+
+
+def _table() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, process group) of every process."""
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(stat.parent.name)] = (int(fields[1]), int(fields[2]))
+    return out
+
+
+def _descendants(root: int, table: dict[int, tuple[int, int]]) -> set[int]:
+    found, frontier = set(), {root}
+    while frontier:
+        children = {pid for pid, (ppid, _) in table.items() if ppid in frontier and pid not in found}
+        found |= children
+        frontier = children
+    return found
 
 
 def main(argv: list[str]) -> None:
     parent, parent_start = int(argv[0]), argv[1]
-    children = [(int(p), s) for p, s in (item.split(":", 1) for item in argv[2:])]
+    me = os.getpid()
+    tracked: dict[int, str] = {}
+    # when the parent leads its own process group (a command started from a shell, a run process), that group
+    # is its job: a process it started an instant before dying, before a poll saw it, is found there
+    own_group = _table().get(parent, (0, 0))[1] == parent
+    stopped = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stopped
+        stopped = True
+
+    signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    while True:
-        children = [(p, s) for p, s in children if _alive(p, s)]
-        if not children:
-            return
-        if not _alive(parent, parent_start):
+    while not stopped:
+        if _start(parent) != parent_start:
             break
+        for pid in _descendants(parent, _table()) - {me}:
+            if pid not in tracked and (start := _start(pid)):
+                tracked[pid] = start
+        tracked = {p: s for p, s in tracked.items() if _start(p) == s}
         time.sleep(POLL_SECONDS)
+    if stopped:
+        return
+    if own_group:
+        for pid, (_, group) in _table().items():
+            if group == parent and pid != me and pid not in tracked and (start := _start(pid)):
+                tracked[pid] = start
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid, start in children:
-            if _alive(pid, start):
+        for pid, start in tracked.items():
+            if _start(pid) == start:  # a reused pid belongs to another process
                 try:
                     os.kill(pid, sig)
                 except OSError:
                     pass
         deadline = time.monotonic() + GRACE_SECONDS
-        while time.monotonic() < deadline and any(_alive(p, s) for p, s in children):
+        while time.monotonic() < deadline and any(_start(p) == s for p, s in tracked.items()):
             time.sleep(0.1)
 
 
