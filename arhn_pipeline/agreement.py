@@ -25,27 +25,40 @@ from arhn_pipeline.identity import passage_key
 Key = tuple[str, str]  # (query_id, passage_id)
 
 
+class ReferenceFileError(ValueError):
+    """A reference file that cannot be read: names the file, the line and what is wrong."""
+
+
 def load_reference(fmt: str, path: Path) -> dict[Key, bool]:
+    if fmt not in ("human_grades", "rlhn_labels", "sample_labels"):
+        raise ValueError(f"unknown reference format {fmt!r}: human_grades, rlhn_labels or sample_labels")
     ref: dict[Key, bool] = {}
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            row = json.loads(line)
-            qid = str(row.get("query_id", row.get("qid")))
-            if fmt == "human_grades":
-                for text, grade in zip(row["neg"], row["neg_human_grades"], strict=True):
-                    if grade is not None:
-                        ref[(qid, passage_key(text))] = grade >= 2
-            elif fmt == "rlhn_labels":
-                final = row.get("stage2_gpt4o") or row["stage1_gpt4o_mini"]
-                flagged = set(final.get("better", [])) | set(final.get("worse", []))
-                for i, text in enumerate(row["neg"]):
-                    ref[(qid, passage_key(text))] = i in flagged
-            elif fmt == "sample_labels":  # data/samples/labels.jsonl; ambiguous negatives are left out
-                if row["label"] != "ambiguous":
-                    ref[(qid, row["passage_key"])] = row["label"] == "false_negative"
-            else:
-                raise ValueError(f"unknown reference format {fmt!r}: human_grades, rlhn_labels or sample_labels")
+    n = 0
+    try:
+        with path.open(encoding="utf-8") as fh:
+            for n, line in enumerate(fh, start=1):  # noqa: B007 (n names the bad line below)
+                if line.strip():
+                    _reference_row(fmt, json.loads(line), ref)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ReferenceFileError(f"reference {path}: cannot read it: {exc}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ReferenceFileError(f"reference {path} line {n}: not a {fmt} row ({type(exc).__name__}: {exc})") from None
     return ref
+
+
+def _reference_row(fmt: str, row: Any, ref: dict[Key, bool]) -> None:
+    qid = str(row.get("query_id", row.get("qid")))
+    if fmt == "human_grades":
+        for text, grade in zip(row["neg"], row["neg_human_grades"], strict=True):
+            if grade is not None:
+                ref[(qid, passage_key(text))] = grade >= 2
+    elif fmt == "rlhn_labels":
+        final = row.get("stage2_gpt4o") or row["stage1_gpt4o_mini"]
+        flagged = set(final.get("better", [])) | set(final.get("worse", []))
+        for i, text in enumerate(row["neg"]):
+            ref[(qid, passage_key(text))] = i in flagged
+    elif row["label"] != "ambiguous":  # sample_labels (data/samples/labels.jsonl); ambiguous ones left out
+        ref[(qid, row["passage_key"])] = row["label"] == "false_negative"
 
 
 def predictions(conn: duckdb.DuckDBPyConnection, subset: str, detector: str) -> Mapping[Key, bool | None]:

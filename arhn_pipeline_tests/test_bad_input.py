@@ -300,3 +300,15 @@ def test_every_stage_after_ingest_handles_an_empty_partition(tmp_path, monkeypat
     with duckdb.connect(str(tmp_path / "arhn.duckdb"), read_only=True) as conn:
         for table in ("snippets", "rankings", "verdicts", "decisions"):
             assert conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0
+
+
+def test_a_broken_reference_file_names_its_line_and_stops_nothing(tmp_path):
+    from arhn_pipeline.agreement import ReferenceFileError, load_reference
+
+    path = tmp_path / "labels.jsonl"
+    path.write_text('{"query_id": "q1", "passage_key": "k1", "label": "false_negative"}\n{"query_id": "q2"}\n')
+    with pytest.raises(ReferenceFileError, match=r"labels.jsonl line 2: not a sample_labels row \(KeyError"):
+        load_reference("sample_labels", path)
+    path.write_text("not json\n")
+    with pytest.raises(ReferenceFileError, match=r"line 1: not a human_grades row"):
+        load_reference("human_grades", path)

@@ -76,7 +76,11 @@ def qualify(
             why = "no evidence stored (run its stages)" if not theirs.methods else "evidence made by another judge"
             outcomes.append(ReferenceOutcome(name, False, why))
             continue
-        ref = ag.load_reference(entry.reference.format, entry.reference.path)
+        try:
+            ref = ag.load_reference(entry.reference.format, entry.reference.path)
+        except ag.ReferenceFileError as exc:  # one broken reference file never stops the others
+            outcomes.append(ReferenceOutcome(name, False, str(exc)))
+            continue
         predicted = ag.decision_predictions(theirs.frame)
         for method in same:
             s = ag.scores(predicted.get(method, {}), ref)
