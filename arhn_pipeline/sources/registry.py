@@ -85,8 +85,9 @@ class Registry(dict[str, SourceEntry]):
         self.path = path
 
     def names(self) -> list[str]:
-        """Every entry's name, broken ones included (each is a partition that fails with its problem)."""
-        return [*self, *(name for name in self.problems if name not in self)]
+        """Every entry's name, broken ones included (each is a partition that fails with its problem), except
+        names that cannot be a partition key (those are only reported)."""
+        return [*self, *(name for name in self.problems if name not in self and _NAME.match(name))]
 
     def entry(self, name: str) -> SourceEntry:
         """The entry, or a RegistryError saying what is wrong with it (or that it does not exist)."""
