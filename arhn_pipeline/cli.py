@@ -100,7 +100,6 @@ DEFAULT_VARIANTS = ("original", "arhn_RF", "rlhn_rlhn")
 def run(subsets: tuple[str, ...], train: bool, config_file: Path | None) -> None:
     """Materialize the pipeline for the chosen partitions, then the collection, the retriever variants
     (original, ARHN R+F, RLHN) and their evaluation; every run is recorded in the Dagster instance."""
-    _preload_tcmalloc()
     from arhn_pipeline.definitions import defs, job_run_config
     from arhn_pipeline.engine.vllm_engine import engine_session
     from arhn_pipeline.partitions import sync_partitions
@@ -156,15 +155,17 @@ def run(subsets: tuple[str, ...], train: bool, config_file: Path | None) -> None
 TCMALLOC = Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
 
 
-def _preload_tcmalloc() -> None:
-    """Start `arhn run` again with tcmalloc preloaded, where Debian's libtcmalloc-minimal4 is installed (set-up
-    installs it): vLLM on CPU generates 12% faster in float32 with it (bench/engine_alloc.py); a preload must
-    be in place when the process starts. ARHN_TCMALLOC=0 turns it off."""
+def entry() -> None:
+    """The `arhn` command. `arhn run` starts again with tcmalloc preloaded, where Debian's libtcmalloc-minimal4
+    is installed (set-up installs it): vLLM on CPU generates 12% faster in float32 with it
+    (bench/engine_alloc.py), and a preload must be in place when the process starts. ARHN_TCMALLOC=0 turns
+    it off."""
     preload = os.environ.get("LD_PRELOAD", "")
-    if "tcmalloc" in preload or os.environ.get("ARHN_TCMALLOC") == "0" or not TCMALLOC.exists():
-        return
-    env = dict(os.environ, LD_PRELOAD=f"{TCMALLOC}:{preload}".rstrip(":"))
-    os.execve(sys.executable, [sys.executable, "-m", "arhn_pipeline.cli", *sys.argv[1:]], env)
+    wanted = sys.argv[1:2] == ["run"] and os.environ.get("ARHN_TCMALLOC") != "0" and TCMALLOC.exists()
+    if wanted and "tcmalloc" not in preload:
+        env = dict(os.environ, LD_PRELOAD=f"{TCMALLOC}:{preload}".rstrip(":"))
+        os.execve(sys.executable, [sys.executable, "-m", "arhn_pipeline.cli", *sys.argv[1:]], env)
+    main()
 
 
 @contextmanager
