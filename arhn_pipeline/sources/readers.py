@@ -140,7 +140,8 @@ def _not_text(sample: bytes) -> str | None:
         if sample.startswith(magic) and undecodable * 10 > len(sample):
             return f"a {kind}-compressed file; decompress it (or gzip it: .gz files are read directly)"
     for bom, kind in _WIDE_BOMS.items():
-        if sample.startswith(bom) and b"\x00" in sample:  # wide text: ASCII characters come with NUL bytes
+        rest = sample[len(bom) :]
+        if sample.startswith(bom) and rest.count(b"\x00") * 5 >= len(rest) > 0:  # wide text: NULs in ASCII
             return f"{kind}-encoded text; convert it to UTF-8 (iconv -f {kind} -t UTF-8)"
     # a file of text lines of which most are not UTF-8 is not a JSON-lines file with some bad lines
     lines = [line for line in sample.split(b"\n")[:-1] if line.strip()]
