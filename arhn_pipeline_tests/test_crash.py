@@ -16,6 +16,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from arhn_pipeline.procs import alive, descendants, stat
 from arhn_pipeline.runs import PID_TAG
 from arhn_pipeline_tests.conftest import PROJECT
 
@@ -60,17 +61,10 @@ def wait_for(condition, what: str, seconds: float = 240):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def alive(pid: int) -> bool:
-    """The process exists and is not a zombie (an ended process that nobody has reaped yet)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    found = stat(pid)
+    assert found is not None, f"process {pid} is gone"
+    return found.cpu_ticks / os.sysconf("SC_CLK_TCK")
 
 
 def test_a_killed_run_is_marked_failed_and_frees_the_engine_slot(home, tmp_path):
@@ -129,20 +123,6 @@ def test_a_run_waiting_for_the_slot_sleeps_and_stops_on_sigterm(home, tmp_path):
     assert not pool(instance).claimed_slots
     statuses = {r.status for r in instance.get_runs()}
     assert dg.DagsterRunStatus.STARTED not in statuses, statuses
-
-
-def descendants(root: int) -> set[int]:
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except OSError:
-            continue
-    found, frontier = set(), {root}
-    while frontier:
-        frontier = {p for p, pp in parents.items() if pp in frontier and p not in found}
-        found |= frontier
-    return found
 
 
 @pytest.mark.vllm

@@ -22,6 +22,7 @@ import duckdb
 import pytest
 import yaml
 
+from arhn_pipeline.procs import processes
 from arhn_pipeline_tests.conftest import PROJECT, write_jsonl, write_registry
 
 pytestmark = pytest.mark.vllm
@@ -47,15 +48,7 @@ def rows() -> list[dict]:
 
 def session_processes(sid: int) -> list[int]:
     """Live processes of session `sid` (the killed run and everything it started), zombies excluded."""
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid and fields[0] != "Z":
-            out.append(int(stat.parent.name))
-    return out
+    return [pid for pid, found in processes().items() if found.sid == sid and found.state != "Z"]
 
 
 def stored_calls(db: Path) -> set[str]:

@@ -16,8 +16,8 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
+from arhn_pipeline.procs import descendants, processes
 from arhn_pipeline.procs import process_start as _start
 
 POLL_SECONDS = 0.2
@@ -46,34 +46,14 @@ def stop(watchdog: subprocess.Popen | None) -> None:
             watchdog.kill()
 
 
-def _table() -> dict[int, tuple[int, int]]:
-    """pid -> (parent pid, process group) of every process."""
-    out = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        out[int(stat.parent.name)] = (int(fields[1]), int(fields[2]))
-    return out
-
-
-def _descendants(root: int, table: dict[int, tuple[int, int]]) -> set[int]:
-    found, frontier = set(), {root}
-    while frontier:
-        children = {pid for pid, (ppid, _) in table.items() if ppid in frontier and pid not in found}
-        found |= children
-        frontier = children
-    return found
-
-
 def main(argv: list[str]) -> None:
     parent, parent_start = int(argv[0]), argv[1]
     me = os.getpid()
     tracked: dict[int, str] = {}
     # when the parent leads its own process group (a command started from a shell, a run process), that group
     # is its job: a process it started an instant before dying, before a poll saw it, is found there
-    own_group = _table().get(parent, (0, 0))[1] == parent
+    leader = processes().get(parent)
+    own_group = leader is not None and leader.pgid == parent
     stopped = False
 
     def _stop(*_: object) -> None:
@@ -85,17 +65,17 @@ def main(argv: list[str]) -> None:
     while not stopped:
         if _start(parent) != parent_start:
             break
-        for pid in _descendants(parent, _table()) - {me}:
-            if pid not in tracked and (start := _start(pid)):
-                tracked[pid] = start
+        table = processes()
+        for pid in descendants(parent, table) - {me}:
+            tracked.setdefault(pid, table[pid].start)
         tracked = {p: s for p, s in tracked.items() if _start(p) == s}
         time.sleep(POLL_SECONDS)
     if stopped:
         return
     if own_group:
-        for pid, (_, group) in _table().items():
-            if group == parent and pid != me and pid not in tracked and (start := _start(pid)):
-                tracked[pid] = start
+        for pid, found in processes().items():
+            if found.pgid == parent and pid != me and pid not in tracked:
+                tracked[pid] = found.start
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid, start in tracked.items():
             if _start(pid) == start:  # a reused pid belongs to another process
