@@ -19,8 +19,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from arhn_pipeline.cli import TCMALLOC  # the library `arhn run` preloads
+
 PROJECT = Path(__file__).resolve().parent.parent
-TCMALLOC = Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
 
 CHILD = """
 import json, sys, time

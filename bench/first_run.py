@@ -58,7 +58,9 @@ def main() -> None:
         (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?"
     )
     print(f"machine: {model}, {os.cpu_count()} cores, flags {', '.join(shown) or '-'}")
-    preload = "yes" if Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4").exists() else "no (not installed)"
+    from arhn_pipeline.cli import TCMALLOC
+
+    preload = "yes" if TCMALLOC.exists() else "no (not installed)"
     print(f"dtype {os.environ.get('ARHN_DTYPE', 'auto')} -> {dtype} ({why}); tcmalloc preloaded by arhn run: {preload}")
     with tempfile.TemporaryDirectory(prefix="arhn-first-run-") as tmp:
         env = dict(os.environ, ARHN_VAR_DIR=tmp, ARHN_MODELS_DIR=str(settings.models_dir()))

@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 from pydantic import Field
 
 from arhn_pipeline import settings
+from arhn_pipeline.engine import tokenizer
 from arhn_pipeline.engine.base import LLMEngine, LLMRequest, LLMResult
 
 # Characters per token where no tokenizer is configured (counting and cutting passages): a cautious mean.
@@ -33,6 +34,10 @@ CHARS_PER_TOKEN = 3.5
 
 class TransientError(Exception):
     """Worth another attempt: 429, 5xx, a timeout, a dropped connection, a malformed response."""
+
+    def __init__(self, what: str, retry_after: float | None = None):
+        super().__init__(what)
+        self.retry_after = retry_after  # seconds the server asked to wait (Retry-After), if it said
 
 
 class OpenAIEngine(LLMEngine):
@@ -88,31 +93,23 @@ class OpenAIEngine(LLMEngine):
             return AutoTokenizer.from_pretrained(str(prepare_smollm2(settings.models_dir())))
         return AutoTokenizer.from_pretrained(self.tokenizer)
 
+    @cached_property
+    def _special_tokens(self) -> tuple[str, ...]:
+        return () if self._tok is None else tokenizer.special_tokens(self._tok)
+
     def special_tokens(self) -> tuple[str, ...]:
-        tok = self._tok
-        if tok is None:
-            return ()
-        special = set(tok.all_special_tokens)
-        special.update(t.content for t in tok.added_tokens_decoder.values() if t.special)
-        return tuple(sorted(special))
+        return self._special_tokens  # read for every request sent: taken from the tokenizer once
 
     def count_tokens(self, requests: list[LLMRequest]) -> list[int]:
-        tok = self._tok
-        if tok is None:
+        if self._tok is None:
             return [round(sum(len(c) for _, c in r.messages) / CHARS_PER_TOKEN) + 8 for r in requests]
-        out = []
-        for r in requests:
-            ids = tok.apply_chat_template(r.chat(), tokenize=True, add_generation_prompt=True)
-            out.append(len(ids["input_ids"] if hasattr(ids, "keys") else ids))
-        return out
+        return tokenizer.count_tokens(self._tok, requests)
 
     def truncate(self, text: str, max_tokens: int) -> tuple[str, bool]:
-        tok = self._tok
-        if tok is None:
+        if self._tok is None:
             limit = int(max_tokens * CHARS_PER_TOKEN)
             return (text, False) if len(text) <= limit else (text[:limit], True)
-        ids = tok.encode(text, add_special_tokens=False)
-        return (text, False) if len(ids) <= max_tokens else (tok.decode(ids[:max_tokens]), True)
+        return tokenizer.truncate(self._tok, text, max_tokens)
 
     # --- requests ---
 
@@ -160,8 +157,7 @@ class OpenAIEngine(LLMEngine):
                 errors.append(str(exc))
                 if attempt == self.max_retries:
                     break
-                retry_after = getattr(exc, "retry_after", None)
-                delay = retry_after if retry_after is not None else self.backoff_seconds * 2**attempt
+                delay = exc.retry_after if exc.retry_after is not None else self.backoff_seconds * 2**attempt
                 time.sleep(delay * (1 + 0.1 * random.random()))
         self.answered(1)
         return LLMResult(
@@ -183,12 +179,7 @@ class OpenAIEngine(LLMEngine):
             raise TransientError(f"connection failed ({type(exc).__name__})") from None
         status = response.status_code
         if status == 429 or status >= 500:
-            error = TransientError(f"http {status}")
-            try:
-                error.retry_after = float(response.headers.get("retry-after", ""))  # type: ignore[attr-defined]
-            except ValueError:
-                pass
-            raise error
+            raise TransientError(f"http {status}", _seconds(response.headers.get("retry-after")))
         if status >= 400:  # the server's answer to this very request: stored, never retried
             return LLMResult("", f"rejected: http {status}: {response.text[:300]}", 0, 0)
         try:
@@ -206,3 +197,11 @@ class OpenAIEngine(LLMEngine):
             completion_tokens=int(usage.get("completion_tokens") or 0),
             cached_prompt_tokens=details.get("cached_tokens"),
         )
+
+
+def _seconds(value: str | None) -> float | None:
+    """A Retry-After in seconds (the HTTP-date form is not used by the servers this talks to)."""
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None

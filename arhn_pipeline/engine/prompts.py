@@ -50,6 +50,11 @@ def passage_labels(texts: list[str], n: int) -> tuple[str, ...]:
     return tuple(labels)
 
 
+def shown_labels(ids: int | tuple[str, ...]) -> tuple[str, ...]:
+    """The identifiers a prompt showed: its labels, or for `n` the numbers 1..n (answers parsed without labels)."""
+    return tuple(str(i) for i in range(1, ids + 1)) if isinstance(ids, int) else ids
+
+
 _JSON_OBJECT = re.compile(r"\{[^{}]{0,4000}\}")
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import Field, PrivateAttr
 
 from arhn_pipeline import settings
+from arhn_pipeline.engine import tokenizer
 from arhn_pipeline.engine.base import LLMEngine, LLMRequest, LLMResult
 from arhn_pipeline.engine.watchdog import guard, stop
 
@@ -29,7 +30,6 @@ SMOLLM2 = "smollm2"  # the packaged CPU default, converted by engine/prepare.py
 # Engines kept loaded across runs while an `engine_session()` is open (`arhn run`: one start-up for every
 # partition's run, instead of one per run). Keyed by every setting that shapes the engine; at most one loaded.
 _SESSION: dict[str, Any] | None = None
-STARTS: list[float] = []  # seconds each engine start-up took in this process (bench/first_run.py reads it)
 
 
 @contextmanager
@@ -205,8 +205,8 @@ class VLLMEngine(LLMEngine):
             except BaseException:
                 stop(self._watchdog)
                 raise
-            STARTS.append(time.perf_counter() - t0)
-            log.info(f"vLLM engine started in {STARTS[-1]:.1f} s ({self.model}, dtype {self._dtype[0]})")
+            # bench/first_run.py and a test count these lines
+            log.info(f"vLLM engine started in {time.perf_counter() - t0:.1f} s ({self.model}, dtype {self._dtype[0]})")
             if _SESSION is not None:
                 _SESSION[self._session_key()] = (self._llm, self._watchdog)
         return self._llm
@@ -272,25 +272,18 @@ class VLLMEngine(LLMEngine):
 
         return Answered
 
+    @cached_property
+    def _special_tokens(self) -> tuple[str, ...]:
+        return tokenizer.special_tokens(self._tokenizer)
+
     def special_tokens(self) -> tuple[str, ...]:
-        tok = self._tokenizer
-        special = set(tok.all_special_tokens)
-        special.update(t.content for t in tok.added_tokens_decoder.values() if t.special)
-        return tuple(sorted(special))
+        return self._special_tokens  # read for every request sent: taken from the tokenizer once
 
     def count_tokens(self, requests: list[LLMRequest]) -> list[int]:
-        tok = self._tokenizer
-        counts = []
-        for r in requests:
-            ids = tok.apply_chat_template(r.chat(), tokenize=True, add_generation_prompt=True)
-            counts.append(len(ids["input_ids"] if hasattr(ids, "keys") else ids))
-        return counts
+        return tokenizer.count_tokens(self._tokenizer, requests)
 
     def truncate(self, text: str, max_tokens: int) -> tuple[str, bool]:
-        ids = self._tokenizer.encode(text, add_special_tokens=False)
-        if len(ids) <= max_tokens:
-            return text, False
-        return self._tokenizer.decode(ids[:max_tokens]), True
+        return tokenizer.truncate(self._tokenizer, text, max_tokens)
 
     def release(self) -> None:
         """Shut the engine down, unless an engine session keeps it for the next run."""

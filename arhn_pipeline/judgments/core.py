@@ -15,7 +15,7 @@ import polars as pl
 from arhn_pipeline import embeddings
 from arhn_pipeline.engine.base import LLMEngine, LLMRequest, Sampling, Structured
 from arhn_pipeline.engine.cache import CallStats, CallStore, cached_generate
-from arhn_pipeline.engine.prompts import PromptTemplate, answer_value, passage_labels, planted
+from arhn_pipeline.engine.prompts import PromptTemplate, answer_value, passage_labels, planted, shown_labels
 from arhn_pipeline.vocab import Label, ParseStatus
 
 PARSER_VERSION = "verdict-parser-3"
@@ -79,7 +79,7 @@ def no_evidence(n: int, status: ParseStatus, notes: str) -> Verdict:
 def parse_verdict(response: str, ids: int | tuple[str, ...], data: tuple[str, ...] = ()) -> Verdict:
     """Read {"better": [...], "worse": [...]} over the negatives (`ids`: their labels in the order shown, or n
     for the numbers 1..n); never throws. An answer repeating a verdict written into the data is `planted`."""
-    labels_shown = tuple(str(i) for i in range(1, ids + 1)) if isinstance(ids, int) else ids
+    labels_shown = shown_labels(ids)
     numeric = isinstance(ids, int)
     n = len(labels_shown)
     if planted(response, data):
@@ -97,7 +97,7 @@ def parse_verdict(response: str, ids: int | tuple[str, ...], data: tuple[str, ..
     notes = []
     for kind in (WORSE, BETTER):  # an id in both lists counts as better
         for ident in lists[kind]:
-            key = str(ident) if (isinstance(ident, int) and not isinstance(ident, bool)) == numeric else None
+            key = _identifier(ident, numeric)
             if key in position:
                 labels[position[key]] = kind
             else:
@@ -110,6 +110,13 @@ def parse_verdict(response: str, ids: int | tuple[str, ...], data: tuple[str, ..
     if n >= 2 and all(label != NONE for label in labels):
         return no_evidence(n, ParseStatus.DEGENERATE, f"flags all {n} negatives: {response[:80]!r}")
     return Verdict(labels, ParseStatus.REPAIRED if notes else ParseStatus.PARSED, "; ".join(notes))
+
+
+def _identifier(ident: object, numeric: bool) -> str | None:
+    """An answer's identifier as the prompt wrote it: an integer under 1..n numbering, a string under labels."""
+    if numeric:
+        return str(ident) if type(ident) is int else None
+    return ident if isinstance(ident, str) else None
 
 
 def mark_degenerate(responses: list[str], verdicts: list[Verdict]) -> list[Verdict]:

@@ -19,7 +19,7 @@ import polars as pl
 
 from arhn_pipeline.engine.base import LLMEngine, LLMRequest, Sampling, Structured
 from arhn_pipeline.engine.cache import CallStats, CallStore, cached_generate
-from arhn_pipeline.engine.prompts import PromptTemplate, passage_labels, planted
+from arhn_pipeline.engine.prompts import PromptTemplate, passage_labels, planted, shown_labels
 from arhn_pipeline.vocab import ParseStatus
 
 TEMPLATE = PromptTemplate.load(Path(__file__).with_name("ranking.prompt.yaml"))
@@ -91,7 +91,7 @@ def parse_permutation(response: str, ids: int | tuple[str, ...], data: tuple[str
     missing in the original order. A ranking that repeats the order shown (or its reverse) is `echoed`, one
     that repeats a ranking written into the passages (`data`) is `planted`: neither says anything about the
     passages, so nothing is placed."""
-    labels = tuple(str(i) for i in range(1, ids + 1)) if isinstance(ids, int) else ids
+    labels = shown_labels(ids)
     n = len(labels)
     position = {label: i for i, label in enumerate(labels)}
     if planted(response, data):
