@@ -255,10 +255,9 @@ def decide_partition(conn: duckdb.DuckDBPyConnection, subset: str, settings: Dec
             {"s": subset},
         ).fetchall()
     )
-    if not have["candidates"]:  # an empty partition: every method decides nothing, and that is no error
-        have = {"rankings": 1, "verdicts": 1}
+    empty = not have["candidates"]  # an empty partition: every method decides nothing, and that is no error
     frames, out = [], PartitionDecisions(pl.DataFrame(schema=DECISION_SCHEMA))
-    if settings.arhn_methods and have["rankings"]:
+    if settings.arhn_methods and (have["rankings"] or empty):
         frames.append(
             arhn_decisions(
                 arhn_evidence(conn, subset), subset, settings.arhn_methods, settings.allow_unverified_snippets
@@ -267,7 +266,7 @@ def decide_partition(conn: duckdb.DuckDBPyConnection, subset: str, settings: Dec
         out.methods += [f"arhn:{m}" for m in settings.arhn_methods]
     elif settings.arhn_methods:
         out.skipped.append("ARHN: rankings not materialized for this partition")
-    if settings.rlhn_techniques and have["verdicts"]:
+    if settings.rlhn_techniques and (have["verdicts"] or empty):
         frames.append(
             rlhn_decisions(
                 rlhn_evidence(conn, subset),
