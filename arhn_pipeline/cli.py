@@ -91,15 +91,19 @@ DEFAULT_VARIANTS = ("original", "arhn_RF", "rlhn_rlhn")
 @click.option("--subset", "subsets", multiple=True, help="partition(s) to run; default: the registry's default run")
 @click.option("--train/--no-train", default=True, help="fine-tune and evaluate the retriever variants afterwards")
 @click.option(
+    "--rerankers/--no-rerankers", default=False, help="also fine-tune and evaluate a cross-encoder reranker per variant"
+)
+@click.option(
     "--config",
     "config_file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
     help="run config YAML ({ops: {ASSET: {config: {...}}}}), as the Launchpad takes it; each job gets its assets' part",
 )
-def run(subsets: tuple[str, ...], train: bool, config_file: Path | None) -> None:
+def run(subsets: tuple[str, ...], train: bool, rerankers: bool, config_file: Path | None) -> None:
     """Materialize the pipeline for the chosen partitions, then the collection, the retriever variants
-    (original, ARHN R+F, RLHN) and their evaluation; every run is recorded in the Dagster instance."""
+    (original, ARHN R+F, RLHN) and their evaluation (with --rerankers the reranker variants too), and the
+    method comparison; every run is recorded in the Dagster instance."""
     from arhn_pipeline.definitions import defs, job_run_config
     from arhn_pipeline.engine.vllm_engine import engine_session
     from arhn_pipeline.partitions import sync_partitions
@@ -121,6 +125,9 @@ def run(subsets: tuple[str, ...], train: bool, config_file: Path | None) -> None
     steps = [("gather_evidence", s) for s in chosen] + [("decide", s) for s in chosen] + [("build_collection", None)]
     if train:
         steps += [("train_retriever", v) for v in DEFAULT_VARIANTS] + [("evaluate_retrievers", None)]
+    if train and rerankers:
+        steps += [("train_reranker", v) for v in DEFAULT_VARIANTS] + [("evaluate_rerankers", None)]
+    steps += [("compare_methods", None)]
     ops = {}
     if config_file is not None:
         import yaml
@@ -307,6 +314,40 @@ def agreement(subset: str, detectors: tuple[str, ...]) -> None:
     click.echo("  ".join(f"{h:>14}" for h in ["detector"] + ag.COLUMNS))
     for row in ag.table(conn, subset, ref, chosen):
         click.echo("  ".join(f"{v:>14}" for v in row))
+
+
+@main.command()
+@click.option("--subset", "subsets", multiple=True, help="partitions to compare (default: every one with decisions)")
+@click.option(
+    "--detector",
+    "detectors",
+    multiple=True,
+    help="rows to add: margin:M, judge:NAME (default: margin:0.1)",
+)
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write a CSV")
+def compare(subsets: tuple[str, ...], detectors: tuple[str, ...], csv_path: Path | None) -> None:
+    """Every cleaning method side by side (what `method_comparison` shows): share of negatives changed, dropped
+    queries, agreement with each reference, the gate, and the downstream nDCG@10 / Recall@100."""
+    from arhn_pipeline.compare import core as cmp
+    from arhn_pipeline.sources.registry import load_registry
+    from arhn_pipeline.store import snapshot
+
+    registry = load_registry()
+    with _db(read_only=True) as conn:
+        chosen = list(subsets) or [r[0] for r in conn.execute("SELECT DISTINCT subset FROM decisions").fetchall()]
+        if not chosen:
+            raise click.ClickException("no partition has decisions yet: run `arhn run` first")
+        conn = snapshot(conn, chosen, whole=("retriever_eval", "reranker_eval"))  # embedding may take minutes
+    references = {n: e for n, e in registry.items() if n in chosen and e.reference is not None}
+    wanted = list(dict.fromkeys(list(detectors or ["margin:0.1"]) + cmp.stored_stages(conn, chosen)))
+    result = cmp.compare(conn, sorted(chosen), references, wanted)
+    for reference, why in result.references.items():
+        click.echo(f"reference of {reference} not used: {why}", err=True)
+    click.echo(cmp.markdown(result))
+    if csv_path is not None:
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        result.wide().write_csv(csv_path)
+        click.echo(f"CSV: {csv_path}")
 
 
 @main.command("train-judge")

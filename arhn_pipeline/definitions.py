@@ -7,6 +7,7 @@ import dagster as dg
 
 from arhn_pipeline import settings
 from arhn_pipeline.automation import automation_sensor, nightly_refresh, with_automation
+from arhn_pipeline.compare import assets as compare_assets
 from arhn_pipeline.engine.base import LLMEngine
 from arhn_pipeline.engine.resources import engine_from_env
 from arhn_pipeline.evaluate import assets as evaluate_assets
@@ -17,6 +18,7 @@ from arhn_pipeline.qualify import assets as qualify_assets
 from arhn_pipeline.rankings import assets as rankings_assets
 from arhn_pipeline.raw_triplets import assets as raw_triplets_assets
 from arhn_pipeline.relabel import assets as relabel_assets
+from arhn_pipeline.rerank import assets as rerank_assets
 from arhn_pipeline.runs import dead_run_sensor, sleep_while_waiting_for_slots
 from arhn_pipeline.snippets import assets as snippets_assets
 from arhn_pipeline.store import DuckDBStore
@@ -34,6 +36,8 @@ STAGE_MODULES = [
     prune_assets,
     train_assets,
     evaluate_assets,
+    rerank_assets,
+    compare_assets,
 ]
 
 EVIDENCE = ("raw_triplets", "snippets", "rankings", "judgments")
@@ -74,6 +78,23 @@ eval_job = dg.define_asset_job(
     description="Score the base model and every trained variant on the configured BEIR sets.",
 )
 
+rerank_train_job = dg.define_asset_job(
+    name="train_reranker",
+    selection=dg.AssetSelection.assets("trained_reranker"),
+    description="Fine-tune the cross-encoder reranker for one variant (partition).",
+)
+rerank_eval_job = dg.define_asset_job(
+    name="evaluate_rerankers",
+    selection=dg.AssetSelection.assets("reranker_eval"),
+    description="Re-rank the base retriever's top 100 with every trained reranker on the configured BEIR sets.",
+)
+compare_job = dg.define_asset_job(
+    name="compare_methods",
+    selection=dg.AssetSelection.assets("method_comparison"),
+    description="Every cleaning method side by side: changes, agreement with references, the gate, downstream "
+    "figures; also as CSV.",
+)
+
 
 def job_run_config(job: dg.JobDefinition, ops: dict[str, Any]) -> dict[str, Any]:
     """The part of a run config ({ops: {ASSET: {config: ...}}}) that concerns a job's assets."""
@@ -87,7 +108,17 @@ def build_defs(llm: LLMEngine | None = None, duckdb: DuckDBStore | None = None) 
     assets = with_automation(dg.load_assets_from_modules(STAGE_MODULES))
     return dg.Definitions(
         assets=assets,
-        jobs=[clean_subset_job, evidence_job, decide_job, collection_job, train_job, eval_job],
+        jobs=[
+            clean_subset_job,
+            evidence_job,
+            decide_job,
+            collection_job,
+            train_job,
+            eval_job,
+            rerank_train_job,
+            rerank_eval_job,
+            compare_job,
+        ],
         sensors=[source_registry_sensor, automation_sensor, dead_run_sensor],
         schedules=[nightly_refresh],
         # One process per run: the engine loads once and serves every LLM step of the run.

@@ -1,4 +1,7 @@
-"""One partition per sub-dataset. The partitions are dynamic: the source registry (sources.yaml) decides
+"""The pipeline's two partition sets: one partition per sub-dataset (`subset`), and one per training variant
+(`variant`: the original collection, each cleaning method's, the pruned one) for the trained models.
+
+One partition per sub-dataset. The partitions are dynamic: the source registry (sources.yaml) decides
 which exist. The `source_registry_sensor` adds a partition for each new registry entry (it runs by default
 in the shipped definitions), and `arhn sources sync` does the same at once from the command line.
 Removing an entry never deletes a partition's history: `sync_partitions` reports it as orphaned instead.
@@ -7,9 +10,11 @@ Removing an entry never deletes a partition's history: `sync_partitions` reports
 import dagster as dg
 
 from arhn_pipeline.sources.registry import load_registry
+from arhn_pipeline.train.core import VARIANTS
 
 PARTITIONS_NAME = "subset"
 subset_partitions = dg.DynamicPartitionsDefinition(name=PARTITIONS_NAME)
+variant_partitions = dg.StaticPartitionsDefinition(list(VARIANTS))
 
 
 def sync_partitions(instance: dg.DagsterInstance) -> tuple[list[str], list[str]]:

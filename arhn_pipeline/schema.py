@@ -129,6 +129,51 @@ CREATE TABLE IF NOT EXISTS retriever_eval (
     model_path    VARCHAR NOT NULL,
     evaluated_at  TIMESTAMP NOT NULL
 );
+-- Reranker evaluation: one row per (variant, eval set): the variant's cross-encoder re-ranking the first stage's top k.
+CREATE TABLE IF NOT EXISTS reranker_eval (
+    variant                VARCHAR NOT NULL,
+    eval_set               VARCHAR NOT NULL,
+    ndcg_at_10             DOUBLE NOT NULL,
+    recall_at_100          DOUBLE NOT NULL,   -- of the re-ranked list (the first stage's top k, so its own recall)
+    first_stage            VARCHAR NOT NULL,  -- the retriever whose top k is re-ranked
+    first_stage_ndcg_at_10 DOUBLE NOT NULL,
+    depth                  INTEGER NOT NULL,  -- k
+    queries                INTEGER NOT NULL,
+    model_path             VARCHAR NOT NULL,
+    evaluated_at           TIMESTAMP NOT NULL
+);
+-- The comparison of every cleaning method (and detector) on the same partitions: one row per (method, eval set);
+-- eval_set is NULL for a method with no trained model (a detector, a variant not trained).
+CREATE TABLE IF NOT EXISTS method_comparison (
+    method                 VARCHAR NOT NULL,  -- original | arhn:R | ... | rlhn:<technique> | pruned:<name> | a detector
+    kind                   VARCHAR NOT NULL,  -- collection (a training set) | detector (flags only, changes nothing)
+    subsets                VARCHAR[] NOT NULL,
+    negatives              INTEGER NOT NULL,
+    proposed               INTEGER NOT NULL,  -- negatives the judge would change (a detector: flags)
+    changed                INTEGER NOT NULL,  -- negatives changed in the collection (after the gate)
+    share_changed          DOUBLE NOT NULL,
+    to_positive            INTEGER NOT NULL,
+    dropped_negatives      INTEGER NOT NULL,
+    dropped_queries        INTEGER NOT NULL,
+    gate                   VARCHAR NOT NULL,  -- applied | withheld | partly applied (k of n) | not gated
+    eval_set               VARCHAR,
+    retriever_ndcg_at_10   DOUBLE,
+    retriever_recall_at_100 DOUBLE,
+    reranker_ndcg_at_10    DOUBLE,
+    compared_at            TIMESTAMP NOT NULL
+);
+-- Each compared method's agreement with every reference of the compared partitions (as `arhn agreement` computes it).
+CREATE TABLE IF NOT EXISTS method_agreement (
+    method        VARCHAR NOT NULL,
+    reference     VARCHAR NOT NULL,   -- the partition whose registry entry names the reference
+    trained_on    BOOLEAN NOT NULL,   -- a judge behind the method was fitted on this reference: not a measurement
+    pairs         INTEGER NOT NULL,
+    no_prediction INTEGER NOT NULL,
+    precision     DOUBLE NOT NULL,
+    recall        DOUBLE NOT NULL,
+    f1            DOUBLE NOT NULL,
+    kappa         DOUBLE NOT NULL
+);
 -- RLHN cascade: one verdict per (stage, query, negative) for every query the stage saw.
 CREATE TABLE IF NOT EXISTS verdicts (
     subset           VARCHAR NOT NULL,

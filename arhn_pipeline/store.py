@@ -146,9 +146,12 @@ def connect(
             delay = min(delay * 2, 1.0)
 
 
-def snapshot(conn: duckdb.DuckDBPyConnection, subsets: Iterable[str]) -> duckdb.DuckDBPyConnection:
-    """An in-memory copy of some partitions' rows (every table with a `subset` column, and its passages), so
-    that a slow reader (embedding texts, say) can let go of the file at once and never hold a writer up."""
+def snapshot(
+    conn: duckdb.DuckDBPyConnection, subsets: Iterable[str], whole: Iterable[str] = ()
+) -> duckdb.DuckDBPyConnection:
+    """An in-memory copy of some partitions' rows (every table with a `subset` column, and its passages; the
+    tables named in `whole` entirely), so that a slow reader (embedding texts, say) can let go of the file at
+    once and never hold a writer up."""
     mem = duckdb.connect(":memory:")
     create_schema(mem)
     tables = [
@@ -160,10 +163,11 @@ def snapshot(conn: duckdb.DuckDBPyConnection, subsets: Iterable[str]) -> duckdb.
         if not t.startswith("_")
     ]
     chosen = list(subsets)
-    copies = {t: conn.execute(f"SELECT * FROM {t} WHERE subset IN ?", [chosen]).arrow() for t in tables}
+    copies = {t: conn.execute(f"SELECT * FROM {t} WHERE subset IN ?", [chosen]).to_arrow_table() for t in tables}
+    copies.update({t: conn.execute(f"SELECT * FROM {t}").to_arrow_table() for t in whole})
     copies["passages"] = conn.execute(
         "SELECT * FROM passages WHERE passage_id IN (SELECT passage_id FROM candidates WHERE subset IN ?)", [chosen]
-    ).arrow()
+    ).to_arrow_table()
     for table, rows in copies.items():
         mem.register("_copy", rows)
         mem.execute(f"INSERT INTO {table} SELECT * FROM _copy")

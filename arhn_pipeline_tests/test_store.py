@@ -4,7 +4,7 @@ together or not at all."""
 import polars as pl
 import pytest
 
-from arhn_pipeline.store import replace_partition, transaction
+from arhn_pipeline.store import replace_partition, snapshot, transaction
 
 
 def rows(subset: str, n: int) -> pl.DataFrame:
@@ -44,3 +44,22 @@ def test_writes_in_one_transaction_roll_back_together(db):
         replace_partition(db, "rankings", "a", rows("a", 4))
         replace_partition(db, "rankings", "b", rows("b", 1))
     assert counts(db) == {"a": 4, "b": 1}
+
+
+def test_snapshot_copies_the_chosen_partitions_of_every_table_and_whole_tables(db):
+    """The in-memory copy a slow reader works on (`arhn agreement`, `arhn compare`, `arhn train-judge`): every
+    table of the chosen partitions, not only the last one read, their passages, and the tables asked whole."""
+    replace_partition(db, "rankings", "a", rows("a", 3))
+    replace_partition(db, "rankings", "b", rows("b", 2))
+    db.execute(
+        "INSERT INTO queries VALUES ('a', 'q0', 'what', NULL, NULL, 'f', 1), ('b', 'q0', 'who', NULL, NULL, 'f', 1)"
+    )
+    db.execute("INSERT INTO passages VALUES ('p0', NULL, 'text a'), ('p9', NULL, 'text of nothing chosen')")
+    db.execute("INSERT INTO candidates VALUES ('a', 'q0', 'p0', 'negative', 0, NULL, NULL)")
+    db.execute("INSERT INTO retriever_eval VALUES ('base', 'samples', 0.5, 0.9, 16, 'm', now())")
+    mem = snapshot(db, ["a"], whole=["retriever_eval"])
+    assert counts(mem) == {"a": 3}
+    assert mem.execute("SELECT subset, text FROM queries").fetchall() == [("a", "what")]
+    assert mem.execute("SELECT count(*) FROM candidates").fetchone() == (1,)
+    assert mem.execute("SELECT passage_id FROM passages").fetchall() == [("p0",)]
+    assert mem.execute("SELECT variant, ndcg_at_10 FROM retriever_eval").fetchall() == [("base", 0.5)]

@@ -1,15 +1,13 @@
 """The `retriever_eval` asset: every trained variant and the untrained base model on every eval set."""
 
-import base64
-import io
 import time
-from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from arhn_pipeline import embeddings, settings
+from arhn_pipeline import charts, embeddings
 from arhn_pipeline.evaluate import core
 from arhn_pipeline.markdown import md_table
 from arhn_pipeline.store import DuckDBStore, table_metadata, transaction
@@ -29,31 +27,6 @@ class RetrieverEvalConfig(dg.Config):
     passage_prefix: str = Field(default="", description="as in training")
 
 
-def plot_png(frame: pl.DataFrame) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sets = frame["eval_set"].unique(maintain_order=True).to_list()
-    variants = frame["variant"].unique(maintain_order=True).to_list()
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(variants) * len(sets), 3.6))
-    width = 0.8 / len(sets)
-    for i, s in enumerate(sets):
-        sub = {r["variant"]: r["ndcg_at_10"] for r in frame.filter(pl.col("eval_set") == s).iter_rows(named=True)}
-        xs = [j + i * width for j in range(len(variants))]
-        bars = ax.bar(xs, [sub.get(v, 0.0) for v in variants], width, label=s)
-        ax.bar_label(bars, fmt="%.3f", fontsize=7)
-    ax.set_xticks([j + width * (len(sets) - 1) / 2 for j in range(len(variants))], variants, rotation=20)
-    ax.set_ylabel("nDCG@10")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
-
-
 @dg.asset(
     deps=["trained_retriever"],
     kinds={"pytorch", "duckdb"},
@@ -68,17 +41,21 @@ def retriever_eval(context: dg.AssetExecutionContext, config: RetrieverEvalConfi
     chosen = config.variants or [v for v in VARIANTS if (retriever_dir(v) / "config.json").exists()]
     models = [("base", embeddings.model_location(config.base_model))]
     models += [(v, str(retriever_dir(v))) for v in chosen]
-    rows = []
+    rows: list[dict[str, Any]] = []
     for set_name, folder in config.eval_sets.items():
-        path = Path(folder)
-        path = path if path.is_absolute() else settings.PROJECT_ROOT / path
+        path = core.eval_set_path(folder)
         corpus, queries, qrels = core.load_beir(path, config.split)
+        qp, pp = config.query_prefix, config.passage_prefix
         for variant, location in models:
             t0 = time.perf_counter()
-            model = SentenceTransformer(location, device="cpu")
-            run = core.retrieve(
-                model, corpus, queries, query_prefix=config.query_prefix, passage_prefix=config.passage_prefix
-            )
+            if variant == "base":  # the untrained model's run is kept: reranker_eval re-ranks the same one
+                run = core.cached_retrieve(
+                    location, path, config.split, corpus, queries, query_prefix=qp, passage_prefix=pp
+                )
+            else:
+                run = core.retrieve(
+                    SentenceTransformer(location, device="cpu"), corpus, queries, query_prefix=qp, passage_prefix=pp
+                )
             s = core.score(run, qrels, config.ignore_identical_ids)
             context.log.info(f"{variant} on {set_name}: {s} ({time.perf_counter() - t0:.0f} s)")
             rows.append(
@@ -100,10 +77,10 @@ def retriever_eval(context: dg.AssetExecutionContext, config: RetrieverEvalConfi
                 [r["variant"], r["eval_set"], r["ndcg_at_10"], r["recall_at_100"], r["queries"], r["model_path"]],
             )
         tables = table_metadata(conn, "retriever_eval")
-    png = plot_png(frame)
-    plot_path = settings.var_dir() / "plots" / "retriever_eval.png"
-    plot_path.parent.mkdir(parents=True, exist_ok=True)
-    plot_path.write_bytes(png)
+    sets = frame["eval_set"].unique(maintain_order=True).to_list()
+    variants = frame["variant"].unique(maintain_order=True).to_list()
+    ndcg: dict[tuple[str, str], float] = {(r["variant"], r["eval_set"]): r["ndcg_at_10"] for r in rows}
+    png = charts.grouped_bars(variants, {s: [ndcg.get((v, s)) for v in variants] for s in sets}, "nDCG@10")
     table = md_table(
         ["variant", "eval set", "nDCG@10", "Recall@100", "queries"],
         [
@@ -115,10 +92,7 @@ def retriever_eval(context: dg.AssetExecutionContext, config: RetrieverEvalConfi
         metadata={
             **tables,
             "results": dg.MetadataValue.md(table),
-            "plot": dg.MetadataValue.md(
-                f"![nDCG@10 per variant](data:image/png;base64,{base64.b64encode(png).decode()})"
-            ),
-            "plot_path": dg.MetadataValue.path(str(plot_path)),
+            **charts.plot_metadata(png, "retriever_eval", "nDCG@10 per variant"),
             "measures": "ir-measures (pytrec_eval): nDCG@10, R@100",
         }
     )

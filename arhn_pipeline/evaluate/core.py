@@ -13,6 +13,14 @@ import numpy as np
 MEASURES = ("nDCG@10", "R@100")
 
 
+def eval_set_path(folder: str) -> Path:
+    """An eval set's folder as configured: absolute, or relative to the project."""
+    from arhn_pipeline import settings
+
+    path = Path(folder)
+    return path if path.is_absolute() else settings.PROJECT_ROOT / path
+
+
 def load_beir(folder: Path, split: str = "test") -> tuple[dict[str, str], dict[str, str], dict[str, dict[str, int]]]:
     corpus: dict[str, str] = {}
     queries: dict[str, str] = {}
@@ -54,6 +62,41 @@ def retrieve(
         # k + 1 so that dropping an identical id still leaves k results
         top = np.argsort(-scores[i])[: k + 1]
         run[qid] = {doc_ids[j]: float(scores[i, j]) for j in top}
+    return run
+
+
+def cached_retrieve(
+    location: str,
+    folder: Path,
+    split: str,
+    corpus: dict[str, str],
+    queries: dict[str, str],
+    k: int = 100,
+    query_prefix: str = "",
+    passage_prefix: str = "",
+) -> dict[str, dict[str, float]]:
+    """`retrieve` with a model that does not change (the untrained base model, a reranker's first stage),
+    kept under var/first_stage/ keyed by the model, the eval set's files and the settings: encoding a corpus
+    is the slow part of an evaluation, and the retriever and reranker evaluations need the same run."""
+    import hashlib
+
+    from sentence_transformers import SentenceTransformer
+
+    from arhn_pipeline import settings
+
+    files = [folder / "corpus.jsonl", folder / "queries.jsonl", folder / "qrels" / f"{split}.tsv"]
+    key = json.dumps(
+        [location, [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files], k, query_prefix, passage_prefix]
+    )
+    path = settings.var_dir() / "first_stage" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    if path.is_file():
+        return dict(json.loads(path.read_text(encoding="utf-8")))
+    model = SentenceTransformer(location, device="cpu")
+    run = retrieve(model, corpus, queries, k=k, query_prefix=query_prefix, passage_prefix=passage_prefix)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(run), encoding="utf-8")
+    tmp.replace(path)
     return run
 
 

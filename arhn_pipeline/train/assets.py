@@ -6,12 +6,10 @@ import dagster as dg
 from pydantic import Field
 
 from arhn_pipeline import embeddings
-from arhn_pipeline.export import rows as collection_rows
+from arhn_pipeline.partitions import variant_partitions
 from arhn_pipeline.store import DuckDBStore
 from arhn_pipeline.train import core
 from arhn_pipeline.vocab import NegativeRule
-
-variant_partitions = dg.StaticPartitionsDefinition(list(core.VARIANTS))
 
 
 class TrainedRetrieverConfig(dg.Config):
@@ -50,12 +48,7 @@ def trained_retriever(context: dg.AssetExecutionContext, config: TrainedRetrieve
     variant = context.partition_key
     method = core.VARIANTS[variant]
     with duckdb.get_connection() as conn:
-        if method == "pruned":
-            data = list(collection_rows(conn, "", pruned=config.pruned_name))
-        else:
-            data = list(collection_rows(conn, method, config.subsets))
-    if config.subsets:
-        data = [r for r in data if r["subset"] in config.subsets]
+        data = core.variant_rows(conn, variant, config.subsets, config.pruned_name)
     if not data:
         raise dg.Failure(f"no triplets for variant {variant!r} ({method}): materialize relabeled / pruned_collection")
     out = core.retriever_dir(variant)

@@ -15,7 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+import duckdb
+
 from arhn_pipeline import settings
+from arhn_pipeline.export import rows
 from arhn_pipeline.vocab import NegativeRule
 
 # variant (a trained_retriever partition) -> the collection it trains on
@@ -33,6 +36,21 @@ VARIANTS = {
 
 def retriever_dir(variant: str) -> Path:
     return settings.var_dir() / "retrievers" / variant
+
+
+def variant_rows(
+    conn: duckdb.DuckDBPyConnection, variant: str, subsets: list[str] | None = None, pruned_name: str = "pruned"
+) -> list[dict[str, Any]]:
+    """The BGE-shaped rows a variant trains on (the retriever and the reranker alike): the original collection,
+    a cleaning method's, or the pruned collection named `pruned_name`; only `subsets` when given."""
+    method = VARIANTS[variant]
+    data = list(rows(conn, "", pruned=pruned_name) if method == "pruned" else rows(conn, method, subsets))
+    return [r for r in data if r["subset"] in subsets] if subsets else data
+
+
+def method_variant(method: str) -> str | None:
+    """The training variant of a collection (`arhn:R+F` -> `arhn_RF`), if there is one."""
+    return next((v for v, m in VARIANTS.items() if m == method), None)
 
 
 class TrainingSettings(Protocol):
