@@ -100,7 +100,9 @@ def test_the_comparison_has_a_row_per_method_and_eval_set_and_agrees_with_arhn_a
 
     steps = [("gather_evidence", n) for n in entries] + [("decide", n) for n in entries]
     steps += [("build_collection", None)]
-    steps += [("train_retriever", v) for v in ("original", "arhn_R")] + [("evaluate_retrievers", None)]
+    # arhn:F is withheld (the oracle ranks every false negative above its positive: F has nothing to filter), so
+    # its collection is the original's: its retriever is the original's model, reused, not trained again
+    steps += [("train_retriever", v) for v in ("original", "arhn_R", "arhn_F")] + [("evaluate_retrievers", None)]
     steps += [("train_reranker", v) for v in ("original", "arhn_R")] + [("evaluate_rerankers", None)]
     steps += [("compare_methods", None)]
     for job_name, partition in steps:
@@ -113,7 +115,7 @@ def test_the_comparison_has_a_row_per_method_and_eval_set_and_agrees_with_arhn_a
 
     conn = duckdb.connect(str(tmp_path / "arhn.duckdb"), read_only=True)
     rows = conn.execute("SELECT method, eval_set, count(*) FROM method_comparison GROUP BY ALL ORDER BY ALL").fetchall()
-    trained = {"original", "arhn:R", "untrained"}
+    trained = {"original", "arhn:R", "arhn:F", "untrained"}
     assert [(m, e) for m, e, _ in rows if m in trained] == [(m, "samples") for m in sorted(trained)]
     assert all(n == 1 for *_, n in rows)  # one row per method and eval set
     methods = {m for m, _, _ in rows}
@@ -133,9 +135,11 @@ def test_the_comparison_has_a_row_per_method_and_eval_set_and_agrees_with_arhn_a
         ).fetchall()
     }
     for method, retriever, reranker in figures:
-        variant = {"original": "original", "arhn:R": "arhn_R", "untrained": "base"}[method]
+        variant = {"original": "original", "arhn:R": "arhn_R", "arhn:F": "arhn_F", "untrained": "base"}[method]
         assert retriever == stored[(variant, "retriever")]
         assert reranker == stored.get((variant, "reranker"))  # the untrained row has no reranker
+    same = dict(conn.execute("SELECT variant, ndcg_at_10 FROM retriever_eval").fetchall())
+    assert same["arhn_F"] == same["original"]
     # the oracle's R relabels every false negative of the compared partitions, and its gate is applied
     r = conn.execute(
         "SELECT negatives, changed, to_positive, gate FROM method_comparison WHERE method = 'arhn:R'"

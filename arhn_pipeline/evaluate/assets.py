@@ -1,6 +1,7 @@
 """The `retriever_eval` asset: every trained variant and the untrained base model on every eval set."""
 
 import time
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -11,7 +12,7 @@ from arhn_pipeline import charts, embeddings
 from arhn_pipeline.evaluate import core
 from arhn_pipeline.markdown import md_table
 from arhn_pipeline.store import DuckDBStore, table_metadata, transaction
-from arhn_pipeline.train.core import VARIANTS, retriever_dir
+from arhn_pipeline.train.core import VARIANTS, read_fingerprint, retriever_dir
 
 
 class RetrieverEvalConfig(dg.Config):
@@ -42,21 +43,28 @@ def retriever_eval(context: dg.AssetExecutionContext, config: RetrieverEvalConfi
     models = [("base", embeddings.model_location(config.base_model))]
     models += [(v, str(retriever_dir(v))) for v in chosen]
     rows: list[dict[str, Any]] = []
+    seen: dict[tuple[str, str], tuple[str, dict[str, float]]] = {}
     for set_name, folder in config.eval_sets.items():
         path = core.eval_set_path(folder)
         corpus, queries, qrels = core.load_beir(path, config.split)
         qp, pp = config.query_prefix, config.passage_prefix
         for variant, location in models:
             t0 = time.perf_counter()
-            if variant == "base":  # the untrained model's run is kept: reranker_eval re-ranks the same one
-                run = core.cached_retrieve(
-                    location, path, config.split, corpus, queries, query_prefix=qp, passage_prefix=pp
-                )
+            fp = read_fingerprint(Path(location))
+            if fp is not None and (fp, set_name) in seen:  # the same model as a variant scored before
+                twin, s = seen[(fp, set_name)]
+                context.log.info(f"{variant}: the same model as {twin} (same training data and settings)")
             else:
-                run = core.retrieve(
-                    SentenceTransformer(location, device="cpu"), corpus, queries, query_prefix=qp, passage_prefix=pp
-                )
-            s = core.score(run, qrels, config.ignore_identical_ids)
+                if variant == "base":  # the untrained model's run is kept: reranker_eval re-ranks the same one
+                    run = core.cached_retrieve(
+                        location, path, config.split, corpus, queries, query_prefix=qp, passage_prefix=pp
+                    )
+                else:
+                    model = SentenceTransformer(location, device="cpu")
+                    run = core.retrieve(model, corpus, queries, query_prefix=qp, passage_prefix=pp)
+                s = core.score(run, qrels, config.ignore_identical_ids)
+                if fp is not None:
+                    seen[(fp, set_name)] = (variant, s)
             context.log.info(f"{variant} on {set_name}: {s} ({time.perf_counter() - t0:.0f} s)")
             rows.append(
                 dict(

@@ -13,7 +13,14 @@ from arhn_pipeline.markdown import md_table
 from arhn_pipeline.partitions import variant_partitions
 from arhn_pipeline.rerank import core
 from arhn_pipeline.store import DuckDBStore, table_metadata, transaction
-from arhn_pipeline.train.core import VARIANTS, variant_rows
+from arhn_pipeline.train.core import (
+    VARIANTS,
+    fingerprint,
+    read_fingerprint,
+    reuse_model,
+    variant_rows,
+    write_fingerprint,
+)
 
 
 class TrainedRerankerConfig(dg.Config):
@@ -49,15 +56,23 @@ def trained_reranker(context: dg.AssetExecutionContext, config: TrainedRerankerC
     if not data:
         raise dg.Failure(f"no triplets for variant {variant!r}: materialize relabeled / pruned_collection")
     out = core.reranker_dir(variant)
-    context.log.info(f"training the {variant} reranker on {len(data)} queries from {config.base_model}")
+    fp = fingerprint("reranker", config.base_model, data, config, core.RerankerSettings)
     t0 = time.perf_counter()
-    result = core.fine_tune(config.base_model, data, out, config, log=context.log.info)
+    reused = reuse_model(out, fp, [core.reranker_dir(v) for v in VARIANTS])
+    if reused:
+        context.log.info(f"{variant}: not trained again, reused {reused}")
+        result: dict = {"reused": reused}
+    else:
+        context.log.info(f"training the {variant} reranker on {len(data)} queries from {config.base_model}")
+        result = core.fine_tune(config.base_model, data, out, config, log=context.log.info)
+        write_fingerprint(out, fp)
     return dg.MaterializeResult(
         metadata={
             "method": VARIANTS[variant],
             "base_model": config.base_model,
             "model_path": dg.MetadataValue.path(str(out)),
             "train_seconds": round(time.perf_counter() - t0, 1),
+            "fingerprint": fp,
             **result,
         }
     )
@@ -91,6 +106,7 @@ def reranker_eval(context: dg.AssetExecutionContext, config: RerankerEvalConfig,
         raise dg.Failure("no trained reranker: materialize trained_reranker for a variant first")
     first = embeddings.model_location(config.first_stage)
     rows: list[dict[str, Any]] = []
+    seen: dict[tuple[str, str], tuple[str, dict[str, float]]] = {}
     for set_name, folder in config.eval_sets.items():
         path = ev.eval_set_path(folder)
         corpus, queries, qrels = ev.load_beir(path, config.split)
@@ -98,8 +114,16 @@ def reranker_eval(context: dg.AssetExecutionContext, config: RerankerEvalConfig,
         base = ev.score(run, qrels, config.ignore_identical_ids)
         for variant in chosen:
             t0 = time.perf_counter()
-            model = core.load(str(core.reranker_dir(variant)))
-            s = ev.score(core.rerank(model, corpus, queries, run, config.depth), qrels, config.ignore_identical_ids)
+            fp = read_fingerprint(core.reranker_dir(variant))
+            if fp is not None and (fp, set_name) in seen:  # the same model as a variant scored before
+                twin, s = seen[(fp, set_name)]
+                context.log.info(f"{variant}: the same reranker as {twin} (same training data and settings)")
+            else:
+                model = core.load(str(core.reranker_dir(variant)))
+                reranked = core.rerank(model, corpus, queries, run, config.depth)
+                s = ev.score(reranked, qrels, config.ignore_identical_ids)
+                if fp is not None:
+                    seen[(fp, set_name)] = (variant, s)
             context.log.info(f"{variant} reranker on {set_name}: {s} ({time.perf_counter() - t0:.0f} s)")
             rows.append(
                 dict(

@@ -52,15 +52,23 @@ def trained_retriever(context: dg.AssetExecutionContext, config: TrainedRetrieve
     if not data:
         raise dg.Failure(f"no triplets for variant {variant!r} ({method}): materialize relabeled / pruned_collection")
     out = core.retriever_dir(variant)
-    context.log.info(f"training {variant} on {len(data)} queries from {config.base_model}")
+    fp = core.fingerprint("retriever", config.base_model, data, config, core.TrainingSettings)
     t0 = time.perf_counter()
-    result = core.fine_tune(config.base_model, data, out, config, log=context.log.info)
+    reused = core.reuse_model(out, fp, [core.retriever_dir(v) for v in core.VARIANTS])
+    if reused:
+        context.log.info(f"{variant}: not trained again, reused {reused}")
+        result: dict = {"reused": reused}
+    else:
+        context.log.info(f"training {variant} on {len(data)} queries from {config.base_model}")
+        result = core.fine_tune(config.base_model, data, out, config, log=context.log.info)
+        core.write_fingerprint(out, fp)
     return dg.MaterializeResult(
         metadata={
             "method": method,
             "base_model": config.base_model,
             "model_path": dg.MetadataValue.path(str(out)),
             "train_seconds": round(time.perf_counter() - t0, 1),
+            "fingerprint": fp,
             **result,
         }
     )

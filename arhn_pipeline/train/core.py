@@ -10,6 +10,8 @@ has fewer than asked, `negative_rule` decides:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -51,6 +53,45 @@ def variant_rows(
 def method_variant(method: str) -> str | None:
     """The training variant of a collection (`arhn:R+F` -> `arhn_RF`), if there is one."""
     return next((v for v, m in VARIANTS.items() if m == method), None)
+
+
+FINGERPRINT_FILE = "arhn_fingerprint.txt"
+
+
+def fingerprint(kind: str, base_model: str, rows: list[dict[str, Any]], s: Any, fields: Any) -> str:
+    """What makes a trained model: its kind, the base model, the training rows in their order and every setting
+    that training reads (`fields`: the settings protocol). Training is seeded, so two variants with the same
+    fingerprint (a withheld method's collection is the original's) make the same model."""
+    settings_used = {name: str(getattr(s, name)) for name in fields.__annotations__}
+    blob = json.dumps([kind, base_model, [[r["query"], r["pos"], r["neg"]] for r in rows], settings_used])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def read_fingerprint(model_dir: Path) -> str | None:
+    path = model_dir / FINGERPRINT_FILE
+    return path.read_text(encoding="utf-8").strip() if path.is_file() else None
+
+
+def reuse_model(out_dir: Path, fp: str, siblings: list[Path]) -> str | None:
+    """Make `out_dir` hold the model of fingerprint `fp` without training, if it or a sibling variant's folder
+    already holds it; returns what was reused (None: train)."""
+    import shutil
+
+    if read_fingerprint(out_dir) == fp:
+        return "this variant's model, trained on the same data with the same settings"
+    twin = next((d for d in siblings if d != out_dir and read_fingerprint(d) == fp), None)
+    if twin is None:
+        return None
+    tmp = out_dir.with_name(out_dir.name + ".copying")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(twin, tmp, ignore=shutil.ignore_patterns("checkpoints"))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return f"the model of variant {twin.name}: the same training data and settings"
+
+
+def write_fingerprint(model_dir: Path, fp: str) -> None:
+    (model_dir / FINGERPRINT_FILE).write_text(fp + "\n", encoding="utf-8")
 
 
 class TrainingSettings(Protocol):
