@@ -94,13 +94,21 @@ DEFAULT_VARIANTS = ("original", "arhn_RF", "rlhn_rlhn")
     "--rerankers/--no-rerankers", default=False, help="also fine-tune and evaluate a cross-encoder reranker per variant"
 )
 @click.option(
+    "--variant",
+    "variants",
+    multiple=True,
+    help=f"training variants (default: {', '.join(DEFAULT_VARIANTS)}; `all`: every one)",
+)
+@click.option(
     "--config",
     "config_file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
     help="run config YAML ({ops: {ASSET: {config: {...}}}}), as the Launchpad takes it; each job gets its assets' part",
 )
-def run(subsets: tuple[str, ...], train: bool, rerankers: bool, config_file: Path | None) -> None:
+def run(
+    subsets: tuple[str, ...], train: bool, rerankers: bool, variants: tuple[str, ...], config_file: Path | None
+) -> None:
     """Materialize the pipeline for the chosen partitions, then the collection, the retriever variants
     (original, ARHN R+F, RLHN) and their evaluation (with --rerankers the reranker variants too), and the
     method comparison; every run is recorded in the Dagster instance."""
@@ -123,10 +131,16 @@ def run(subsets: tuple[str, ...], train: bool, rerankers: bool, config_file: Pat
             click.echo(f"skipped (broken entry): {problem}", err=True)
     # every partition's evidence first, so that each can serve as the others' reference when judges qualify
     steps = [("gather_evidence", s) for s in chosen] + [("decide", s) for s in chosen] + [("build_collection", None)]
+    from arhn_pipeline.train.core import VARIANTS
+
+    trained = list(VARIANTS) if "all" in variants else list(variants or DEFAULT_VARIANTS)
+    unknown = [v for v in trained if v not in VARIANTS]
+    if unknown:
+        raise click.UsageError(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)} or all")
     if train:
-        steps += [("train_retriever", v) for v in DEFAULT_VARIANTS] + [("evaluate_retrievers", None)]
+        steps += [("train_retriever", v) for v in trained] + [("evaluate_retrievers", None)]
     if train and rerankers:
-        steps += [("train_reranker", v) for v in DEFAULT_VARIANTS] + [("evaluate_rerankers", None)]
+        steps += [("train_reranker", v) for v in trained] + [("evaluate_rerankers", None)]
     steps += [("compare_methods", None)]
     ops = {}
     if config_file is not None:
