@@ -63,6 +63,19 @@ def test_sources_list_names_every_entry(cli_env):
         assert name in out
 
 
+def test_an_unknown_training_variant_is_a_usage_error_before_any_run(cli_env):
+    proc = subprocess.run(
+        [BIN / "arhn", "run", "--subset", "sample_geo", "--variant", "original", "--variant", "arhn_X"],
+        env=cli_env,
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2 and "unknown variant(s) ['arhn_X']" in proc.stderr
+    assert "== gather_evidence" not in proc.stdout  # refused before any run started
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
