@@ -368,12 +368,18 @@ def compare(subsets: tuple[str, ...], detectors: tuple[str, ...], csv_path: Path
 @click.option("--train-on", "train_on", multiple=True, required=True, help="a registry entry with a `reference`")
 @click.option("--name", default="trained", show_default=True, help="the judge's name (var/judges/NAME.json)")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="write the judge file here instead")
-def train_judge(train_on: tuple[str, ...], name: str, out: Path | None) -> None:
+@click.option(
+    "--embedder",
+    "embedders",
+    multiple=True,
+    help="embedders whose similarities are the features (default: embeddinggemma-300m and all-MiniLM-L6-v2)",
+)
+def train_judge(train_on: tuple[str, ...], name: str, out: Path | None, embedders: tuple[str, ...]) -> None:
     """Fit a false-negative judge on the labelled negatives of registry entries (ingesting them if needed)."""
     from arhn_pipeline.raw_triplets.ingest import ingest
     from arhn_pipeline.sources.registry import load_registry
     from arhn_pipeline.store import snapshot
-    from arhn_pipeline.trained_judge.core import describe
+    from arhn_pipeline.trained_judge.core import DEFAULT_EMBEDDERS, describe
     from arhn_pipeline.trained_judge.training import train
 
     registry = load_registry()
@@ -387,7 +393,7 @@ def train_judge(train_on: tuple[str, ...], name: str, out: Path | None) -> None:
                 ingest(conn, entry_name, registry[entry_name])
         conn = snapshot(conn, train_on)  # embedding takes minutes: the file is let go of first
     try:
-        judge, path = train(conn, name, list(train_on))
+        judge, path = train(conn, name, list(train_on), list(embedders) or list(DEFAULT_EMBEDDERS))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     if out is not None:

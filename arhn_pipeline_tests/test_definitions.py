@@ -5,8 +5,7 @@ import pytest
 
 from arhn_pipeline.definitions import build_defs
 from arhn_pipeline.engine.scripted import CALLS, ScriptedEngine
-from arhn_pipeline.partitions import source_registry_sensor, subset_partitions
-from arhn_pipeline.train.assets import variant_partitions
+from arhn_pipeline.partitions import source_registry_sensor, subset_partitions, variant_partitions
 
 
 @pytest.fixture
@@ -22,6 +21,9 @@ def test_definitions_load_with_every_asset_check_job_and_sensor(defs):
         "pruned_collection",
         "trained_retriever",
         "retriever_eval",
+        "trained_reranker",
+        "reranker_eval",
+        "method_comparison",
     }
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
     assert checks >= {
@@ -45,7 +47,11 @@ def test_definitions_load_with_every_asset_check_job_and_sensor(defs):
     for key in graph.get_all_asset_keys():
         name = key.to_user_string()
         expected = (
-            subset_partitions if name in per_subset else variant_partitions if name == "trained_retriever" else None
+            subset_partitions
+            if name in per_subset
+            else variant_partitions
+            if name in ("trained_retriever", "trained_reranker")
+            else None
         )
         assert graph.get(key).partitions_def == expected
         assert graph.get(key).automation_condition is not None
