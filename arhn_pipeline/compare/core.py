@@ -98,8 +98,9 @@ def compare(
     rows = [_original_row(conn, subsets)] + [_method_row(conn, subsets, m) for m in methods]
     names = pruned if pruned is not None else _pruned_names(conn)
     rows += [_pruned_row(conn, subsets, name) for name in names]
-    rows += [_detector_row(conn, subsets, d) for d in detectors]
-    agreement, unused = _agreement(conn, subsets, references, [ORIGINAL, *methods, *detectors])
+    predictions = _Predictions(conn)  # a detector embeds every negative: once per (partition, detector)
+    rows += [_detector_row(predictions, subsets, d) for d in detectors]
+    agreement, unused = _agreement(predictions, subsets, references, [ORIGINAL, *methods, *detectors])
     downstream = _downstream(conn)
     out = []
     for row in rows:
@@ -242,8 +243,22 @@ def _pruned_row(conn: duckdb.DuckDBPyConnection, subsets: list[str], name: str) 
     )
 
 
-def _detector_row(conn: duckdb.DuckDBPyConnection, subsets: list[str], detector: str) -> dict[str, Any]:
-    flagged = sum(1 for s in subsets for flag in detector_predictions(conn, s, detector).values() if flag)
+class _Predictions:
+    """Each (partition, detector)'s predictions, computed once per comparison."""
+
+    def __init__(self, conn: duckdb.DuckDBPyConnection):
+        self.conn = conn
+        self._done: dict[tuple[str, str], Mapping[ag.Key, bool | None]] = {}
+
+    def get(self, subset: str, detector: str) -> Mapping[ag.Key, bool | None]:
+        if (subset, detector) not in self._done:
+            self._done[(subset, detector)] = detector_predictions(self.conn, subset, detector)
+        return self._done[(subset, detector)]
+
+
+def _detector_row(predictions: _Predictions, subsets: list[str], detector: str) -> dict[str, Any]:
+    conn = predictions.conn
+    flagged = sum(1 for s in subsets for flag in predictions.get(s, detector).values() if flag)
     return _row(
         detector,
         "detector",
@@ -266,7 +281,7 @@ def detector_predictions(conn: duckdb.DuckDBPyConnection, subset: str, detector:
 
 
 def _agreement(
-    conn: duckdb.DuckDBPyConnection,
+    predictions: _Predictions,
     subsets: list[str],
     references: Mapping[str, SourceEntry],
     methods: list[str],
@@ -281,9 +296,9 @@ def _agreement(
         except (ag.ReferenceFileError, OSError) as exc:
             unused[subset] = str(exc)
             continue
-        trained = judges_trained_on(conn, subset)
+        trained = judges_trained_on(predictions.conn, subset)
         for method in methods:
-            s = ag.scores(detector_predictions(conn, subset, method), ref)
+            s = ag.scores(predictions.get(subset, method), ref)
             rows.append(
                 {
                     "method": method,
