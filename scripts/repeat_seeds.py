@@ -32,15 +32,8 @@ def main() -> None:
 
     main_db, main_var = settings.db_path(), settings.var_dir()
     ops = (yaml.safe_load(args.config.read_text(encoding="utf-8")) or {}).get("ops", {})
-    figures: dict[tuple[str, int], tuple[float, float]] = {}
-    import duckdb
-
     seed0 = int(ops.get("trained_retriever", {}).get("config", {}).get("seed", 42))
-    with duckdb.connect(str(main_db), read_only=True) as conn:
-        for variant, ndcg, recall in conn.execute(
-            "SELECT variant, ndcg_at_10, recall_at_100 FROM retriever_eval WHERE variant IN ?", [args.variants]
-        ).fetchall():
-            figures[(variant, seed0)] = (ndcg, recall)
+    figures = _figures(main_db, args.variants, seed0)
     for seed in args.seeds:
         folder = main_var / "seeds" / str(seed)
         folder.mkdir(parents=True, exist_ok=True)
@@ -51,19 +44,29 @@ def main() -> None:
         os.environ.setdefault("ARHN_MODELS_DIR", str(main_var / "models"))
         figures.update(_one_seed(ops, seed, args.variants))
     seeds = [seed0, *args.seeds]
-    print(f"\n| variant | {' | '.join(f'seed {s}' for s in seeds)} | mean nDCG@10 | spread (max - min) |")
-    print("|---|" + "---|" * (len(seeds) + 2))
-    for variant in args.variants:
-        values = [figures[(variant, s)][0] for s in seeds if (variant, s) in figures]
-        cells = [f"{figures[(variant, s)][0]:.4f}" if (variant, s) in figures else "-" for s in seeds]
-        spread = max(values) - min(values) if values else 0.0
-        mean = statistics.mean(values) if values else 0.0
-        print(f"| {variant} | {' | '.join(cells)} | {mean:.4f} | {spread:.4f} |")
+    print(f"\n| variant | eval set | {' | '.join(f'seed {s}' for s in seeds)} | mean nDCG@10 | spread (max - min) |")
+    print("|---|---|" + "---|" * (len(seeds) + 2))
+    for variant, eval_set in sorted({(v, e) for v, e, _ in figures}, key=lambda k: (args.variants.index(k[0]), k[1])):
+        got = {s: figures[(variant, eval_set, s)][0] for s in seeds if (variant, eval_set, s) in figures}
+        cells = [f"{got[s]:.4f}" if s in got else "-" for s in seeds]
+        values = list(got.values())
+        spread, mean = max(values) - min(values), statistics.mean(values)
+        print(f"| {variant} | {eval_set} | {' | '.join(cells)} | {mean:.4f} | {spread:.4f} |")
 
 
-def _one_seed(ops: dict, seed: int, variants: list[str]) -> dict[tuple[str, int], tuple[float, float]]:
-    import dagster as dg
+def _figures(db: Path, variants: list[str], seed: int) -> dict[tuple[str, str, int], tuple[float, float]]:
+    """(variant, eval set, seed) -> (nDCG@10, Recall@100), as retriever_eval stores them in `db`."""
     import duckdb
+
+    with duckdb.connect(str(db), read_only=True) as conn:
+        rows = conn.execute(
+            "SELECT variant, eval_set, ndcg_at_10, recall_at_100 FROM retriever_eval WHERE variant IN ?", [variants]
+        ).fetchall()
+    return {(v, e, seed): (n, r) for v, e, n, r in rows}
+
+
+def _one_seed(ops: dict, seed: int, variants: list[str]) -> dict[tuple[str, str, int], tuple[float, float]]:
+    import dagster as dg
 
     from arhn_pipeline import settings
     from arhn_pipeline.definitions import build_defs, job_run_config
@@ -81,12 +84,9 @@ def _one_seed(ops: dict, seed: int, variants: list[str]) -> dict[tuple[str, int]
     evaluate["retriever_eval"] = {"config": {**ops.get("retriever_eval", {}).get("config", {}), "variants": variants}}
     job = defs.resolve_job_def("evaluate_retrievers")
     assert job.execute_in_process(instance=instance, run_config=job_run_config(job, evaluate)).success
-    with duckdb.connect(str(settings.db_path()), read_only=True) as conn:
-        rows = conn.execute(
-            "SELECT variant, ndcg_at_10, recall_at_100 FROM retriever_eval WHERE variant IN ?", [variants]
-        ).fetchall()
-    print(f"seed {seed}: {rows}", flush=True)
-    return {(v, seed): (n, r) for v, n, r in rows}
+    figures = _figures(settings.db_path(), variants, seed)
+    print(f"seed {seed}: {figures}", flush=True)
+    return figures
 
 
 if __name__ == "__main__":
