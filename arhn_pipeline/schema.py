@@ -74,12 +74,12 @@ CREATE TABLE IF NOT EXISTS snippets (
     query_id          VARCHAR NOT NULL,
     passage_id        VARCHAR NOT NULL,
     role              VARCHAR NOT NULL,
-    status            VARCHAR NOT NULL,   -- answer_verified | answer_unverified | no_answer | unparsed
+    status            VARCHAR NOT NULL,   -- vocab.SnippetStatus: answer_verified | no_answer | unparsed | not_asked ...
     snippet           VARCHAR,
     match             VARCHAR,            -- exact | normalized (verified snippets)
     detail            VARCHAR,            -- why an answer is unparsed
     passage_truncated BOOLEAN NOT NULL,   -- the prompt showed the passage cut to the token budget
-    call_id           VARCHAR NOT NULL,   -- -> llm_calls
+    call_id           VARCHAR,            -- -> llm_calls (NULL: not_asked)
     template_version  VARCHAR NOT NULL,
     model             VARCHAR NOT NULL
 );
@@ -279,6 +279,7 @@ ALTER TABLE decisions ADD COLUMN IF NOT EXISTS judge VARCHAR;
 ALTER TABLE decisions ADD COLUMN IF NOT EXISTS proposed_action VARCHAR;
 ALTER TABLE decisions ADD COLUMN IF NOT EXISTS proposed_rule VARCHAR;
 ALTER TABLE decisions ADD COLUMN IF NOT EXISTS gate VARCHAR;
+ALTER TABLE snippets ALTER COLUMN call_id DROP NOT NULL;
 """
 
 

@@ -23,6 +23,7 @@ class SnippetStatus(StrEnum):
     DEGENERATE = "degenerate"  # every request of the batch got this same snippet: evidence of nothing
     PLANTED = "planted"  # the answer repeats one written into the passage: copied text, not a reading
     UNPARSED = "unparsed"
+    NOT_ASKED = "not_asked"  # the stage was skipped by config (`snippets` skip): no request, no evidence
 
 
 class ParseStatus(StrEnum):

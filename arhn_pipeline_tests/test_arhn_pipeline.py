@@ -142,6 +142,30 @@ def test_every_arhn_decision_path(tmp_path, monkeypatch):
     assert checks["every_pair_has_a_snippet"]
 
 
+def test_skipped_snippets_ask_nothing_and_give_f_no_evidence(tmp_path, monkeypatch):
+    source = write_jsonl(tmp_path / "toy.jsonl", [Q1])
+    defs, instance = one_source_pipeline(tmp_path, monkeypatch, source, "arhn_oracle", "toy")
+    run_config = {"ops": {**LLM_RANKER["ops"], "snippets": {"config": {"skip": True}}}}
+    result = defs.resolve_job_def("clean_subset").execute_in_process(
+        partition_key="toy", instance=instance, run_config=run_config
+    )
+    assert result.success
+    conn = duckdb.connect(str(tmp_path / "arhn.duckdb"), read_only=True)
+    assert conn.execute("SELECT count(*) FROM llm_calls WHERE template LIKE 'snippets/%'").fetchone() == (0,)
+    assert conn.execute("SELECT DISTINCT status, call_id FROM snippets").fetchall() == [("not_asked", None)]
+    decided = dict(
+        conn.execute(
+            """SELECT split_part(p.text, ' ', 1), d.proposed_action || ' ' || d.proposed_rule FROM decisions d
+               JOIN passages p USING (passage_id) WHERE method = 'arhn:R+F' AND role = 'negative'"""
+        ).fetchall()
+    )
+    # R still relabels from the ranking; F has nothing to filter on, so the snippet-backed drop is gone
+    assert decided["NEG_ABOVE"] == "to_positive R_ranked_above_positive"
+    assert decided["NEG_FILTER"] == "keep keep_snippet_not_asked"
+    meta = result.asset_materializations_for_node("snippets")[0].metadata
+    assert meta["skipped"].value is True and meta["status_not_asked"].value == 6
+
+
 def test_sliding_windows_rank_a_large_candidate_set(tmp_path, monkeypatch):
     big = {
         "query_id": "big",

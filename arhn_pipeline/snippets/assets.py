@@ -39,6 +39,12 @@ class SnippetsConfig(dg.Config):
     max_degenerate_share: float = Field(
         default=0.0, description="the degenerate-share check fails above this (one answer given to every request)"
     )
+    skip: bool = Field(
+        default=False,
+        description="ask nothing: every pair is recorded `not_asked` (no evidence, so ARHN's F filters nothing "
+        "and its gate withholds it). For runs where the snippet model cannot read, e.g. the CPU model on a "
+        "whole collection of long passages.",
+    )
 
 
 @llm_stage_asset(
@@ -64,10 +70,19 @@ def snippets(context: dg.AssetExecutionContext, config: SnippetsConfig, duckdb: 
     faults.point("stage_start")  # a fault-injection point: the stages before this one are materialized
     with duckdb.get_connection() as conn:
         pairs = load_pairs(conn, subset)
-    requests, shown = core.snippet_requests(pairs, llm, config.passage_max_tokens, config.snippet_max_tokens)
-    context.log.info(f"{subset}: {len(requests)} snippet requests")
+    if config.skip:
+        context.log.info(f"{subset}: snippets skipped by config; {len(pairs)} pairs recorded not_asked")
+        requests, shown = [], {}
+    else:
+        requests, shown = core.snippet_requests(pairs, llm, config.passage_max_tokens, config.snippet_max_tokens)
+        context.log.info(f"{subset}: {len(requests)} snippet requests")
     calls, stats = cached_generate(duckdb, llm, requests, config.batch_size, log=context.log.info)
-    verdicts = core.judge_snippets([c.response for c in calls], pairs["passage"].to_list())
+    if config.skip:
+        verdicts = [core.NOT_ASKED_VERDICT] * len(pairs)
+        call_ids: list[str | None] = [None] * len(pairs)
+    else:
+        verdicts = core.judge_snippets([c.response for c in calls], pairs["passage"].to_list())
+        call_ids = [c.call_id for c in calls]
     rows = pl.DataFrame(
         {
             "subset": subset,
@@ -78,20 +93,21 @@ def snippets(context: dg.AssetExecutionContext, config: SnippetsConfig, duckdb: 
             "snippet": [v.snippet for v in verdicts],
             "match": [v.match for v in verdicts],
             "detail": [v.detail for v in verdicts],
-            "passage_truncated": [shown[p].truncated for p in pairs["passage_id"]],
-            "call_id": [c.call_id for c in calls],
+            "passage_truncated": [p in shown and shown[p].truncated for p in pairs["passage_id"]],
+            "call_id": call_ids,
             "template_version": core.TEMPLATE.version,
             "model": llm.model_id(),
         },
-        schema_overrides={"snippet": pl.String, "match": pl.String, "detail": pl.String},
+        schema_overrides={"snippet": pl.String, "match": pl.String, "detail": pl.String, "call_id": pl.String},
     )
     parse = {SnippetStatus.UNPARSED: ParseStatus.UNPARSED, SnippetStatus.DEGENERATE: ParseStatus.DEGENERATE}
     with duckdb.get_connection() as conn, transaction(conn):
         replace_partition(conn, "snippets", subset, rows)
-        set_parse_status(
-            conn,
-            {c.call_id: str(parse.get(v.status, ParseStatus.PARSED)) for c, v in zip(calls, verdicts, strict=True)},
-        )
+        if not config.skip:
+            set_parse_status(
+                conn,
+                {c.call_id: str(parse.get(v.status, ParseStatus.PARSED)) for c, v in zip(calls, verdicts, strict=True)},
+            )
         missing = scalar(
             conn,
             "SELECT count(*) FROM candidates c ANTI JOIN snippets s USING (subset, query_id, passage_id) "
@@ -109,6 +125,7 @@ def snippets(context: dg.AssetExecutionContext, config: SnippetsConfig, duckdb: 
             "truncated_passages": sum(1 for s in shown.values() if s.truncated),
             **stats.as_metadata(),
             "model": llm.model_id(),
+            "skipped": config.skip,
             **llm.settings_metadata(),
             "prompt_version": core.TEMPLATE.version,
             "by_role_and_status": dg.MetadataValue.md(md_table(["role", "status", "pairs"], counts.rows())),

@@ -83,6 +83,9 @@ class SnippetVerdict:
     detail: str | None = None  # why an answer is unparsed or no evidence
 
 
+NOT_ASKED_VERDICT = SnippetVerdict(SnippetStatus.NOT_ASKED, None, detail="snippets skipped by config")
+
+
 def parse_snippet(response: str) -> str:
     """The snippet field of a JSON answer; raises ValueError on anything else."""
     text = response.strip()
