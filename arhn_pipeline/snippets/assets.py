@@ -5,7 +5,7 @@ import polars as pl
 from pydantic import Field
 
 from arhn_pipeline import faults
-from arhn_pipeline.engine.base import LLMEngine
+from arhn_pipeline.engine.base import LLMEngine, LLMRequest
 from arhn_pipeline.engine.cache import cached_generate
 from arhn_pipeline.engine.prompts import code_version
 from arhn_pipeline.llm_stage import llm_stage_asset, share_check
@@ -70,9 +70,10 @@ def snippets(context: dg.AssetExecutionContext, config: SnippetsConfig, duckdb: 
     faults.point("stage_start")  # a fault-injection point: the stages before this one are materialized
     with duckdb.get_connection() as conn:
         pairs = load_pairs(conn, subset)
+    requests: list[LLMRequest] = []
+    shown: dict[str, core.ShownPassage] = {}
     if config.skip:
         context.log.info(f"{subset}: snippets skipped by config; {len(pairs)} pairs recorded not_asked")
-        requests, shown = [], {}
     else:
         requests, shown = core.snippet_requests(pairs, llm, config.passage_max_tokens, config.snippet_max_tokens)
         context.log.info(f"{subset}: {len(requests)} snippet requests")
