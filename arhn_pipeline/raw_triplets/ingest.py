@@ -1,5 +1,8 @@
 """Ingest one source into DuckDB: validate every row, fold repeats, quarantine what is bad, keep the rest.
 
+Two readers give the same tables: the columnar one (the default: chunks of lines parsed, checked and hashed by
+DuckDB, raw_triplets/columnar.py; a line it cannot take goes to the line-by-line path alone) and the
+line-by-line one (every row through pydantic, sources/rows.py), which is the reference and the fallback.
 Memory stays flat: records stream in and leave in batches; only a small digest per query id is kept, to
 tell a repeated line from a conflicting one.
 """
@@ -11,10 +14,20 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import duckdb
+import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from arhn_pipeline import faults
-from arhn_pipeline.sources.readers import MAX_LINE_BYTES, SourceError, iter_records
+from arhn_pipeline.raw_triplets import columnar
+from arhn_pipeline.sources.readers import (
+    MAX_LINE_BYTES,
+    LineChunk,
+    SourceError,
+    decode_line,
+    iter_line_chunks,
+    iter_records,
+)
 from arhn_pipeline.sources.registry import SourceEntry
 from arhn_pipeline.sources.rows import MAX_TEXT_CHARS, RowError, Triplet, parse_row
 from arhn_pipeline.store import PARTITIONED_TABLES, delete_partition, transaction
@@ -32,6 +45,7 @@ class IngestStats:
     duplicate_lines: int = 0  # identical repeats of an earlier line, folded into it
     duplicate_passages: int = 0  # repeats within a query's lists, including negatives equal to a positive
     quarantined_rows: int = 0  # lines left out, other than identical repeats
+    per_line: int = 0  # lines read by the line-by-line path (all, or the columnar reader's fallbacks)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -149,20 +163,27 @@ def ingest(
     entry: SourceEntry,
     batch_size: int = 20_000,
     limits: Limits = Limits(),
+    reader: str = "columnar",
 ) -> IngestStats:
     """Replace `subset`'s rows with the source's: all or nothing.
 
     Batches go to staging tables, committed as they come (so memory stays flat: one long transaction
     would hold every appended row); one short transaction then swaps them in for the partition's old rows.
     A source without one valid row raises NoValidRows (with the commonest reasons) and changes nothing.
+    `reader`: columnar (default) or per_line (the reference path; both give the same tables).
     """
+    if reader not in ("columnar", "per_line"):
+        raise ValueError(f"reader must be columnar or per_line, not {reader!r}")
     # One staging name per (table, subset): a run killed mid-ingest leaves tables the next run replaces.
     tag = hashlib.sha256(subset.encode()).hexdigest()[:12]
     stage = {t: f"_stage_{t}_{tag}" for t in PARTITIONED_TABLES}
     for table, staging in stage.items():
         conn.execute(f"CREATE OR REPLACE TABLE {staging} AS SELECT * FROM {table} LIMIT 0")
     try:
-        stats = _stream_into(conn, subset, entry, batch_size, stage, limits)
+        if reader == "columnar":
+            stats = _stream_columnar(conn, subset, entry, stage, limits)
+        else:
+            stats = _stream_into(conn, subset, entry, batch_size, stage, limits)
         if stats.queries == 0:
             reasons = conn.execute(
                 f"SELECT reason, count(*) FROM {stage['quarantine']} GROUP BY ALL ORDER BY 2 DESC LIMIT 3"
@@ -182,25 +203,32 @@ def ingest(
     return stats
 
 
+def _triplet(value: object, fmt: str, max_text_chars: int) -> Triplet:
+    """One decoded line as a triplet (RowError naming the field when it is not one)."""
+    t = parse_row(value, fmt, max_text_chars)  # type: ignore[arg-type]
+    if not t.negatives:
+        raise RowError(
+            "neg" if fmt == "bge" else "negative_passages",
+            "no negative left once repeats of the positives were removed",
+        )
+    return t
+
+
 def _stream_into(
     conn, subset: str, entry: SourceEntry, batch_size: int, stage: dict[str, str], limits: Limits
 ) -> IngestStats:
     stats = IngestStats()
-    seen: dict[str, tuple[int, bytes]] = {}
+    seen: dict[str, tuple[int, bytes | str]] = {}
     batch = _Batch(subset, entry.location, stage)
     for rec in iter_records(entry, limits.max_line_bytes):
         stats.lines += 1
+        stats.per_line += 1
         if rec.error:
             stats.quarantined_rows += 1
             batch.quarantine_row(rec.line, *rec.error, raw=rec.raw)
             continue
         try:
-            t = parse_row(rec.value, entry.format, limits.max_text_chars)
-            if not t.negatives:
-                raise RowError(
-                    "neg" if entry.format == "bge" else "negative_passages",
-                    "no negative left once repeats of the positives were removed",
-                )
+            t = _triplet(rec.value, entry.format, limits.max_text_chars)
         except RowError as exc:
             stats.quarantined_rows += 1
             batch.quarantine_row(rec.line, exc.field, exc.reason, raw=rec.raw)
@@ -242,3 +270,165 @@ def _candidate_text(row: Any, field: str) -> str:
     name, _, index = field.partition("[")
     value = row.get(name, [])[int(index.rstrip("]"))]
     return value if isinstance(value, str) else str(value.get("text", value))
+
+
+_DIGESTS = """
+SELECT q.line, q.query_id,
+       md5(concat_ws(chr(0), q.query, coalesce(q.prompt, ''), coalesce(q.type, ''), c.body)) AS digest
+FROM _col_queries q JOIN (
+    SELECT line, string_agg(role || ':' || passage_id || ':' || coalesce(score::VARCHAR, '-'), ','
+                            ORDER BY role DESC, rank) AS body
+    FROM _col_candidates GROUP BY line
+) c USING (line)
+ORDER BY q.line
+"""
+
+
+def _stream_columnar(conn, subset: str, entry: SourceEntry, stage: dict[str, str], limits: Limits) -> IngestStats:
+    """The columnar reader: each chunk parsed and checked by DuckDB; the lines it does not take (and the
+    reader's own errors) go through the line-by-line rules one by one; then repeats of a query id are
+    resolved in line order across both, exactly as the line-by-line reader does."""
+    stats = IngestStats()
+    seen: dict[str, tuple[int, bytes | str]] = {}
+    for chunk in iter_line_chunks(entry, limits.max_line_bytes):
+        batch = _Batch(subset, entry.location, stage)
+        stats.lines += len(chunk.lines) + len(chunk.records)
+        parsed = columnar.parse_chunk(conn, chunk.lines, chunk.texts, entry.format, limits.max_text_chars)
+        stats.per_line += len(chunk.records) + len(parsed.fallback)
+        for rec in chunk.records:
+            stats.quarantined_rows += 1
+            assert rec.error is not None
+            batch.quarantine_row(rec.line, *rec.error, raw=rec.raw)
+        slow: dict[int, tuple[Triplet, object]] = {}
+        for line in parsed.fallback.tolist():
+            raw = _raw(chunk, line)
+            value, error = decode_line(raw)
+            if error:
+                stats.quarantined_rows += 1
+                batch.quarantine_row(line, *error, raw=raw)
+                continue
+            try:
+                slow[line] = (_triplet(value, entry.format, limits.max_text_chars), value)
+            except RowError as exc:
+                stats.quarantined_rows += 1
+                batch.quarantine_row(line, exc.field, exc.reason, raw=raw)
+        _add_slow(conn, slow)
+        winners: list[int] = []
+        for line, query_id, digest in conn.execute(_DIGESTS).fetchall():
+            if query_id in seen:
+                first_line, first_digest = seen[query_id]
+                if first_digest == digest:
+                    stats.duplicate_lines += 1
+                    batch.quarantine_row(
+                        line, "row", f"identical repeat of line {first_line}, folded", _raw(chunk, line)
+                    )
+                else:
+                    stats.quarantined_rows += 1
+                    batch.quarantine_row(
+                        line,
+                        "query_id",
+                        f"duplicate query_id {query_id!r} with different content (first at line {first_line})",
+                        _raw(chunk, line),
+                    )
+                continue
+            seen[query_id] = (line, digest)
+            winners.append(line)
+            if line in slow:
+                t, value = slow[line]
+                for field, reason in t.problems:
+                    stats.duplicate_passages += 1
+                    batch.quarantine_row(
+                        line, field, reason + ", left out", _candidate_text(value, field), scope="candidate"
+                    )
+        positives, negatives = _write_winners(conn, subset, entry.location, stage, winners)
+        stats.queries += len(winners)
+        stats.positives += positives
+        stats.negatives += negatives
+        batch.flush(conn)
+        faults.point("ingest_batch")
+    for table in ("_col_lines", "_col_shaped", "_col_rows", "_col_queries", "_col_candidates", "_col_keys", "_col_bad"):
+        conn.execute(f"DROP TABLE IF EXISTS {table}")
+    return stats
+
+
+def _raw(chunk: LineChunk, line: int) -> str:
+    """A line's text as the line-by-line reader gives it."""
+    i = int(np.searchsorted(chunk.lines, line))
+    return str(chunk.texts[i].as_py()).rstrip("\r\n")
+
+
+def _add_slow(conn, slow: dict[int, tuple[Triplet, object]]) -> None:
+    """The line-by-line path's triplets into the chunk's tables, beside the columnar ones."""
+    if not slow:
+        return
+    queries = pa.table(
+        {
+            "line": pa.array(list(slow), pa.int64()),
+            "query_id": [t.query_id for t, _ in slow.values()],
+            "query": [t.query for t, _ in slow.values()],
+            "prompt": pa.array([t.prompt for t, _ in slow.values()], pa.string()),
+            "type": pa.array([t.type for t, _ in slow.values()], pa.string()),
+        }
+    )
+    rows: dict[str, list] = {
+        k: [] for k in ("line", "role", "rank", "passage_id", "title", "text", "score", "source_id")
+    }
+    for line, (t, _) in slow.items():
+        for role, cands in (("positive", t.positives), ("negative", t.negatives)):
+            for rank, c in enumerate(cands):
+                for key, value in zip(
+                    rows, (line, role, rank, c.passage_id, c.title, c.text, c.score, c.source_id), strict=True
+                ):
+                    rows[key].append(value)
+    candidates = pa.table(
+        {
+            "line": pa.array(rows["line"], pa.int64()),
+            "role": pa.array(rows["role"], pa.string()),
+            "rank": pa.array(rows["rank"], pa.int64()),
+            "passage_id": pa.array(rows["passage_id"], pa.string()),
+            "title": pa.array(rows["title"], pa.string()),
+            "text": pa.array(rows["text"], pa.string()),
+            "score": pa.array(rows["score"], pa.float64()),
+            "source_id": pa.array(rows["source_id"], pa.string()),
+        }
+    )
+    conn.register("_slow_queries", queries)
+    conn.register("_slow_candidates", candidates)
+    conn.execute("INSERT INTO _col_queries BY NAME SELECT * FROM _slow_queries")
+    conn.execute("INSERT INTO _col_candidates BY NAME SELECT * FROM _slow_candidates")
+    conn.unregister("_slow_queries")
+    conn.unregister("_slow_candidates")
+
+
+def _write_winners(conn, subset: str, source: str, stage: dict[str, str], winners: list[int]) -> tuple[int, int]:
+    """The chunk's kept lines into the staging tables, and their passages (first text seen) into passages."""
+    if not winners:
+        return 0, 0
+    conn.register("_winners", pa.table({"line": pa.array(winners, pa.int64())}))
+    conn.execute(
+        f"""INSERT INTO {stage["queries"]} (subset, query_id, text, prompt, type, source, line)
+        SELECT $subset, query_id, query, prompt, type, $source, line FROM _col_queries SEMI JOIN _winners USING (line)
+        ORDER BY line""",
+        {"subset": subset, "source": source},
+    )
+    conn.execute(
+        f"""INSERT INTO {stage["candidates"]}
+            (subset, query_id, passage_id, role, original_rank, original_score, source_passage_id)
+        SELECT $subset, q.query_id, c.passage_id, c.role, c.rank, c.score, c.source_id
+        FROM _col_candidates c SEMI JOIN _winners USING (line) JOIN _col_queries q USING (line)
+        ORDER BY c.line, c.role DESC, c.rank""",
+        {"subset": subset},
+    )
+    conn.execute(
+        """INSERT INTO passages (passage_id, title, text)
+        SELECT passage_id, first(title ORDER BY line, role DESC, rank), first(text ORDER BY line, role DESC, rank)
+        FROM _col_candidates SEMI JOIN _winners USING (line) GROUP BY passage_id
+        ON CONFLICT DO NOTHING"""
+    )
+    counts = conn.execute(
+        "SELECT count(*) FILTER (role = 'positive'), count(*) FILTER (role = 'negative') "
+        "FROM _col_candidates SEMI JOIN _winners USING (line)"
+    ).fetchone()
+    conn.unregister("_winners")
+    assert counts is not None
+    return int(counts[0]), int(counts[1])

@@ -14,6 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
+import numpy as np
+import pyarrow as pa
+
 from arhn_pipeline.sources.registry import SourceEntry
 
 
@@ -23,6 +26,8 @@ class SourceError(Exception):
 
 # A line longer than this is quarantined as too_large without being held in memory (raw_triplets config).
 MAX_LINE_BYTES = 16 * 1024 * 1024
+# The columnar reader's bytes per chunk (lines are never split across chunks).
+CHUNK_BYTES = 16 * 1024 * 1024
 # How much of a too-large or undecodable line the quarantine keeps.
 RAW_PREVIEW_CHARS = 2_000
 
@@ -180,36 +185,193 @@ def _lines(fh: IO[bytes], max_line_bytes: int) -> Iterator[tuple[int, bytes, int
         yield n, data[: RAW_PREVIEW_CHARS * 4], size
 
 
+def _line_record(n: int, data: bytes, too_large: int | None, max_line_bytes: int) -> Record | None:
+    """One line's record (None for a blank line): its JSON value, or why it has none."""
+    if n == 1 and data.startswith(_UTF8_BOM):
+        data = data[len(_UTF8_BOM) :]
+    if not data.strip():
+        return None
+    if too_large is not None:
+        raw = data.decode("utf-8", errors="replace")[:RAW_PREVIEW_CHARS]
+        reason = f"too_large: {too_large} bytes, over the {max_line_bytes}-byte line limit (max_line_bytes)"
+        return Record(n, raw, error=("line", reason))
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raw = data.decode("utf-8", errors="replace").rstrip("\r\n")
+        return Record(n, raw, error=("line", f"invalid UTF-8 at byte {exc.start}"))
+    text = text.rstrip("\r\n")
+    value, error = decode_line(text)
+    return Record(n, text, value=value, error=error)
+
+
 def _iter_jsonl(entry: SourceEntry, max_line_bytes: int) -> Iterator[Record]:
     fh = _open(entry)
     any_line, n = False, 0
     try:
         for n, data, too_large in _lines(fh, max_line_bytes):
-            if n == 1 and data.startswith(_UTF8_BOM):
-                data = data[len(_UTF8_BOM) :]
-            if not data.strip():
-                continue
-            any_line = True
-            if too_large is not None:
-                raw = data.decode("utf-8", errors="replace")[:RAW_PREVIEW_CHARS]
-                reason = f"too_large: {too_large} bytes, over the {max_line_bytes}-byte line limit (max_line_bytes)"
-                yield Record(n, raw, error=("line", reason))
-                continue
-            try:
-                text = data.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raw = data.decode("utf-8", errors="replace").rstrip("\r\n")
-                yield Record(n, raw, error=("line", f"invalid UTF-8 at byte {exc.start}"))
-                continue
-            text = text.rstrip("\r\n")
-            value, error = decode_line(text)
-            yield Record(n, text, value=value, error=error)
+            rec = _line_record(n, data, too_large, max_line_bytes)
+            if rec is not None:
+                any_line = True
+                yield rec
     except (OSError, EOFError) as exc:  # a gzip file cut short or damaged past its first block
         raise SourceError(f"source {entry.name!r}: {entry.location}: unreadable after line {n}: {exc}") from exc
     finally:
         fh.close()
     if not any_line:
         raise SourceError(f"source {entry.name!r}: file is empty: {entry.location}")
+
+
+@dataclass
+class LineChunk:
+    """Consecutive lines of a source for the columnar ingest: `texts` holds each line's JSON text (its line
+    ending kept) at `lines`; `records` are the lines the columnar reader does not take (too large, not
+    UTF-8), each with its error, as the line-by-line reader gives them."""
+
+    lines: np.ndarray  # int64 line numbers, ascending
+    texts: pa.Array  # large_string, parallel to `lines`
+    records: list[Record]
+
+
+_ASCII_WS = np.frombuffer(b" \t\n\r\x0b\x0c", dtype=np.uint8)
+
+
+def _chunk(data: bytes, first_line: int, max_line_bytes: int) -> tuple[LineChunk, int]:
+    """Split `data` (whole lines) into a LineChunk; also returns the number of lines it held."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    ends = np.flatnonzero(buf == 10)
+    if not data.endswith(b"\n"):
+        ends = np.append(ends, len(data))
+    starts = np.empty_like(ends)
+    starts[0] = 0
+    starts[1:] = ends[:-1] + 1
+    count = len(ends)
+    numbers = np.arange(first_line + 1, first_line + 1 + count, dtype=np.int64)
+    keep = np.ones(count, dtype=bool)
+    records: list[Record] = []
+    # blank lines (skipped) start with whitespace or are empty; so do a few others, which are looked at alone
+    lengths = ends - starts
+    padded = np.append(buf, np.uint8(10))
+    odd = np.flatnonzero((lengths == 0) | np.isin(padded[starts], _ASCII_WS) | (lengths > max_line_bytes))
+    for i in odd.tolist():
+        keep[i] = False
+        line = data[starts[i] : ends[i]]
+        newline = int(ends[i] < len(data))
+        too_large = len(line) + newline if len(line) > max_line_bytes else None
+        rec = _line_record(
+            int(numbers[i]), line[: RAW_PREVIEW_CHARS * 4] if too_large else line, too_large, max_line_bytes
+        )
+        if rec is not None and (rec.error or too_large):
+            records.append(rec)
+        elif rec is not None:
+            keep[i] = True  # a JSON line that starts with whitespace
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        for i in np.flatnonzero(keep).tolist():
+            line = data[starts[i] : ends[i]]
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                keep[i] = False
+                rec = _line_record(int(numbers[i]), line, None, max_line_bytes)
+                assert rec is not None
+                records.append(rec)
+    offsets = np.append(starts, len(data)).astype(np.int64)
+    texts = pa.LargeStringArray.from_buffers(count, pa.py_buffer(offsets), pa.py_buffer(data))
+    mask = pa.array(keep)
+    records.sort(key=lambda r: r.line)
+    return LineChunk(numbers[keep], texts.filter(mask), records), count
+
+
+def _limited(chunk: LineChunk, room: int) -> LineChunk:
+    """The chunk's first `room` records (lines taken and lines with an error, in line order)."""
+    numbers = np.sort(np.concatenate([chunk.lines, np.array([r.line for r in chunk.records], dtype=np.int64)]))
+    if len(numbers) <= room:
+        return chunk
+    last = numbers[room - 1] if room > 0 else 0
+    keep = chunk.lines <= last
+    return LineChunk(
+        chunk.lines[keep], chunk.texts.filter(pa.array(keep)), [r for r in chunk.records if r.line <= last]
+    )
+
+
+def iter_line_chunks(
+    entry: SourceEntry, max_line_bytes: int = MAX_LINE_BYTES, chunk_bytes: int = CHUNK_BYTES
+) -> Iterator[LineChunk]:
+    """The source in chunks of whole lines, for the columnar ingest. The same lines, line numbers, limit and
+    errors as iter_records; a hub dataset's rows come as their JSON text, row index + 1 as the line."""
+    taken = 0
+    for chunk in _file_chunks(entry, max_line_bytes, chunk_bytes) if entry.path else _hub_chunks(entry):
+        if entry.limit is not None:
+            chunk = _limited(chunk, entry.limit - taken)
+        taken += len(chunk.lines) + len(chunk.records)
+        if len(chunk.lines) or chunk.records:
+            yield chunk
+        if entry.limit is not None and taken >= entry.limit:
+            return
+
+
+def _file_chunks(entry: SourceEntry, max_line_bytes: int, chunk_bytes: int) -> Iterator[LineChunk]:
+    fh = _open(entry)
+    n, carry, any_line, start = 0, b"", False, True
+    try:
+        while True:
+            block = fh.read(chunk_bytes)
+            data = carry + block if carry else block
+            if start and data:
+                start = False
+                if data.startswith(_UTF8_BOM):
+                    data = data[len(_UTF8_BOM) :]
+            if not block:
+                if not data:
+                    break
+                whole, carry = data, b""
+            else:
+                cut = data.rfind(b"\n") + 1
+                if cut == 0 and len(data) > max_line_bytes + 1:  # one line over the limit: skipped, not held
+                    head, size = data[: RAW_PREVIEW_CHARS * 4], len(data)
+                    while not data.endswith(b"\n"):
+                        data = fh.readline(1 << 20)
+                        if not data:
+                            break
+                        size += len(data)
+                    n += 1
+                    rec = _line_record(n, head, size, max_line_bytes)
+                    carry, any_line = b"", True
+                    if rec is not None:
+                        yield LineChunk(np.empty(0, dtype=np.int64), pa.array([], pa.large_string()), [rec])
+                    continue
+                if cut == 0:
+                    carry = data
+                    continue
+                whole, carry = data[:cut], data[cut:]
+            chunk, count = _chunk(whole, n, max_line_bytes)
+            n += count
+            any_line = any_line or bool(len(chunk.lines) or chunk.records)
+            yield chunk
+    except (OSError, EOFError) as exc:  # a gzip file cut short or damaged past its first block
+        raise SourceError(f"source {entry.name!r}: {entry.location}: unreadable after line {n}: {exc}") from exc
+    finally:
+        fh.close()
+    if not any_line:
+        raise SourceError(f"source {entry.name!r}: file is empty: {entry.location}")
+
+
+def _hub_chunks(entry: SourceEntry, rows: int = 20_000) -> Iterator[LineChunk]:
+    batch: list[Record] = []
+    for rec in _iter_hub(entry):
+        batch.append(rec)
+        if len(batch) >= rows:
+            yield _records_chunk(batch)
+            batch = []
+    if batch:
+        yield _records_chunk(batch)
+
+
+def _records_chunk(records: list[Record]) -> LineChunk:
+    lines = np.array([r.line for r in records], dtype=np.int64)
+    return LineChunk(lines, pa.array([r.raw for r in records], pa.large_string()), [])
 
 
 def _iter_hub(entry: SourceEntry) -> Iterator[Record]:

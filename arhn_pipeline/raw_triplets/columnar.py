@@ -1,0 +1,273 @@
+"""The columnar ingest: a chunk of lines parsed, validated, normalized and hashed by DuckDB over the whole chunk.
+
+A line is taken here only when every rule of the line-by-line path (sources/rows.py) provably holds for it:
+its JSON shape (one `json_structure` per line, the few distinct shapes checked in Python) has the right types,
+no key repeats, no trailing comma (DuckDB's parser admits them, Python's does not), every text is non-empty,
+free of control characters and within the size limit, the parallel lists match, the scores are finite, and no
+passage repeats within the line. Any other line goes back to the line-by-line path (`fallback`), which gives
+the same quarantine rows as ever. Passage ids are computed as identity.passage_key does (NFC, Python's
+whitespace runs as one space, stripped, sha256): a test checks both on real files.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from arhn_pipeline.sources.rows import Format
+
+# Python's whitespace (str.isspace, which `\s` and str.strip use), as an RE2 class.
+_WS = "".join(chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace())
+WS_CLASS = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in _WS) + "]"
+_CONTROL = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"
+_TRAILING_COMMA = r",[ \t\r\n]*[\]}]"
+
+_ID = {"VARCHAR", "UBIGINT", "BIGINT"}
+_NUMBER = {"DOUBLE", "UBIGINT", "BIGINT"}
+
+BGE_STRUCTURE = {
+    "query": "VARCHAR",
+    "pos": ["VARCHAR"],
+    "neg": ["VARCHAR"],
+    "pos_scores": ["DOUBLE"],
+    "neg_scores": ["DOUBLE"],
+    "pos_ids": ["VARCHAR"],
+    "neg_ids": ["VARCHAR"],
+    "query_id": "VARCHAR",
+    "qid": "VARCHAR",
+    "prompt": "VARCHAR",
+    "type": "VARCHAR",
+}
+_PASSAGE = {"docid": "VARCHAR", "title": "VARCHAR", "text": "VARCHAR", "score": "DOUBLE"}
+TEVATRON_STRUCTURE = {
+    "query_id": "VARCHAR",
+    "query": "VARCHAR",
+    "positive_passages": [_PASSAGE],
+    "negative_passages": [_PASSAGE],
+}
+
+
+def normalized_sql(expr: str) -> str:
+    """identity.normalize_text in SQL."""
+    return f"trim(regexp_replace(nfc_normalize({expr}), '{WS_CLASS}+', ' ', 'g'), ' ')"
+
+
+def _scalar_only(shape: object) -> bool:
+    """A shape with no object in it (an extra field's duplicate keys would go unseen)."""
+    if isinstance(shape, list):
+        return all(_scalar_only(s) for s in shape)
+    return isinstance(shape, str)
+
+
+def _optional(shape: dict, key: str, allowed: set[str], listed: bool) -> bool:
+    if key not in shape or shape[key] == "NULL":
+        return True
+    value = shape[key]
+    if listed:
+        return isinstance(value, list) and len(value) == 1 and _is(value[0], allowed)
+    return _is(value, allowed)
+
+
+def _is(shape: object, allowed: set[str]) -> bool:
+    return isinstance(shape, str) and shape in allowed
+
+
+def accepts(shape: object, fmt: Format) -> bool:
+    """Whether rows of this JSON shape (DuckDB's json_structure) can be taken by the columnar path."""
+    if not isinstance(shape, dict):
+        return False
+    if fmt == "bge":
+        known = {
+            "query": shape.get("query") == "VARCHAR",
+            "pos": shape.get("pos") == ["VARCHAR"],
+            "neg": shape.get("neg") == ["VARCHAR"],
+            "pos_scores": _optional(shape, "pos_scores", _NUMBER, True),
+            "neg_scores": _optional(shape, "neg_scores", _NUMBER, True),
+            "pos_ids": _optional(shape, "pos_ids", _ID, True),
+            "neg_ids": _optional(shape, "neg_ids", _ID, True),
+            "query_id": _optional(shape, "query_id", _ID, False),
+            "qid": _optional(shape, "qid", _ID, False),
+            "prompt": _optional(shape, "prompt", {"VARCHAR"}, False),
+            "type": _optional(shape, "type", {"VARCHAR"}, False),
+        }
+    else:
+        known = {
+            "query_id": _is(shape.get("query_id"), _ID),
+            "query": shape.get("query") == "VARCHAR",
+            "positive_passages": _passages(shape.get("positive_passages")),
+            "negative_passages": _passages(shape.get("negative_passages")),
+        }
+    extra_ok = all(_scalar_only(v) for k, v in shape.items() if k not in known)
+    return all(known.values()) and extra_ok
+
+
+def _accepted(shape: str, fmt: Format) -> bool:
+    try:
+        return accepts(json.loads(shape), fmt)
+    except RecursionError:  # nested deeper than any row format: the line-by-line path names it
+        return False
+
+
+def _passages(shape: object) -> bool:
+    if not (isinstance(shape, list) and len(shape) == 1 and isinstance(shape[0], dict)):
+        return False
+    p = shape[0]
+    return (
+        p.get("text") == "VARCHAR"
+        and _optional(p, "docid", _ID, False)
+        and _optional(p, "title", {"VARCHAR"}, False)
+        and _optional(p, "score", _NUMBER, False)
+        and all(_scalar_only(v) for k, v in p.items() if k not in _PASSAGE)
+    )
+
+
+@dataclass
+class ChunkResult:
+    """What the columnar path made of one chunk: `fallback` lines go to the line-by-line path; the rest are in
+    the temporary tables `_col_queries` (line, query_id, query, prompt, type) and `_col_candidates` (line,
+    role, rank, passage_id, title, text, score, source_id)."""
+
+    fallback: np.ndarray  # line numbers
+
+
+def _texts_ok(expr: str, max_text_chars: int) -> str:
+    return (
+        f"(NOT regexp_matches({expr}, '{_CONTROL}') AND length({expr}) <= {max_text_chars} "
+        f"AND NOT regexp_full_match({expr}, '{WS_CLASS}*'))"
+    )
+
+
+def parse_chunk(
+    conn: duckdb.DuckDBPyConnection, lines: np.ndarray, texts: pa.Array, fmt: Format, max_text_chars: int
+) -> ChunkResult:
+    """Parse, check and split one chunk into the temporary tables; returns the lines left to the slow path."""
+    conn.register("_col_in", pa.table({"line": pa.array(lines, pa.int64()), "raw": texts}))
+    conn.execute(
+        "CREATE OR REPLACE TEMP TABLE _col_lines AS SELECT line, rtrim(raw, chr(13) || chr(10)) AS raw FROM _col_in"
+    )
+    conn.unregister("_col_in")
+    conn.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _col_shaped AS
+        SELECT line, raw, try(json_structure(raw)) AS shape FROM _col_lines
+        WHERE NOT regexp_matches(raw, '{_TRAILING_COMMA}')"""
+    )
+    shapes = [s for (s,) in conn.execute("SELECT DISTINCT shape FROM _col_shaped WHERE shape IS NOT NULL").fetchall()]
+    taken = [s for s in shapes if _accepted(s, fmt)]
+    if fmt == "bge":
+        _bge(conn, taken, max_text_chars)
+    else:
+        _tevatron(conn, taken, max_text_chars)
+    _passage_ids(conn)
+    # a line with a repeated passage is folded (and its repeats quarantined) by the line-by-line path
+    conn.execute(
+        """INSERT INTO _col_bad SELECT line FROM _col_candidates
+            GROUP BY line HAVING count(DISTINCT passage_id) < count(*);
+        DELETE FROM _col_queries WHERE line IN (SELECT line FROM _col_bad);
+        DELETE FROM _col_candidates WHERE line IN (SELECT line FROM _col_bad);"""
+    )
+    fallback = conn.execute(
+        "SELECT line FROM _col_lines ANTI JOIN _col_queries USING (line) ORDER BY line"
+    ).fetchnumpy()["line"]
+    return ChunkResult(np.asarray(fallback, dtype=np.int64))
+
+
+def _bge(conn: duckdb.DuckDBPyConnection, taken: list[str], max_text_chars: int) -> None:
+    structure = json.dumps(BGE_STRUCTURE)
+    conn.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _col_rows AS
+        SELECT line, shape, json_transform(raw, '{structure}') AS r FROM _col_shaped
+        WHERE list_contains($taken, shape) AND len(json_keys(raw)) = len(list_distinct(json_keys(raw)))""",
+        {"taken": taken},
+    )
+    ok = f"""{_texts_ok("r.query", max_text_chars)}
+        AND len(r.pos) >= 1 AND len(r.neg) >= 1
+        AND list_aggregate(r.pos, 'count') = len(r.pos) AND list_aggregate(r.neg, 'count') = len(r.neg)
+        AND list_bool_and(list_transform(r.pos, lambda t: {_texts_ok("t", max_text_chars)}))
+        AND list_bool_and(list_transform(r.neg, lambda t: {_texts_ok("t", max_text_chars)}))"""
+    for name, ref in (("pos_scores", "pos"), ("neg_scores", "neg"), ("pos_ids", "pos"), ("neg_ids", "neg")):
+        ok += f"""
+        AND (r.{name} IS NULL OR (len(r.{name}) = len(r.{ref})
+             AND list_aggregate(r.{name}, 'count') = len(r.{name})))"""
+    for name in ("pos_scores", "neg_scores"):
+        ok += f"\n        AND (r.{name} IS NULL OR list_bool_and(list_transform(r.{name}, lambda x: isfinite(x))))"
+    # `query_id or qid or derived`: an empty or zero id falls through, which the line-by-line path decides
+    for name in ("query_id", "qid"):
+        ok += f"""
+        AND coalesce(r.{name}, '-') != ''
+        AND NOT coalesce(r.{name} = '0' AND json_extract_string(shape, '$.{name}') != 'VARCHAR', false)"""
+    conn.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _col_queries AS
+        SELECT line, coalesce(r.query_id, r.qid, 'q' || left(sha256({normalized_sql("r.query")}), 16)) AS query_id,
+               r.query AS query, r.prompt AS prompt, r.type AS type
+        FROM _col_rows WHERE {ok};
+        CREATE OR REPLACE TEMP TABLE _col_candidates AS
+        SELECT line, 'positive' AS role, generate_subscripts(r.pos, 1) - 1 AS rank, unnest(r.pos) AS text,
+               NULL::VARCHAR AS title, unnest(r.pos_scores) AS score, unnest(r.pos_ids) AS source_id
+        FROM _col_rows SEMI JOIN _col_queries USING (line)
+        UNION ALL
+        SELECT line, 'negative', generate_subscripts(r.neg, 1) - 1, unnest(r.neg), NULL::VARCHAR,
+               unnest(r.neg_scores), unnest(r.neg_ids)
+        FROM _col_rows SEMI JOIN _col_queries USING (line);
+        CREATE OR REPLACE TEMP TABLE _col_bad (line BIGINT);"""
+    )
+
+
+def _tevatron(conn: duckdb.DuckDBPyConnection, taken: list[str], max_text_chars: int) -> None:
+    structure = json.dumps(TEVATRON_STRUCTURE)
+    keys_unique = "len(json_keys(raw)) = len(list_distinct(json_keys(raw)))"
+    for side in ("positive_passages", "negative_passages"):
+        keys_unique += (
+            f" AND list_bool_and(list_transform(json_keys(raw, '$.{side}[*]'), "
+            "lambda k: len(k) = len(list_distinct(k))))"
+        )
+    conn.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _col_rows AS
+        SELECT line, json_transform(raw, '{structure}') AS r FROM _col_shaped
+        WHERE list_contains($taken, shape) AND {keys_unique}""",
+        {"taken": taken},
+    )
+    ok = f"""{_texts_ok("r.query", max_text_chars)}
+        AND len(r.positive_passages) >= 1 AND len(r.negative_passages) >= 1"""
+    for side in ("positive_passages", "negative_passages"):
+        ok += f"""
+        AND list_bool_and(list_transform(r.{side}, lambda p: p IS NOT NULL AND p.text IS NOT NULL
+             AND {_texts_ok("p.text", max_text_chars)} AND (p.score IS NULL OR isfinite(p.score))))"""
+    conn.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _col_queries AS
+        SELECT line, r.query_id AS query_id, r.query AS query, NULL::VARCHAR AS prompt, NULL::VARCHAR AS type
+        FROM _col_rows WHERE {ok};
+        CREATE OR REPLACE TEMP TABLE _col_candidates AS
+        SELECT line, role, rank, p.text AS text, nullif(p.title, '') AS title, p.score AS score,
+               p.docid AS source_id
+        FROM (
+            SELECT line, 'positive' AS role, generate_subscripts(r.positive_passages, 1) - 1 AS rank,
+                   unnest(r.positive_passages) AS p
+            FROM _col_rows SEMI JOIN _col_queries USING (line)
+            UNION ALL
+            SELECT line, 'negative', generate_subscripts(r.negative_passages, 1) - 1, unnest(r.negative_passages)
+            FROM _col_rows SEMI JOIN _col_queries USING (line)
+        );
+        CREATE OR REPLACE TEMP TABLE _col_bad (line BIGINT);"""
+    )
+
+
+def _passage_ids(conn: duckdb.DuckDBPyConnection) -> None:
+    """passage_key for every distinct (title, text) of the chunk, hashed once each."""
+    body = (
+        f"CASE WHEN title IS NULL THEN {normalized_sql('text')} "
+        f"ELSE {normalized_sql('title')} || chr(10) || {normalized_sql('text')} END"
+    )
+    conn.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _col_keys AS
+        SELECT title, text, left(sha256({body}), 20) AS passage_id
+        FROM (SELECT DISTINCT title, text FROM _col_candidates);
+        CREATE OR REPLACE TEMP TABLE _col_candidates AS
+        SELECT c.line, c.role, c.rank, k.passage_id, c.title, c.text, c.score::DOUBLE AS score,
+               c.source_id::VARCHAR AS source_id
+        FROM _col_candidates c JOIN _col_keys k ON k.text = c.text AND k.title IS NOT DISTINCT FROM c.title;"""
+    )
