@@ -1,9 +1,10 @@
 """Ingest benchmark: raw_triplets' ingest against DuckDB's own read_json of the same file, at two sizes.
 
 Generates BGE-format files (Q queries x 1 positive + 15 negatives, 40-120-word passages drawn from a
-shared pool as mined negatives are), then, each in a fresh process: our ingest (validate, hash, fold,
-normalize into queries/passages/candidates) and the baseline `CREATE TABLE AS SELECT * FROM read_json(...)`
-(no validation, no normalization). Prints rows/s, peak RSS, and the ratios.
+shared pool as mined negatives are), then, each in a fresh process: the columnar ingest (the default), the
+line-by-line ingest (the reference path), both with every rule (validate, hash, fold, normalize into
+queries/passages/candidates, quarantine), and the baseline `CREATE TABLE AS SELECT * FROM read_json(...)`
+(no validation, no normalization). Prints pairs/s, peak RSS, and the ratios.
 
     .venv/bin/python bench/ingest.py                    # 10,000 and 100,000 queries (1.6 M pairs)
     .venv/bin/python bench/ingest.py --queries 2000     # quick: 2,000 and 20,000
@@ -51,11 +52,14 @@ def _child(kind: str, path: str, db: str) -> None:
 
     conn = duckdb.connect(db)
     t0 = time.perf_counter()
-    if kind == "arhn":
+    if kind in ("columnar", "per_line"):
         from arhn_pipeline.raw_triplets.ingest import ingest
+        from arhn_pipeline.schema import create_schema
         from arhn_pipeline.sources.registry import SourceEntry
 
-        stats = ingest(conn, "bench", SourceEntry(name="bench", format="bge", path=Path(path)))
+        create_schema(conn)
+        t0 = time.perf_counter()
+        stats = ingest(conn, "bench", SourceEntry(name="bench", format="bge", path=Path(path)), reader=kind)
         pairs = stats.positives + stats.negatives
     else:
         conn.execute(f"CREATE TABLE raw AS SELECT * FROM read_json('{path}', format='newline_delimited')")
@@ -77,6 +81,7 @@ def measure(kind: str, path: Path, workdir: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--queries", type=int, default=10_000, help="small size; the large one is 10x")
+    ap.add_argument("--skip-per-line", action="store_true", help="leave out the line-by-line reference path")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -85,27 +90,28 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         results = {}
+        kinds = ["columnar", "duckdb_read_json"] + ([] if args.skip_per_line else ["per_line"])
         for n in (args.queries, args.queries * 10):
             path = work / f"bge_{n}.jsonl"
             pairs = generate(path, n)
             size_mib = path.stat().st_size / 2**20
-            arhn, base = measure("arhn", path, work), measure("duckdb_read_json", path, work)
-            results[n] = (arhn, base)
+            runs = {kind: measure(kind, path, work) for kind in kinds}
+            results[n] = runs
+            base = runs["duckdb_read_json"]
             print(f"\n{n:,} queries, {pairs:,} pairs, {size_mib:,.0f} MiB file")
-            for name, r in (("arhn ingest", arhn), ("duckdb read_json", base)):
+            for name, r in runs.items():
                 print(
                     f"  {name:18} {r['pairs'] / r['seconds']:>10,.0f} pairs/s  {r['seconds']:7.1f} s  "
-                    f"peak {r['peak_mib']:7.0f} MiB"
+                    f"peak {r['peak_mib']:7.0f} MiB   speed vs read_json {base['seconds'] / r['seconds']:.2f}x"
                 )
+        for kind in kinds:
+            if kind == "duckdb_read_json":
+                continue
+            small, large = results[args.queries][kind], results[args.queries * 10][kind]
             print(
-                f"  ratio arhn / read_json: speed {arhn['seconds'] and base['seconds'] / arhn['seconds']:.2f}x, "
-                f"peak memory {arhn['peak_mib'] / base['peak_mib']:.2f}x"
+                f"\n{kind} peak memory, 10x the file: {small['peak_mib']:.0f} -> {large['peak_mib']:.0f} MiB "
+                f"({large['peak_mib'] / small['peak_mib']:.2f}x)"
             )
-        small, large = results[args.queries][0], results[args.queries * 10][0]
-        print(
-            f"\narhn ingest peak memory, 10x the file: {small['peak_mib']:.0f} -> {large['peak_mib']:.0f} MiB "
-            f"({large['peak_mib'] / small['peak_mib']:.2f}x)"
-        )
 
 
 if __name__ == "__main__":

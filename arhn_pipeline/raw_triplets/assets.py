@@ -1,5 +1,7 @@
 """The `raw_triplets` asset and its checks."""
 
+from typing import Literal
+
 import dagster as dg
 from pydantic import Field
 
@@ -24,6 +26,11 @@ class RawTripletsConfig(dg.Config):
     )
     max_text_chars: int = Field(
         default=MAX_TEXT_CHARS, ge=1, description="a query or passage longer than this quarantines its row (too_large)"
+    )
+    reader: Literal["columnar", "per_line"] = Field(
+        default="columnar",
+        description="columnar: chunks parsed and checked by DuckDB, a line it cannot take read alone; per_line: "
+        "every row through pydantic (the reference; the same tables, slower)",
     )
 
 
@@ -54,7 +61,7 @@ def raw_triplets(context: dg.AssetExecutionContext, config: RawTripletsConfig, d
     limits = Limits(max_line_bytes=config.max_line_bytes, max_text_chars=config.max_text_chars)
     with duckdb.get_connection() as conn:
         try:
-            stats = ingest(conn, subset, entry, batch_size=config.batch_size, limits=limits)
+            stats = ingest(conn, subset, entry, batch_size=config.batch_size, limits=limits, reader=config.reader)
         except SourceError as exc:  # the file as a whole (missing, not UTF-8 text, no valid row): one clear line
             raise dg.Failure(description=str(exc)) from None
         preview = _preview(conn, subset)

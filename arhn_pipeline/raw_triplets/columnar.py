@@ -52,9 +52,20 @@ TEVATRON_STRUCTURE = {
 }
 
 
+# Text that is plain: printable ASCII with single spaces inside. Most passages are; for them normalizing is a
+# no-op and no character rule can fail, so the costly functions run only on the others.
+_UNUSUAL = r"[\x00-\x1f\x{7f}-\x{10ffff}]|  |^ | $"
+_WS_NOT_SPACE = WS_CLASS.replace("\\x{20}", "")
+
+
 def normalized_sql(expr: str) -> str:
-    """identity.normalize_text in SQL."""
-    return f"trim(regexp_replace(nfc_normalize({expr}), '{WS_CLASS}+', ' ', 'g'), ' ')"
+    """identity.normalize_text in SQL: NFC, Python's whitespace runs as one space, stripped."""
+    return (
+        f"CASE WHEN NOT regexp_matches({expr}, '{_UNUSUAL}') THEN {expr} "
+        f"WHEN regexp_matches({expr}, '{_WS_NOT_SPACE}|  |^ | $') "
+        f"THEN trim(regexp_replace(nfc_normalize({expr}), '{WS_CLASS}+', ' ', 'g'), ' ') "
+        f"ELSE nfc_normalize({expr}) END"
+    )
 
 
 def _scalar_only(shape: object) -> bool:
@@ -136,9 +147,10 @@ class ChunkResult:
 
 
 def _texts_ok(expr: str, max_text_chars: int) -> str:
+    """rows._clean_text's rules: not empty once stripped, not too long, no control character."""
     return (
-        f"(NOT regexp_matches({expr}, '{_CONTROL}') AND length({expr}) <= {max_text_chars} "
-        f"AND NOT regexp_full_match({expr}, '{WS_CLASS}*'))"
+        f"(length({expr}) <= {max_text_chars} AND NOT regexp_full_match({expr}, '{WS_CLASS}*') "
+        f"AND NOT (regexp_matches({expr}, '{_UNUSUAL}') AND regexp_matches({expr}, '{_CONTROL}')))"
     )
 
 
@@ -146,49 +158,54 @@ def parse_chunk(
     conn: duckdb.DuckDBPyConnection, lines: np.ndarray, texts: pa.Array, fmt: Format, max_text_chars: int
 ) -> ChunkResult:
     """Parse, check and split one chunk into the temporary tables; returns the lines left to the slow path."""
+    structure = json.dumps(BGE_STRUCTURE if fmt == "bge" else TEVATRON_STRUCTURE)
+    nested = "true"
+    if fmt == "tevatron":  # the passages' own keys (the only objects a taken shape can hold) are checked too
+        nested = " AND ".join(
+            f"coalesce(try(list_bool_and(list_transform(json_keys(raw, '$.{side}[*]'), "
+            "lambda k: len(k) = len(list_distinct(k))))), false)"
+            for side in ("positive_passages", "negative_passages")
+        )
     conn.register("_col_in", pa.table({"line": pa.array(lines, pa.int64()), "raw": texts}))
+    # one scan of the chunk: the line's shape, its keys, its values, and DuckDB's one leniency (trailing commas)
     conn.execute(
-        "CREATE OR REPLACE TEMP TABLE _col_lines AS SELECT line, rtrim(raw, chr(13) || chr(10)) AS raw FROM _col_in"
+        f"""CREATE OR REPLACE TEMP TABLE _col_rows AS
+        SELECT line, try(json_structure(raw)) AS shape, try(json_keys(raw)) AS keys, {nested} AS nested_keys_unique,
+               try(json_transform(raw, '{structure}')) AS r, regexp_matches(raw, '{_TRAILING_COMMA}') AS comma
+        FROM _col_in"""
     )
     conn.unregister("_col_in")
-    conn.execute(
-        f"""CREATE OR REPLACE TEMP TABLE _col_shaped AS
-        SELECT line, raw, try(json_structure(raw)) AS shape FROM _col_lines
-        WHERE NOT regexp_matches(raw, '{_TRAILING_COMMA}')"""
-    )
-    shapes = [s for (s,) in conn.execute("SELECT DISTINCT shape FROM _col_shaped WHERE shape IS NOT NULL").fetchall()]
+    shapes = [s for (s,) in conn.execute("SELECT DISTINCT shape FROM _col_rows WHERE shape IS NOT NULL").fetchall()]
     taken = [s for s in shapes if _accepted(s, fmt)]
     if fmt == "bge":
         _bge(conn, taken, max_text_chars)
     else:
         _tevatron(conn, taken, max_text_chars)
-    _passage_ids(conn)
-    # a line with a repeated passage is folded (and its repeats quarantined) by the line-by-line path
+    # a line with a bad text or a repeated passage goes to the line-by-line path (which folds and names them)
     conn.execute(
-        """INSERT INTO _col_bad SELECT line FROM _col_candidates
-            GROUP BY line HAVING count(DISTINCT passage_id) < count(*);
+        """CREATE OR REPLACE TEMP TABLE _col_bad AS
+        SELECT line FROM _col_candidates GROUP BY line
+        HAVING NOT bool_and(text_ok) OR count(DISTINCT passage_id) < count(*);
         DELETE FROM _col_queries WHERE line IN (SELECT line FROM _col_bad);
-        DELETE FROM _col_candidates WHERE line IN (SELECT line FROM _col_bad);"""
+        DELETE FROM _col_candidates WHERE line IN (SELECT line FROM _col_bad);
+        ALTER TABLE _col_candidates DROP COLUMN text_ok;"""
     )
-    fallback = conn.execute(
-        "SELECT line FROM _col_lines ANTI JOIN _col_queries USING (line) ORDER BY line"
-    ).fetchnumpy()["line"]
-    return ChunkResult(np.asarray(fallback, dtype=np.int64))
+    fallback = conn.execute("SELECT line FROM _col_rows ANTI JOIN _col_queries USING (line) ORDER BY line").fetchall()
+    return ChunkResult(np.array([n for (n,) in fallback], dtype=np.int64))
+
+
+def _taken_rows() -> str:
+    """The lines whose shape, keys and syntax the columnar path takes."""
+    return (
+        "list_contains($taken, shape) AND NOT comma AND r IS NOT NULL AND nested_keys_unique "
+        "AND len(keys) = len(list_distinct(keys))"
+    )
 
 
 def _bge(conn: duckdb.DuckDBPyConnection, taken: list[str], max_text_chars: int) -> None:
-    structure = json.dumps(BGE_STRUCTURE)
-    conn.execute(
-        f"""CREATE OR REPLACE TEMP TABLE _col_rows AS
-        SELECT line, shape, json_transform(raw, '{structure}') AS r FROM _col_shaped
-        WHERE list_contains($taken, shape) AND len(json_keys(raw)) = len(list_distinct(json_keys(raw)))""",
-        {"taken": taken},
-    )
     ok = f"""{_texts_ok("r.query", max_text_chars)}
         AND len(r.pos) >= 1 AND len(r.neg) >= 1
-        AND list_aggregate(r.pos, 'count') = len(r.pos) AND list_aggregate(r.neg, 'count') = len(r.neg)
-        AND list_bool_and(list_transform(r.pos, lambda t: {_texts_ok("t", max_text_chars)}))
-        AND list_bool_and(list_transform(r.neg, lambda t: {_texts_ok("t", max_text_chars)}))"""
+        AND list_aggregate(r.pos, 'count') = len(r.pos) AND list_aggregate(r.neg, 'count') = len(r.neg)"""
     for name, ref in (("pos_scores", "pos"), ("neg_scores", "neg"), ("pos_ids", "pos"), ("neg_ids", "neg")):
         ok += f"""
         AND (r.{name} IS NULL OR (len(r.{name}) = len(r.{ref})
@@ -204,70 +221,58 @@ def _bge(conn: duckdb.DuckDBPyConnection, taken: list[str], max_text_chars: int)
         f"""CREATE OR REPLACE TEMP TABLE _col_queries AS
         SELECT line, coalesce(r.query_id, r.qid, 'q' || left(sha256({normalized_sql("r.query")}), 16)) AS query_id,
                r.query AS query, r.prompt AS prompt, r.type AS type
-        FROM _col_rows WHERE {ok};
-        CREATE OR REPLACE TEMP TABLE _col_candidates AS
-        SELECT line, 'positive' AS role, generate_subscripts(r.pos, 1) - 1 AS rank, unnest(r.pos) AS text,
-               NULL::VARCHAR AS title, unnest(r.pos_scores) AS score, unnest(r.pos_ids) AS source_id
-        FROM _col_rows SEMI JOIN _col_queries USING (line)
-        UNION ALL
-        SELECT line, 'negative', generate_subscripts(r.neg, 1) - 1, unnest(r.neg), NULL::VARCHAR,
-               unnest(r.neg_scores), unnest(r.neg_ids)
-        FROM _col_rows SEMI JOIN _col_queries USING (line);
-        CREATE OR REPLACE TEMP TABLE _col_bad (line BIGINT);"""
+        FROM _col_rows WHERE {_taken_rows()} AND {ok};
+        """,
+        {"taken": taken},
+    )
+    conn.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _col_candidates AS
+        SELECT line, role, rank, left(sha256({normalized_sql("text")}), 20) AS passage_id, NULL::VARCHAR AS title,
+               text, score, source_id, {_texts_ok("text", max_text_chars)} AS text_ok
+        FROM (
+            SELECT line, 'positive' AS role, generate_subscripts(r.pos, 1) - 1 AS rank, unnest(r.pos) AS text,
+                   unnest(r.pos_scores) AS score, unnest(r.pos_ids) AS source_id
+            FROM _col_rows SEMI JOIN _col_queries USING (line)
+            UNION ALL
+            SELECT line, 'negative', generate_subscripts(r.neg, 1) - 1, unnest(r.neg), unnest(r.neg_scores),
+                   unnest(r.neg_ids)
+            FROM _col_rows SEMI JOIN _col_queries USING (line)
+        );"""
     )
 
 
 def _tevatron(conn: duckdb.DuckDBPyConnection, taken: list[str], max_text_chars: int) -> None:
-    structure = json.dumps(TEVATRON_STRUCTURE)
-    keys_unique = "len(json_keys(raw)) = len(list_distinct(json_keys(raw)))"
-    for side in ("positive_passages", "negative_passages"):
-        keys_unique += (
-            f" AND list_bool_and(list_transform(json_keys(raw, '$.{side}[*]'), "
-            "lambda k: len(k) = len(list_distinct(k))))"
-        )
-    conn.execute(
-        f"""CREATE OR REPLACE TEMP TABLE _col_rows AS
-        SELECT line, json_transform(raw, '{structure}') AS r FROM _col_shaped
-        WHERE list_contains($taken, shape) AND {keys_unique}""",
-        {"taken": taken},
-    )
     ok = f"""{_texts_ok("r.query", max_text_chars)}
         AND len(r.positive_passages) >= 1 AND len(r.negative_passages) >= 1"""
     for side in ("positive_passages", "negative_passages"):
         ok += f"""
         AND list_bool_and(list_transform(r.{side}, lambda p: p IS NOT NULL AND p.text IS NOT NULL
-             AND {_texts_ok("p.text", max_text_chars)} AND (p.score IS NULL OR isfinite(p.score))))"""
-    conn.execute(
-        f"""CREATE OR REPLACE TEMP TABLE _col_queries AS
-        SELECT line, r.query_id AS query_id, r.query AS query, NULL::VARCHAR AS prompt, NULL::VARCHAR AS type
-        FROM _col_rows WHERE {ok};
-        CREATE OR REPLACE TEMP TABLE _col_candidates AS
-        SELECT line, role, rank, p.text AS text, nullif(p.title, '') AS title, p.score AS score,
-               p.docid AS source_id
-        FROM (
-            SELECT line, 'positive' AS role, generate_subscripts(r.positive_passages, 1) - 1 AS rank,
-                   unnest(r.positive_passages) AS p
-            FROM _col_rows SEMI JOIN _col_queries USING (line)
-            UNION ALL
-            SELECT line, 'negative', generate_subscripts(r.negative_passages, 1) - 1, unnest(r.negative_passages)
-            FROM _col_rows SEMI JOIN _col_queries USING (line)
-        );
-        CREATE OR REPLACE TEMP TABLE _col_bad (line BIGINT);"""
-    )
-
-
-def _passage_ids(conn: duckdb.DuckDBPyConnection) -> None:
-    """passage_key for every distinct (title, text) of the chunk, hashed once each."""
+             AND (p.score IS NULL OR isfinite(p.score))))"""
     body = (
         f"CASE WHEN title IS NULL THEN {normalized_sql('text')} "
         f"ELSE {normalized_sql('title')} || chr(10) || {normalized_sql('text')} END"
     )
     conn.execute(
-        f"""CREATE OR REPLACE TEMP TABLE _col_keys AS
-        SELECT title, text, left(sha256({body}), 20) AS passage_id
-        FROM (SELECT DISTINCT title, text FROM _col_candidates);
-        CREATE OR REPLACE TEMP TABLE _col_candidates AS
-        SELECT c.line, c.role, c.rank, k.passage_id, c.title, c.text, c.score::DOUBLE AS score,
-               c.source_id::VARCHAR AS source_id
-        FROM _col_candidates c JOIN _col_keys k ON k.text = c.text AND k.title IS NOT DISTINCT FROM c.title;"""
+        f"""CREATE OR REPLACE TEMP TABLE _col_queries AS
+        SELECT line, r.query_id AS query_id, r.query AS query, NULL::VARCHAR AS prompt, NULL::VARCHAR AS type
+        FROM _col_rows WHERE {_taken_rows()} AND {ok};
+        """,
+        {"taken": taken},
+    )
+    conn.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _col_candidates AS
+        SELECT line, role, rank, left(sha256({body}), 20) AS passage_id, title, text, score, source_id,
+               {_texts_ok("text", max_text_chars)} AS text_ok
+        FROM (
+            SELECT line, role, rank, nullif(p.title, '') AS title, p.text AS text, p.score AS score,
+                   p.docid AS source_id
+            FROM (
+                SELECT line, 'positive' AS role, generate_subscripts(r.positive_passages, 1) - 1 AS rank,
+                       unnest(r.positive_passages) AS p
+                FROM _col_rows SEMI JOIN _col_queries USING (line)
+                UNION ALL
+                SELECT line, 'negative', generate_subscripts(r.negative_passages, 1) - 1, unnest(r.negative_passages)
+                FROM _col_rows SEMI JOIN _col_queries USING (line)
+            )
+        );"""
     )

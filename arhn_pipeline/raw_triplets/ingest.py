@@ -346,7 +346,7 @@ def _stream_columnar(conn, subset: str, entry: SourceEntry, stage: dict[str, str
         stats.negatives += negatives
         batch.flush(conn)
         faults.point("ingest_batch")
-    for table in ("_col_lines", "_col_shaped", "_col_rows", "_col_queries", "_col_candidates", "_col_keys", "_col_bad"):
+    for table in ("_col_rows", "_col_queries", "_col_candidates", "_col_bad"):
         conn.execute(f"DROP TABLE IF EXISTS {table}")
     return stats
 
@@ -404,31 +404,34 @@ def _write_winners(conn, subset: str, source: str, stage: dict[str, str], winner
     """The chunk's kept lines into the staging tables, and their passages (first text seen) into passages."""
     if not winners:
         return 0, 0
-    conn.register("_winners", pa.table({"line": pa.array(winners, pa.int64())}))
+    every = conn.execute("SELECT count(*) FROM _col_queries").fetchone() == (len(winners),)
+    if not every:  # some lines repeat an earlier query id: only the others are kept
+        conn.register("_winners", pa.table({"line": pa.array(winners, pa.int64())}))
+        conn.execute("DELETE FROM _col_queries WHERE line NOT IN (SELECT line FROM _winners)")
+        conn.execute("DELETE FROM _col_candidates WHERE line NOT IN (SELECT line FROM _winners)")
+        conn.unregister("_winners")
     conn.execute(
         f"""INSERT INTO {stage["queries"]} (subset, query_id, text, prompt, type, source, line)
-        SELECT $subset, query_id, query, prompt, type, $source, line FROM _col_queries SEMI JOIN _winners USING (line)
-        ORDER BY line""",
+        SELECT $subset, query_id, query, prompt, type, $source, line FROM _col_queries""",
         {"subset": subset, "source": source},
     )
     conn.execute(
         f"""INSERT INTO {stage["candidates"]}
             (subset, query_id, passage_id, role, original_rank, original_score, source_passage_id)
         SELECT $subset, q.query_id, c.passage_id, c.role, c.rank, c.score, c.source_id
-        FROM _col_candidates c SEMI JOIN _winners USING (line) JOIN _col_queries q USING (line)
-        ORDER BY c.line, c.role DESC, c.rank""",
+        FROM _col_candidates c JOIN _col_queries q USING (line)""",
         {"subset": subset},
     )
     conn.execute(
         """INSERT INTO passages (passage_id, title, text)
-        SELECT passage_id, first(title ORDER BY line, role DESC, rank), first(text ORDER BY line, role DESC, rank)
-        FROM _col_candidates SEMI JOIN _winners USING (line) GROUP BY passage_id
+        SELECT passage_id, arg_min(title, seen), arg_min(text, seen) FROM (
+            SELECT passage_id, title, text, line * 4194304 + (role = 'negative')::INT * 2097152 + rank AS seen
+            FROM _col_candidates
+        ) GROUP BY passage_id
         ON CONFLICT DO NOTHING"""
     )
     counts = conn.execute(
-        "SELECT count(*) FILTER (role = 'positive'), count(*) FILTER (role = 'negative') "
-        "FROM _col_candidates SEMI JOIN _winners USING (line)"
+        "SELECT count(*) FILTER (role = 'positive'), count(*) FILTER (role = 'negative') FROM _col_candidates"
     ).fetchone()
-    conn.unregister("_winners")
     assert counts is not None
     return int(counts[0]), int(counts[1])
