@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/llm_stage.py                        # sample_geo: 176 snippet requests
     .venv/bin/python bench/llm_stage.py --subset sample_bio --queries 4
+    .venv/bin/python bench/llm_stage.py --repeats 3              # bare and pipeline three times: median, spread
 
 One process, one engine loaded once, the same snippet prompts (the partition's pairs, passages cut to the
 stage's token budget), in three ways:
@@ -89,6 +90,9 @@ def main() -> None:
     ap.add_argument(
         "--one-by-one", type=int, default=24, help="the synchronous loop sends the first N prompts (rates compared)"
     )
+    ap.add_argument(
+        "--repeats", type=int, default=1, help="measure bare and pipeline this many times, alternating (median)"
+    )
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="arhn-bench-"))
     os.environ["ARHN_DB"] = str(work / "bench.duckdb")
@@ -136,35 +140,50 @@ def main() -> None:
     chat_figures("warm-up", llm, requests[-4:])  # first-call costs (structured-output grammar) out of the way
     print(f"{args.subset}: {len(requests)} snippet requests ({pairs['query_id'].n_unique()} queries)", flush=True)
 
-    bare, bare_texts = chat_figures("bare vllm.LLM.chat (baseline)", llm, requests)
-    print(f"bare: {bare.seconds:.1f} s", flush=True)
+    def run_pipeline(db: str) -> tuple[Figures, dict]:
+        """The snippets asset end to end on a fresh DuckDB file (an empty call cache: every request is sent)."""
+        with duckdb.connect(db) as conn:
+            create_schema(conn)
+        llm.reset_prefix_cache()
+        instance = dg.DagsterInstance.ephemeral()
+        instance.add_dynamic_partitions("subset", [args.subset])
+        t0 = time.perf_counter()
+        result = dg.materialize(
+            [raw_triplets, snippets],
+            selection=[snippets],
+            partition_key=args.subset,
+            instance=instance,
+            resources={"duckdb": DuckDBStore(database=db), "llm": engine},
+        )
+        seconds = time.perf_counter() - t0
+        meta = {k: v.value for k, v in result.asset_materializations_for_node("snippets")[0].metadata.items()}
+        if meta["llm_cache_misses"] != len(requests):
+            raise SystemExit(f"the pipeline sent {meta['llm_cache_misses']} requests, not {len(requests)}")
+        with duckdb.connect(db, read_only=True) as conn:
+            stored = dict(conn.execute("SELECT call_id, response FROM llm_calls").fetchall())
+        figures = Figures(
+            "snippets asset end to end",
+            len(requests),
+            seconds,
+            meta["llm_prompt_tokens_sent"],
+            meta["llm_completion_tokens"],
+            meta["llm_prefix_cached_tokens"],
+        )
+        return figures, stored
 
-    llm.reset_prefix_cache()
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("subset", [args.subset])
-    t0 = time.perf_counter()
-    result = dg.materialize(
-        [raw_triplets, snippets],
-        selection=[snippets],
-        partition_key=args.subset,
-        instance=instance,
-        resources={"duckdb": DuckDBStore(database=os.environ["ARHN_DB"]), "llm": engine},
-    )
-    seconds = time.perf_counter() - t0
-    meta = {k: v.value for k, v in result.asset_materializations_for_node("snippets")[0].metadata.items()}
-    if meta["llm_cache_misses"] != len(requests):
-        raise SystemExit(f"the pipeline sent {meta['llm_cache_misses']} requests, not {len(requests)}")
-    pipeline = Figures(
-        "snippets asset end to end",
-        len(requests),
-        seconds,
-        meta["llm_prompt_tokens_sent"],
-        meta["llm_completion_tokens"],
-        meta["llm_prefix_cached_tokens"],
-    )
-    print(f"pipeline: {pipeline.seconds:.1f} s", flush=True)
-    with duckdb.connect(os.environ["ARHN_DB"], read_only=True) as conn:
-        stored = dict(conn.execute("SELECT call_id, response FROM llm_calls").fetchall())
+    ratios = []
+    for attempt in range(args.repeats):
+        llm.reset_prefix_cache()
+        bare, bare_texts = chat_figures("bare vllm.LLM.chat (baseline)", llm, requests)
+        print(f"bare: {bare.seconds:.1f} s", flush=True)
+        db = os.environ["ARHN_DB"] if attempt == 0 else str(work / f"bench-{attempt}.duckdb")
+        if attempt:
+            with duckdb.connect(db) as conn:
+                create_schema(conn)
+                ingest(conn, args.subset, entry.model_copy(update={"limit": args.queries}) if args.queries else entry)
+        pipeline, stored = run_pipeline(db)
+        print(f"pipeline: {pipeline.seconds:.1f} s", flush=True)
+        ratios.append(pipeline.rate / bare.rate)
     model = engine.model_id()
     same = sum(stored[r.cache_key(model)] == t for r, t in zip(requests, bare_texts, strict=True))
 
@@ -204,6 +223,13 @@ def main() -> None:
     print("| layout | prompt tokens | from prefix cache | share |\n|---|---|---|---|")
     for name, f in (("query-first (the stage's prompt)", bare), ("passage-first", passage_first_figures)):
         print(f"| {name} | {f.prompt_tokens:,} | {f.cached_tokens:,} | {f.cached_tokens / f.prompt_tokens:.1%} |")
+    if args.repeats > 1:
+        ordered = sorted(ratios)
+        print(
+            f"\nstage-vs-bare requests/s over {args.repeats} alternating runs: "
+            f"{', '.join(f'{r:.2f}x' for r in ratios)}; median {ordered[len(ordered) // 2]:.2f}x, "
+            f"spread (max - min) {ordered[-1] - ordered[0]:.2f}"
+        )
     if passage_first_figures.cached_tokens:
         ratio = bare.cached_tokens / passage_first_figures.cached_tokens
         print(f"\nquery-first serves {ratio:.1f}x the prompt tokens from the prefix cache that passage-first does")
