@@ -20,6 +20,7 @@ from arhn_pipeline.identity import normalize_text, passage_key
 from arhn_pipeline.raw_triplets import columnar
 from arhn_pipeline.raw_triplets.ingest import IngestStats, Limits, ingest
 from arhn_pipeline.schema import create_schema
+from arhn_pipeline.sources import readers
 from arhn_pipeline.sources.readers import SourceError
 from arhn_pipeline.sources.registry import SourceEntry
 from arhn_pipeline_tests.test_bad_input import BAD_LINES, bad_lines, good, line
@@ -81,7 +82,14 @@ def test_every_flagembedding_sample_gives_identical_tables(shared_data, tmp_path
         both(tmp_path, SourceEntry(name=re.sub(r"\W", "_", path.stem).lower(), format="bge", path=path))
 
 
-def test_the_bad_input_corpus_gives_identical_tables(tmp_path):
+@pytest.fixture(params=["one chunk", "many chunks"])
+def chunking(request, monkeypatch):
+    """The default chunk size, and chunks of a few lines (repeats and fallbacks across chunk boundaries)."""
+    if request.param == "many chunks":
+        monkeypatch.setattr(readers, "CHUNK_BYTES", 300)
+
+
+def test_the_bad_input_corpus_gives_identical_tables(tmp_path, chunking):
     lines = [line(good(1))]
     for _, bad, _, _ in BAD_LINES:
         lines += [bad, line(good(len(lines)))]
@@ -118,7 +126,7 @@ def test_the_bad_input_corpus_gives_identical_tables(tmp_path):
     assert stats.quarantined_rows >= len(BAD_LINES) + 8 and stats.duplicate_lines >= 1
 
 
-def test_a_line_over_the_limit_and_a_limit_on_rows_give_identical_tables(tmp_path):
+def test_a_line_over_the_limit_and_a_limit_on_rows_give_identical_tables(tmp_path, chunking):
     path = tmp_path / "big.jsonl"
     rows = [line(good(i)) for i in range(30)]
     rows[3] = line(good(3, pos=["w" * 300_000]))  # over max_line_bytes, and over one read of the chunk reader
@@ -127,7 +135,7 @@ def test_a_line_over_the_limit_and_a_limit_on_rows_give_identical_tables(tmp_pat
     both(tmp_path, SourceEntry(name="sliced", format="bge", path=path, limit=7), Limits(max_line_bytes=100_000))
 
 
-def test_tevatron_rows_with_titles_ids_and_faults_give_identical_tables(tmp_path):
+def test_tevatron_rows_with_titles_ids_and_faults_give_identical_tables(tmp_path, chunking):
     def psg(i, **over):
         return {"docid": f"d{i}", "title": f"Title {i}", "text": f"text {i}", **over}
 
@@ -172,9 +180,15 @@ def test_the_sql_whitespace_class_is_pythons():
     derandomize=os.environ.get("CI") == "true",
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
-@given(lines=st.lists(bad_lines, min_size=1, max_size=12), extra=st.lists(st.text(max_size=12), max_size=4))
-def test_arbitrary_lines_give_identical_tables(tmp_path_factory, lines, extra):
+@given(
+    lines=st.lists(bad_lines, min_size=1, max_size=12),
+    extra=st.lists(st.text(max_size=12), max_size=4),
+    chunk=st.sampled_from([readers.CHUNK_BYTES, 64, 200]),
+)
+def test_arbitrary_lines_give_identical_tables(tmp_path_factory, monkeypatch, lines, extra, chunk):
     tmp_path = tmp_path_factory.mktemp("fuzz")
+    monkeypatch.setattr(readers, "CHUNK_BYTES", chunk)
+
     texts = [line(good(0, query=q or "empty", neg=[q + " n", "m"])) for q in extra]
     path = tmp_path / "fuzz.jsonl"
     path.write_bytes(b"\n".join(lines + texts) + b"\n" + line(good(0, query="the last, valid line")) + b"\n")

@@ -218,7 +218,7 @@ def _stream_into(
     conn, subset: str, entry: SourceEntry, batch_size: int, stage: dict[str, str], limits: Limits
 ) -> IngestStats:
     stats = IngestStats()
-    seen: dict[str, tuple[int, bytes | str]] = {}
+    seen: dict[str, tuple[int, bytes]] = {}
     batch = _Batch(subset, entry.location, stage)
     for rec in iter_records(entry, limits.max_line_bytes):
         stats.lines += 1
@@ -272,16 +272,57 @@ def _candidate_text(row: Any, field: str) -> str:
     return value if isinstance(value, str) else str(value.get("text", value))
 
 
-_DIGESTS = """
-SELECT q.line, q.query_id,
-       md5(concat_ws(chr(0), q.query, coalesce(q.prompt, ''), coalesce(q.type, ''), c.body)) AS digest
+# A digest of a kept triplet's content, to tell an identical repeat of a query id from a conflicting one;
+# computed only for query ids that repeat, from the chunk's tables or, for a first line in an earlier chunk,
+# from the staging tables (which hold exactly what was kept).
+_CHUNK_DIGESTS = """
+SELECT q.line, md5(concat_ws(chr(0), q.query, coalesce(q.prompt, ''), coalesce(q.type, ''), c.body))
 FROM _col_queries q JOIN (
     SELECT line, string_agg(role || ':' || passage_id || ':' || coalesce(score::VARCHAR, '-'), ','
                             ORDER BY role DESC, rank) AS body
-    FROM _col_candidates GROUP BY line
+    FROM _col_candidates WHERE list_contains($lines, line) GROUP BY line
 ) c USING (line)
-ORDER BY q.line
 """
+_STAGED_DIGESTS = """
+SELECT q.query_id, md5(concat_ws(chr(0), q.text, coalesce(q.prompt, ''), coalesce(q.type, ''), c.body))
+FROM {queries} q JOIN (
+    SELECT query_id, string_agg(role || ':' || passage_id || ':' || coalesce(original_score::VARCHAR, '-'), ','
+                                ORDER BY role DESC, original_rank) AS body
+    FROM {candidates} WHERE list_contains($ids, query_id) GROUP BY query_id
+) c USING (query_id)
+"""
+
+
+def _repeats(
+    conn, stage: dict[str, str], seen: dict[str, int], ids: list[tuple[int, str]]
+) -> dict[int, tuple[int, bool]]:
+    """For each line whose query id came before (in an earlier chunk or earlier in this one): (the first line,
+    whether its content is identical). Updates `seen` with the chunk's first lines."""
+    found: dict[int, int] = {}
+    for line, query_id in ids:
+        if query_id in seen:
+            found[line] = seen[query_id]
+        else:
+            seen[query_id] = line
+    if not found:
+        return {}
+    here = {line for line, _ in ids}
+    lines = sorted(set(found) | {first for first in found.values() if first in here})
+    digest = dict(conn.execute(_CHUNK_DIGESTS, {"lines": lines}).fetchall())
+    earlier = {query_id for line, query_id in ids if line in found and found[line] not in here}
+    staged = dict(
+        conn.execute(
+            _STAGED_DIGESTS.format(queries=stage["queries"], candidates=stage["candidates"]), {"ids": sorted(earlier)}
+        ).fetchall()
+        if earlier
+        else []
+    )
+    query_of = dict(ids)
+    out = {}
+    for line, first in found.items():
+        first_digest = digest[first] if first in here else staged[query_of[line]]
+        out[line] = (first, first_digest == digest[line])
+    return out
 
 
 def _stream_columnar(conn, subset: str, entry: SourceEntry, stage: dict[str, str], limits: Limits) -> IngestStats:
@@ -289,7 +330,7 @@ def _stream_columnar(conn, subset: str, entry: SourceEntry, stage: dict[str, str
     reader's own errors) go through the line-by-line rules one by one; then repeats of a query id are
     resolved in line order across both, exactly as the line-by-line reader does."""
     stats = IngestStats()
-    seen: dict[str, tuple[int, bytes | str]] = {}
+    seen: dict[str, int] = {}  # query id -> the line that first gave it
     for chunk in iter_line_chunks(entry, limits.max_line_bytes):
         batch = _Batch(subset, entry.location, stage)
         stats.lines += len(chunk.lines) + len(chunk.records)
@@ -314,10 +355,12 @@ def _stream_columnar(conn, subset: str, entry: SourceEntry, stage: dict[str, str
                 batch.quarantine_row(line, exc.field, exc.reason, raw=raw)
         _add_slow(conn, slow)
         winners: list[int] = []
-        for line, query_id, digest in conn.execute(_DIGESTS).fetchall():
-            if query_id in seen:
-                first_line, first_digest = seen[query_id]
-                if first_digest == digest:
+        ids = conn.execute("SELECT line, query_id FROM _col_queries ORDER BY line").fetchall()
+        repeats = _repeats(conn, stage, seen, ids)
+        for line, query_id in ids:
+            if line in repeats:
+                first_line, identical = repeats[line]
+                if identical:
                     stats.duplicate_lines += 1
                     batch.quarantine_row(
                         line, "row", f"identical repeat of line {first_line}, folded", _raw(chunk, line)
@@ -331,7 +374,6 @@ def _stream_columnar(conn, subset: str, entry: SourceEntry, stage: dict[str, str
                         _raw(chunk, line),
                     )
                 continue
-            seen[query_id] = (line, digest)
             winners.append(line)
             if line in slow:
                 t, value = slow[line]

@@ -279,9 +279,10 @@ def _chunk(data: bytes, first_line: int, max_line_bytes: int) -> tuple[LineChunk
                 records.append(rec)
     offsets = np.append(starts, len(data)).astype(np.int64)
     texts = pa.LargeStringArray.from_buffers(count, pa.py_buffer(offsets), pa.py_buffer(data))
-    mask = pa.array(keep)
     records.sort(key=lambda r: r.line)
-    return LineChunk(numbers[keep], texts.filter(mask), records), count
+    if keep.all():
+        return LineChunk(numbers, texts, records), count
+    return LineChunk(numbers[keep], texts.filter(pa.array(keep)), records), count
 
 
 def _limited(chunk: LineChunk, room: int) -> LineChunk:
@@ -297,12 +298,13 @@ def _limited(chunk: LineChunk, room: int) -> LineChunk:
 
 
 def iter_line_chunks(
-    entry: SourceEntry, max_line_bytes: int = MAX_LINE_BYTES, chunk_bytes: int = CHUNK_BYTES
+    entry: SourceEntry, max_line_bytes: int = MAX_LINE_BYTES, chunk_bytes: int | None = None
 ) -> Iterator[LineChunk]:
     """The source in chunks of whole lines, for the columnar ingest. The same lines, line numbers, limit and
     errors as iter_records; a hub dataset's rows come as their JSON text, row index + 1 as the line."""
     taken = 0
-    for chunk in _file_chunks(entry, max_line_bytes, chunk_bytes) if entry.path else _hub_chunks(entry):
+    size = chunk_bytes or CHUNK_BYTES
+    for chunk in _file_chunks(entry, max_line_bytes, size) if entry.path else _hub_chunks(entry, max(1, size // 1024)):
         if entry.limit is not None:
             chunk = _limited(chunk, entry.limit - taken)
         taken += len(chunk.lines) + len(chunk.records)
