@@ -8,6 +8,7 @@ queries/passages/candidates, quarantine), and the baseline `CREATE TABLE AS SELE
 
     .venv/bin/python bench/ingest.py                    # 10,000 and 100,000 queries (1.6 M pairs)
     .venv/bin/python bench/ingest.py --queries 2000     # quick: 2,000 and 20,000
+    .venv/bin/python bench/ingest.py --profile          # also: where the columnar ingest's time goes (large file)
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ def _child(kind: str, path: str, db: str) -> None:
 
     conn = duckdb.connect(db)
     t0 = time.perf_counter()
+    if kind == "profile":
+        _profile(conn, path)
+        return
     if kind in ("columnar", "per_line"):
         from arhn_pipeline.raw_triplets.ingest import ingest
         from arhn_pipeline.schema import create_schema
@@ -69,6 +73,66 @@ def _child(kind: str, path: str, db: str) -> None:
     print(json.dumps({"pairs": int(pairs), "seconds": seconds, "peak_mib": peak_mib}))
 
 
+class _TimedConnection:
+    """A DuckDB connection that adds up the seconds of each SQL statement, by the statement's first words."""
+
+    def __init__(self, conn):
+        self.conn, self.seconds = conn, {}
+
+    def execute(self, sql, *args):
+        t0 = time.perf_counter()
+        result = self.conn.execute(sql, *args)
+        words = " ".join(sql.split()[:6])
+        label = words.split(" AS ")[0] if "TEMP TABLE" in words else words
+        self.seconds[label] = self.seconds.get(label, 0.0) + time.perf_counter() - t0
+        return result
+
+    def __getattr__(self, name):
+        return getattr(self.conn, name)
+
+
+def _profile(conn, path: str) -> None:
+    """The columnar ingest once more, with every SQL statement timed; the rest is Python (reading the file in
+    chunks, finding lines, the fallback path, bookkeeping)."""
+    from arhn_pipeline.raw_triplets.ingest import ingest
+    from arhn_pipeline.schema import create_schema
+    from arhn_pipeline.sources import readers
+    from arhn_pipeline.sources.registry import SourceEntry
+
+    create_schema(conn)
+    timed = _TimedConnection(conn)
+    reading = [0.0]
+    chunks = readers.iter_line_chunks
+
+    def timed_chunks(*args, **kwargs):
+        it = chunks(*args, **kwargs)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                chunk = next(it)
+            except StopIteration:
+                reading[0] += time.perf_counter() - t0
+                return
+            reading[0] += time.perf_counter() - t0
+            yield chunk
+
+    import arhn_pipeline.raw_triplets.ingest as ingest_module
+
+    ingest_module.iter_line_chunks = timed_chunks
+    t0 = time.perf_counter()
+    ingest(timed, "bench", SourceEntry(name="bench", format="bge", path=Path(path)), reader="columnar")
+    total = time.perf_counter() - t0
+    parts = sorted(timed.seconds.items(), key=lambda kv: -kv[1])
+    sql = sum(timed.seconds.values())
+    rows = [("reading the file into chunks (Python, numpy)", reading[0])]
+    rows += [(f"SQL: {label}", seconds) for label, seconds in parts[:12]]
+    rows += [(f"SQL: {len(parts) - 12} other statements", sum(s for _, s in parts[12:]))]
+    rows += [("the rest of Python (fallback lines, repeats, bookkeeping)", total - sql - reading[0])]
+    print(f"\nwhere the columnar ingest's {total:.1f} s go ({Path(path).name}):")
+    for label, seconds in rows:
+        print(f"  {seconds:7.2f} s  {seconds / total:6.1%}  {label}")
+
+
 def measure(kind: str, path: Path, workdir: Path) -> dict:
     db = workdir / f"{kind}-{path.stem}.duckdb"
     db.unlink(missing_ok=True)
@@ -82,6 +146,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--queries", type=int, default=10_000, help="small size; the large one is 10x")
     ap.add_argument("--skip-per-line", action="store_true", help="leave out the line-by-line reference path")
+    ap.add_argument("--profile", action="store_true", help="then time each part of the columnar ingest")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -112,6 +177,10 @@ def main() -> None:
                 f"\n{kind} peak memory, 10x the file: {small['peak_mib']:.0f} -> {large['peak_mib']:.0f} MiB "
                 f"({large['peak_mib'] / small['peak_mib']:.2f}x)"
             )
+        if args.profile:
+            large_path = work / f"bge_{args.queries * 10}.jsonl"
+            db = work / "profile.duckdb"
+            subprocess.run([sys.executable, __file__, "--child", "profile", str(large_path), str(db)], check=True)
 
 
 if __name__ == "__main__":
