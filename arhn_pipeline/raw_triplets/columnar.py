@@ -58,10 +58,12 @@ _UNUSUAL = r"[\x00-\x1f\x{7f}-\x{10ffff}]|  |^ | $"
 _WS_NOT_SPACE = WS_CLASS.replace("\\x{20}", "")
 
 
-def normalized_sql(expr: str) -> str:
-    """identity.normalize_text in SQL: NFC, Python's whitespace runs as one space, stripped."""
+def normalized_sql(expr: str, unusual: str | None = None) -> str:
+    """identity.normalize_text in SQL: NFC, Python's whitespace runs as one space, stripped. `unusual`: an
+    expression already holding whether `expr` matches _UNUSUAL (else it is computed here)."""
+    unusual = unusual or f"regexp_matches({expr}, '{_UNUSUAL}')"
     return (
-        f"CASE WHEN NOT regexp_matches({expr}, '{_UNUSUAL}') THEN {expr} "
+        f"CASE WHEN NOT {unusual} THEN {expr} "
         f"WHEN regexp_matches({expr}, '{_WS_NOT_SPACE}|  |^ | $') "
         f"THEN trim(regexp_replace(nfc_normalize({expr}), '{WS_CLASS}+', ' ', 'g'), ' ') "
         f"ELSE nfc_normalize({expr}) END"
@@ -146,11 +148,14 @@ class ChunkResult:
     fallback: np.ndarray  # line numbers
 
 
-def _texts_ok(expr: str, max_text_chars: int) -> str:
-    """rows._clean_text's rules: not empty once stripped, not too long, no control character."""
+def _texts_ok(expr: str, max_text_chars: int, unusual: str | None = None) -> str:
+    """rows._clean_text's rules: not empty once stripped, not too long, no control character. A text that is
+    not unusual (printable ASCII, single spaces inside) only needs its length checked."""
+    unusual = unusual or f"regexp_matches({expr}, '{_UNUSUAL}')"
     return (
-        f"(length({expr}) <= {max_text_chars} AND NOT regexp_full_match({expr}, '{WS_CLASS}*') "
-        f"AND NOT (regexp_matches({expr}, '{_UNUSUAL}') AND regexp_matches({expr}, '{_CONTROL}')))"
+        f"(CASE WHEN NOT {unusual} THEN length({expr}) BETWEEN 1 AND {max_text_chars} "
+        f"ELSE length({expr}) <= {max_text_chars} AND NOT regexp_full_match({expr}, '{WS_CLASS}*') "
+        f"AND NOT regexp_matches({expr}, '{_CONTROL}') END)"
     )
 
 
@@ -227,9 +232,9 @@ def _bge(conn: duckdb.DuckDBPyConnection, taken: list[str], max_text_chars: int)
     )
     conn.execute(
         f"""CREATE OR REPLACE TEMP TABLE _col_candidates AS
-        SELECT line, role, rank, left(sha256({normalized_sql("text")}), 20) AS passage_id, NULL::VARCHAR AS title,
-               text, score, source_id, {_texts_ok("text", max_text_chars)} AS text_ok
-        FROM (
+        SELECT line, role, rank, left(sha256({normalized_sql("text", "unusual")}), 20) AS passage_id,
+               NULL::VARCHAR AS title, text, score, source_id, {_texts_ok("text", max_text_chars, "unusual")} AS text_ok
+        FROM (SELECT *, regexp_matches(text, '{_UNUSUAL}') AS unusual FROM (
             SELECT line, 'positive' AS role, generate_subscripts(r.pos, 1) - 1 AS rank, unnest(r.pos) AS text,
                    unnest(r.pos_scores) AS score, unnest(r.pos_ids) AS source_id
             FROM _col_rows SEMI JOIN _col_queries USING (line)
@@ -237,7 +242,7 @@ def _bge(conn: duckdb.DuckDBPyConnection, taken: list[str], max_text_chars: int)
             SELECT line, 'negative', generate_subscripts(r.neg, 1) - 1, unnest(r.neg), unnest(r.neg_scores),
                    unnest(r.neg_ids)
             FROM _col_rows SEMI JOIN _col_queries USING (line)
-        );"""
+        ));"""
     )
 
 
@@ -249,8 +254,8 @@ def _tevatron(conn: duckdb.DuckDBPyConnection, taken: list[str], max_text_chars:
         AND list_bool_and(list_transform(r.{side}, lambda p: p IS NOT NULL AND p.text IS NOT NULL
              AND (p.score IS NULL OR isfinite(p.score))))"""
     body = (
-        f"CASE WHEN title IS NULL THEN {normalized_sql('text')} "
-        f"ELSE {normalized_sql('title')} || chr(10) || {normalized_sql('text')} END"
+        f"CASE WHEN title IS NULL THEN {normalized_sql('text', 'unusual')} "
+        f"ELSE {normalized_sql('title')} || chr(10) || {normalized_sql('text', 'unusual')} END"
     )
     conn.execute(
         f"""CREATE OR REPLACE TEMP TABLE _col_queries AS
@@ -262,10 +267,10 @@ def _tevatron(conn: duckdb.DuckDBPyConnection, taken: list[str], max_text_chars:
     conn.execute(
         f"""CREATE OR REPLACE TEMP TABLE _col_candidates AS
         SELECT line, role, rank, left(sha256({body}), 20) AS passage_id, title, text, score, source_id,
-               {_texts_ok("text", max_text_chars)} AS text_ok
+               {_texts_ok("text", max_text_chars, "unusual")} AS text_ok
         FROM (
             SELECT line, role, rank, nullif(p.title, '') AS title, p.text AS text, p.score AS score,
-                   p.docid AS source_id
+                   p.docid AS source_id, regexp_matches(p.text, '{_UNUSUAL}') AS unusual
             FROM (
                 SELECT line, 'positive' AS role, generate_subscripts(r.positive_passages, 1) - 1 AS rank,
                        unnest(r.positive_passages) AS p
