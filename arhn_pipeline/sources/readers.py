@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -45,6 +45,7 @@ _WIDE_BOMS = {
     b"\xfe\xff": "UTF-16",
 }
 _UTF8_BOM = b"\xef\xbb\xbf"
+T = TypeVar("T")
 
 
 @dataclass
@@ -205,21 +206,38 @@ def _line_record(n: int, data: bytes, too_large: int | None, max_line_bytes: int
     return Record(n, text, value=value, error=error)
 
 
-def _iter_jsonl(entry: SourceEntry, max_line_bytes: int) -> Iterator[Record]:
+@dataclass
+class _Progress:
+    line: int = 0  # lines read so far
+    any_line: bool = False  # a non-blank line was met
+
+
+def _read_file(entry: SourceEntry, read: Callable[[IO[bytes], _Progress], Iterator[T]]) -> Iterator[T]:
+    """`read` over the source's bytes (gunzipped): a file damaged past its first block, or one without a
+    non-blank line, is a SourceError naming the file (and the line it got to)."""
     fh = _open(entry)
-    any_line, n = False, 0
+    progress = _Progress()
     try:
-        for n, data, too_large in _lines(fh, max_line_bytes):
-            rec = _line_record(n, data, too_large, max_line_bytes)
-            if rec is not None:
-                any_line = True
-                yield rec
+        yield from read(fh, progress)
     except (OSError, EOFError) as exc:  # a gzip file cut short or damaged past its first block
-        raise SourceError(f"source {entry.name!r}: {entry.location}: unreadable after line {n}: {exc}") from exc
+        raise SourceError(
+            f"source {entry.name!r}: {entry.location}: unreadable after line {progress.line}: {exc}"
+        ) from exc
     finally:
         fh.close()
-    if not any_line:
+    if not progress.any_line:
         raise SourceError(f"source {entry.name!r}: file is empty: {entry.location}")
+
+
+def _iter_jsonl(entry: SourceEntry, max_line_bytes: int) -> Iterator[Record]:
+    def read(fh: IO[bytes], progress: _Progress) -> Iterator[Record]:
+        for progress.line, data, too_large in _lines(fh, max_line_bytes):
+            rec = _line_record(progress.line, data, too_large, max_line_bytes)
+            if rec is not None:
+                progress.any_line = True
+                yield rec
+
+    return _read_file(entry, read)
 
 
 @dataclass
@@ -315,9 +333,8 @@ def iter_line_chunks(
 
 
 def _file_chunks(entry: SourceEntry, max_line_bytes: int, chunk_bytes: int) -> Iterator[LineChunk]:
-    fh = _open(entry)
-    n, carry, any_line, start = 0, b"", False, True
-    try:
+    def read(fh: IO[bytes], progress: _Progress) -> Iterator[LineChunk]:
+        carry, start = b"", True
         while True:
             block = fh.read(chunk_bytes)
             data = carry + block if carry else block
@@ -327,7 +344,7 @@ def _file_chunks(entry: SourceEntry, max_line_bytes: int, chunk_bytes: int) -> I
                     data = data[len(_UTF8_BOM) :]
             if not block:
                 if not data:
-                    break
+                    return
                 whole, carry = data, b""
             else:
                 cut = data.rfind(b"\n") + 1
@@ -338,9 +355,9 @@ def _file_chunks(entry: SourceEntry, max_line_bytes: int, chunk_bytes: int) -> I
                         if not data:
                             break
                         size += len(data)
-                    n += 1
-                    rec = _line_record(n, head, size, max_line_bytes)
-                    carry, any_line = b"", True
+                    progress.line += 1
+                    rec = _line_record(progress.line, head, size, max_line_bytes)
+                    carry, progress.any_line = b"", True
                     if rec is not None:
                         yield LineChunk(np.empty(0, dtype=np.int64), pa.array([], pa.large_string()), [rec])
                     continue
@@ -348,16 +365,12 @@ def _file_chunks(entry: SourceEntry, max_line_bytes: int, chunk_bytes: int) -> I
                     carry = data
                     continue
                 whole, carry = data[:cut], data[cut:]
-            chunk, count = _chunk(whole, n, max_line_bytes)
-            n += count
-            any_line = any_line or bool(len(chunk.lines) or chunk.records)
+            chunk, count = _chunk(whole, progress.line, max_line_bytes)
+            progress.line += count
+            progress.any_line = progress.any_line or bool(len(chunk.lines) or chunk.records)
             yield chunk
-    except (OSError, EOFError) as exc:  # a gzip file cut short or damaged past its first block
-        raise SourceError(f"source {entry.name!r}: {entry.location}: unreadable after line {n}: {exc}") from exc
-    finally:
-        fh.close()
-    if not any_line:
-        raise SourceError(f"source {entry.name!r}: file is empty: {entry.location}")
+
+    return _read_file(entry, read)
 
 
 def _hub_chunks(entry: SourceEntry, rows: int = 20_000) -> Iterator[LineChunk]:
