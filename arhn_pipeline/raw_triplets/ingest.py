@@ -275,22 +275,29 @@ def _candidate_text(row: Any, field: str) -> str:
 # A digest of a kept triplet's content, to tell an identical repeat of a query id from a conflicting one;
 # computed only for query ids that repeat, from the chunk's tables or, for a first line in an earlier chunk,
 # from the staging tables (which hold exactly what was kept).
-_CHUNK_DIGESTS = """
-SELECT q.line, md5(concat_ws(chr(0), q.query, coalesce(q.prompt, ''), coalesce(q.type, ''), c.body))
-FROM _col_queries q JOIN (
-    SELECT line, string_agg(role || ':' || passage_id || ':' || coalesce(score::VARCHAR, '-'), ','
-                            ORDER BY role DESC, rank) AS body
-    FROM _col_candidates WHERE list_contains($lines, line) GROUP BY line
-) c USING (line)
-"""
-_STAGED_DIGESTS = """
-SELECT q.query_id, md5(concat_ws(chr(0), q.text, coalesce(q.prompt, ''), coalesce(q.type, ''), c.body))
+_DIGESTS = """
+SELECT q.{key}, md5(concat_ws(chr(0), q.{text}, coalesce(q.prompt, ''), coalesce(q.type, ''), c.body))
 FROM {queries} q JOIN (
-    SELECT query_id, string_agg(role || ':' || passage_id || ':' || coalesce(original_score::VARCHAR, '-'), ','
-                                ORDER BY role DESC, original_rank) AS body
-    FROM {candidates} WHERE list_contains($ids, query_id) GROUP BY query_id
-) c USING (query_id)
+    SELECT {key}, string_agg(role || ':' || passage_id || ':' || coalesce({score}::VARCHAR, '-'), ','
+                             ORDER BY role DESC, {rank}) AS body
+    FROM {candidates} WHERE list_contains($keys, {key}) GROUP BY {key}
+) c USING ({key})
 """
+# the chunk's lines, by line; the staged (kept) triplets, by query id: the same digest of the same content
+_CHUNK_DIGESTS = _DIGESTS.format(
+    key="line", text="query", queries="_col_queries", candidates="_col_candidates", score="score", rank="rank"
+)
+
+
+def _staged_digests(stage: dict[str, str]) -> str:
+    return _DIGESTS.format(
+        key="query_id",
+        text="text",
+        queries=stage["queries"],
+        candidates=stage["candidates"],
+        score="original_score",
+        rank="original_rank",
+    )
 
 
 def _repeats(
@@ -308,15 +315,9 @@ def _repeats(
         return {}
     here = {line for line, _ in ids}
     lines = sorted(set(found) | {first for first in found.values() if first in here})
-    digest = dict(conn.execute(_CHUNK_DIGESTS, {"lines": lines}).fetchall())
+    digest = dict(conn.execute(_CHUNK_DIGESTS, {"keys": lines}).fetchall())
     earlier = {query_id for line, query_id in ids if line in found and found[line] not in here}
-    staged = dict(
-        conn.execute(
-            _STAGED_DIGESTS.format(queries=stage["queries"], candidates=stage["candidates"]), {"ids": sorted(earlier)}
-        ).fetchall()
-        if earlier
-        else []
-    )
+    staged = dict(conn.execute(_staged_digests(stage), {"keys": sorted(earlier)}).fetchall() if earlier else [])
     query_of = dict(ids)
     out = {}
     for line, first in found.items():
