@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from arhn_pipeline import settings
+from arhn_pipeline import settings, storage
 
 
 def dagster_instance():
@@ -262,7 +262,7 @@ def estimate(subset: str, stage: str) -> None:
         pairs = load_pairs(conn, subset)
     if pairs.is_empty():
         raise click.UsageError(f"no rows for {subset!r} in {settings.db_path()}: materialize raw_triplets first")
-    store = DuckDBStore(database=str(settings.db_path()))
+    store = DuckDBStore(database=str(settings.db_path()), storage=storage.from_env().kind)
     click.echo(f"{subset}: {pairs['query_id'].n_unique():,} queries, {pairs.height:,} pairs, model {llm.model_id()}")
     if stage in ("snippets", "all"):
         requests, _ = snippets_core.snippet_requests(

@@ -5,7 +5,7 @@ from typing import Any
 
 import dagster as dg
 
-from arhn_pipeline import settings
+from arhn_pipeline import settings, storage
 from arhn_pipeline.automation import automation_sensor, nightly_refresh, with_automation
 from arhn_pipeline.compare import assets as compare_assets
 from arhn_pipeline.engine.base import LLMEngine
@@ -124,7 +124,7 @@ def build_defs(llm: LLMEngine | None = None, duckdb: DuckDBStore | None = None) 
         # One process per run: the engine loads once and serves every LLM step of the run.
         executor=dg.in_process_executor,
         resources={
-            "duckdb": duckdb or DuckDBStore(database=str(settings.db_path())),
+            "duckdb": duckdb or DuckDBStore(database=str(settings.db_path()), storage=storage.from_env().kind),
             "llm": llm or engine_from_env(),
         },
     )

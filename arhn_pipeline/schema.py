@@ -3,6 +3,8 @@ cache into `llm_calls`, and nothing else creates a table. `create_schema` is ide
 
 from __future__ import annotations
 
+import hashlib
+
 import duckdb
 
 SCHEMA = """
@@ -25,6 +27,14 @@ CREATE TABLE IF NOT EXISTS llm_calls (
     batch_size           INTEGER,
     parse_status         VARCHAR,              -- set by the stage's parser: parsed | repaired | unparsed | ...
     created_at           TIMESTAMP NOT NULL
+);
+-- A key answered by two runs racing (both looked it up before either stored it): the first answer is kept
+-- in llm_calls and used by both; each repeat is counted here (rare, by design: see storage.py).
+CREATE TABLE IF NOT EXISTS llm_calls_asked_twice (
+    call_id    VARCHAR NOT NULL,
+    model      VARCHAR NOT NULL,
+    template   VARCHAR NOT NULL,
+    stored_at  TIMESTAMP NOT NULL
 );
 -- Calls a remote engine could not answer (after its retries): what failed, each time. Not answers: a re-run
 -- asks them again.
@@ -279,11 +289,43 @@ ALTER TABLE decisions ADD COLUMN IF NOT EXISTS judge VARCHAR;
 ALTER TABLE decisions ADD COLUMN IF NOT EXISTS proposed_action VARCHAR;
 ALTER TABLE decisions ADD COLUMN IF NOT EXISTS proposed_rule VARCHAR;
 ALTER TABLE decisions ADD COLUMN IF NOT EXISTS gate VARCHAR;
-ALTER TABLE snippets ALTER COLUMN call_id DROP NOT NULL;
 """
+# Columns that lost their NOT NULL after their first release: (table, column).
+NOW_NULLABLE = (("snippets", "call_id"),)
 
 
-def create_schema(conn: duckdb.DuckDBPyConnection) -> None:
-    conn.execute(SCHEMA)
+def create_schema(conn: duckdb.DuckDBPyConnection, lake: bool = False) -> None:
+    """Every table and view, in a DuckDB file or (`lake`) a DuckLake catalog, which has no primary keys: there
+    a key column is NOT NULL, and every insert that must not repeat a key is an anti-join (in both). A DuckLake
+    catalog is shared by many processes: its schema is made once per version of these statements (recorded
+    in `schema_version`), not on every connection."""
+    tables = SCHEMA.replace("PRIMARY KEY", "NOT NULL") if lake else SCHEMA
+    version = hashlib.sha256((tables + MIGRATIONS + repr(NOW_NULLABLE) + VIEWS).encode()).hexdigest()[:16]
+    if lake and _recorded_version(conn) == version:
+        return
+    conn.execute(tables)
     conn.execute(MIGRATIONS)
+    for table, column in NOW_NULLABLE:
+        nullable = conn.execute(
+            "SELECT is_nullable FROM duckdb_columns() WHERE database_name = current_database() "
+            "AND schema_name = current_schema() AND table_name = ? AND column_name = ?",
+            [table, column],
+        ).fetchone()
+        if nullable == (False,):
+            conn.execute(f"ALTER TABLE {table} ALTER COLUMN {column} DROP NOT NULL")
     conn.execute(VIEWS)
+    if lake:
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version VARCHAR NOT NULL, made_at TIMESTAMP)")
+        conn.execute("DELETE FROM schema_version")
+        conn.execute("INSERT INTO schema_version VALUES (?, now())", [version])
+
+
+def _recorded_version(conn: duckdb.DuckDBPyConnection) -> str | None:
+    exists = conn.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
+        "AND schema_name = current_schema() AND table_name = 'schema_version'"
+    ).fetchone()
+    if exists != (1,):
+        return None
+    row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+    return row[0] if row else None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,10 +21,11 @@ import dagster as dg
 import duckdb
 import polars as pl
 from dagster_duckdb import DuckDBResource
-from pydantic import PrivateAttr
+from pydantic import Field, PrivateAttr
 
 from arhn_pipeline import faults
 from arhn_pipeline.schema import create_schema
+from arhn_pipeline.storage import Storage, StorageError, from_env, open_connection, writing
 
 PARTITIONED_TABLES = ("queries", "candidates", "quarantine")  # written by raw_triplets
 
@@ -117,15 +118,39 @@ def other_tables_metadata(conn: duckdb.DuckDBPyConnection, tables: Iterable[str]
     return out
 
 
+@contextmanager
 def connect(
     path: str, read_only: bool = False, wait_seconds: float = 300.0, on_wait: Callable[[str], None] | None = None
-) -> duckdb.DuckDBPyConnection:
-    """Open the DuckDB file from a command-line reader or writer, waiting while another process holds it.
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The pipeline's tables for a command-line reader or writer (the DuckDB file `path`, or the DuckLake
+    catalog when ARHN_STORAGE says so), closed at the block's end.
 
     DuckDB lets one process at a time open a file for writing, and no other process open it at all
     meanwhile. The pipeline's steps open it only for short pieces of work, so a reader waits seconds, not a
-    stage: it retries until `wait_seconds`. A writer's connection comes with every table made.
+    stage: it retries until `wait_seconds`. A writer's connection comes with every table made; on DuckLake it
+    holds the write lock for the block (storage.writing), and a reader needs no wait at all.
     """
+    where = from_env(path)
+    if where.is_lake:
+        with writing(where, on_wait) if not read_only else nullcontext():
+            conn = open_connection(where, read_only=read_only)
+            try:
+                if not read_only:
+                    create_schema(conn, lake=True)
+                yield conn
+            finally:
+                conn.close()
+        return
+    conn = _open_file(path, read_only, wait_seconds, on_wait)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def _open_file(
+    path: str, read_only: bool, wait_seconds: float, on_wait: Callable[[str], None] | None
+) -> duckdb.DuckDBPyConnection:
     if not read_only:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + wait_seconds
@@ -158,7 +183,8 @@ def snapshot(
         t
         for (t,) in conn.execute(
             "SELECT DISTINCT table_name FROM duckdb_columns() WHERE column_name = 'subset' AND NOT internal"
-            " AND table_name IN (SELECT table_name FROM duckdb_tables() WHERE NOT temporary)"
+            " AND database_name = current_database() AND table_name IN"
+            " (SELECT table_name FROM duckdb_tables() WHERE NOT temporary AND database_name = current_database())"
         ).fetchall()
         if not t.startswith("_")
     ]
@@ -206,10 +232,12 @@ class CallRecord:
 
 
 class DuckDBStore(DuckDBResource):
-    """The pipeline's DuckDB file. The schema is made once per run (the resource's set-up; outside a run, on
-    the first connection). It is also the call cache's store: look up keys, store a batch, record how each
-    answer parsed, each in one short connection."""
+    """The pipeline's tables: the DuckDB file `database`, or (`storage: ducklake`) the DuckLake catalog named
+    by the environment (storage.py). The schema is made once per run (the resource's set-up; outside a run,
+    on the first connection). It is also the call cache's store: look up keys, store a batch, record how
+    each answer parsed, each in one short connection."""
 
+    storage: str = Field(default="duckdb", description="duckdb (one file, the default) or ducklake (storage.py)")
     _schema_ready: bool = PrivateAttr(default=False)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
@@ -217,18 +245,35 @@ class DuckDBStore(DuckDBResource):
 
         # every asset uses the store: the run's process is recorded here, so that a dead run can be found
         record_run_process(context.instance, context.run)
-        self._make_schema()
+        with self.get_connection():
+            pass  # makes the schema
 
-    def _make_schema(self) -> None:
-        Path(self.database).parent.mkdir(parents=True, exist_ok=True)
-        with super().get_connection() as conn:
-            create_schema(conn)
-        self._schema_ready = True
+    def where(self) -> Storage:
+        if self.storage == "ducklake":
+            return from_env(self.database, kind="ducklake")
+        if self.storage != "duckdb":
+            raise StorageError(f"storage must be duckdb or ducklake, not {self.storage!r}")
+        return Storage("duckdb", path=self.database)
 
     @contextmanager
     def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        where = self.where()
+        if where.is_lake:
+            with writing(where):
+                conn = open_connection(where)
+                try:
+                    if not self._schema_ready:
+                        create_schema(conn, lake=True)
+                        self._schema_ready = True
+                    yield conn
+                finally:
+                    conn.close()
+            return
         if not self._schema_ready:
-            self._make_schema()
+            Path(self.database).parent.mkdir(parents=True, exist_ok=True)
+            with super().get_connection() as conn:
+                create_schema(conn)
+            self._schema_ready = True
         with super().get_connection() as conn:
             yield conn
 
@@ -243,36 +288,56 @@ class DuckDBStore(DuckDBResource):
             ).fetchall()
         return {r[0]: StoredCall(*r) for r in rows}
 
-    def store_calls(self, records: list[CallRecord]) -> None:
-        """One statement per batch, committed at once: a crash loses at most the batch in flight."""
-        rows = [
-            (
-                r.call_id,
-                r.model,
-                r.engine,
-                r.template,
-                r.template_version,
-                json.dumps(r.messages, ensure_ascii=False),
-                json.dumps(r.sampling),
-                json.dumps(r.structured) if r.structured is not None else None,
-                r.response,
-                r.finish_reason,
-                r.prompt_tokens,
-                r.completion_tokens,
-                r.cached_prompt_tokens,
-                r.batch_seconds,
-                r.batch_size,
+    def store_calls(self, records: list[CallRecord]) -> list[str]:
+        """One batch, committed at once: a crash loses at most the batch in flight. Returns the keys that were
+        stored already: asked twice, by two runs racing on the same keys (another process stored its answer
+        between this run's lookup and now). Those keep the first answer, and each repeat is counted in
+        `llm_calls_asked_twice`; the caller uses the stored answer, so every decision cites the call it read."""
+        if not records:
+            return []
+        frame = pl.DataFrame(
+            {
+                "call_id": [r.call_id for r in records],
+                "model": [r.model for r in records],
+                "engine": [r.engine for r in records],
+                "template": [r.template for r in records],
+                "template_version": [r.template_version for r in records],
+                "messages": [json.dumps(r.messages, ensure_ascii=False) for r in records],
+                "sampling": [json.dumps(r.sampling) for r in records],
+                "structured": [json.dumps(r.structured) if r.structured is not None else None for r in records],
+                "response": [r.response for r in records],
+                "finish_reason": [r.finish_reason for r in records],
+                "prompt_tokens": [r.prompt_tokens for r in records],
+                "completion_tokens": [r.completion_tokens for r in records],
+                "cached_prompt_tokens": [r.cached_prompt_tokens for r in records],
+                "batch_seconds": [r.batch_seconds for r in records],
+                "batch_size": [r.batch_size for r in records],
+            },
+            schema_overrides={"structured": pl.String, "finish_reason": pl.String, "cached_prompt_tokens": pl.Int64},
+        ).unique("call_id", keep="first", maintain_order=True)
+        with self.get_connection() as conn, transaction(conn):
+            conn.register("_calls_batch", frame)
+            repeated = [
+                k
+                for (k,) in conn.execute(
+                    "SELECT call_id FROM _calls_batch SEMI JOIN llm_calls USING (call_id)"
+                ).fetchall()
+            ]
+            conn.execute(
+                """INSERT INTO llm_calls
+                SELECT call_id, model, engine, template, template_version, messages::JSON, sampling::JSON,
+                       structured::JSON, response, finish_reason, prompt_tokens, completion_tokens,
+                       cached_prompt_tokens, batch_seconds, batch_size, NULL, now()
+                FROM _calls_batch ANTI JOIN llm_calls USING (call_id)"""
             )
-            for r in records
-        ]
-        if not rows:
-            return
-        with self.get_connection() as conn:
-            conn.executemany(
-                "INSERT INTO llm_calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, now()) "
-                "ON CONFLICT DO NOTHING",
-                rows,
-            )
+            if repeated:
+                conn.execute(
+                    "INSERT INTO llm_calls_asked_twice SELECT call_id, model, template, now() "
+                    "FROM _calls_batch WHERE list_contains(?, call_id)",
+                    [repeated],
+                )
+            conn.unregister("_calls_batch")
+        return repeated
 
     def store_failures(self, failures: list[tuple[str, str, str, str, str]]) -> None:
         """(call_id, model, engine, template, error) of calls the engine could not answer."""

@@ -36,11 +36,8 @@ def test_a_reader_waits_for_a_writer_in_another_process_then_reads(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "holding"
     waits = []
-    conn = connect(str(db), read_only=True, wait_seconds=60, on_wait=waits.append)
-    try:
+    with connect(str(db), read_only=True, wait_seconds=60, on_wait=waits.append) as conn:
         assert conn.execute("SELECT v FROM t").fetchone() == (42,)
-    finally:
-        conn.close()
     assert proc.wait(timeout=30) == 0
     assert len(waits) == 1 and "in use by another process" in waits[0]
 
@@ -54,7 +51,8 @@ def test_a_reader_gives_up_with_the_lock_error_after_its_wait(tmp_path):
     try:
         assert proc.stdout.readline().strip() == "holding"
         with pytest.raises(duckdb.IOException, match="(?i)lock"):
-            connect(str(db), read_only=True, wait_seconds=0.5)
+            with connect(str(db), read_only=True, wait_seconds=0.5):
+                pass
     finally:
         proc.kill()
         proc.wait()
@@ -101,18 +99,14 @@ def test_webserver_run_and_reader_at_once(tmp_path):
             if status in ("SUCCESS", "FAILURE", "CANCELED"):
                 break
             if db.exists():
-                conn = connect(str(db), read_only=True, wait_seconds=120)
-                try:
+                with connect(str(db), read_only=True, wait_seconds=120) as conn:
                     tables = {r[0] for r in conn.execute("SELECT table_name FROM information_schema.tables").fetchall()}
                     if "llm_calls" in tables:
                         seen_calls.append(conn.execute("SELECT count(*) FROM llm_calls").fetchone()[0])
                     reads += 1
-                finally:
-                    conn.close()
             time.sleep(0.3)
     assert status == "SUCCESS"
-    conn = connect(str(db), read_only=True)
-    try:
+    with connect(str(db), read_only=True) as conn:
         pairs = conn.execute("SELECT count(*) FROM candidates WHERE subset = 'sample_geo'").fetchone()[0]
         calls, distinct_calls = conn.execute("SELECT count(*), count(DISTINCT call_id) FROM llm_calls").fetchone()
         for table in ("snippets", "rankings"):
@@ -123,8 +117,6 @@ def test_webserver_run_and_reader_at_once(tmp_path):
         decisions, distinct_decisions = conn.execute(
             "SELECT count(*), count(DISTINCT (method, query_id, passage_id)) FROM decisions WHERE subset = 'sample_geo'"
         ).fetchone()
-    finally:
-        conn.close()
     assert pairs == 176 and calls == distinct_calls
     assert decisions == distinct_decisions > 0
     assert reads >= 10 and ui_answers >= reads

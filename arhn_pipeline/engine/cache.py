@@ -23,7 +23,7 @@ from arhn_pipeline.store import CallRecord, StoredCall
 class CallStore(Protocol):
     def lookup_calls(self, keys: Iterable[str]) -> dict[str, StoredCall]: ...
 
-    def store_calls(self, records: list[CallRecord]) -> None: ...
+    def store_calls(self, records: list[CallRecord]) -> list[str]: ...
 
     def store_failures(self, failures: list[tuple[str, str, str, str, str]]) -> None: ...
 
@@ -42,6 +42,7 @@ class CallStats:
     completion_tokens: int = 0
     cached_prompt_tokens: int = 0
     engine_seconds: float = 0.0
+    asked_twice: int = 0  # answered here, but stored meanwhile by another run racing on the same keys
 
     def add(self, other: CallStats) -> None:
         for name in vars(self):
@@ -60,6 +61,7 @@ class CallStats:
             "llm_completion_tokens": self.completion_tokens,
             "llm_prefix_cached_tokens": self.cached_prompt_tokens,
             "llm_engine_seconds": round(self.engine_seconds, 2),
+            "llm_asked_twice": self.asked_twice,
             "llm_requests_per_second": round(self.requests_per_second, 2),
         }
 
@@ -192,7 +194,7 @@ def _answer(
             raise RuntimeError(f"engine returned {len(results)} results for {len(chunk)} requests")
         faults.point("llm_batch")
         stats.engine_seconds += seconds
-        store.store_calls(
+        repeated = store.store_calls(
             [
                 CallRecord(
                     call_id=key,
@@ -220,8 +222,11 @@ def _answer(
             for (key, req), res in zip(chunk, results, strict=True)
             if res.error is not None
         )
+        if repeated:  # another run stored these first: its answer is the one on record, and the one used
+            stats.asked_twice += len(repeated)
+            stored.update(store.lookup_calls(repeated))
         for (key, _), res in zip(chunk, results, strict=True):
-            if res.error is not None:
+            if res.error is not None or key in repeated:
                 continue
             stored[key] = StoredCall(key, res.text, res.finish_reason)
             stats.prompt_tokens += res.prompt_tokens

@@ -113,7 +113,7 @@ class _Batch:
                 schema={"passage_id": pl.String, "title": pl.String, "text": pl.String},
             )
             conn.register("_passages_batch", passages)
-            conn.execute("INSERT INTO passages SELECT * FROM _passages_batch ON CONFLICT DO NOTHING")
+            conn.execute("INSERT INTO passages SELECT * FROM _passages_batch ANTI JOIN passages USING (passage_id)")
             conn.unregister("_passages_batch")
         for table, rows in (
             ("queries", self.queries),
@@ -469,9 +469,8 @@ def _write_winners(conn, subset: str, source: str, stage: dict[str, str], winner
         """INSERT INTO passages (passage_id, title, text)
         SELECT passage_id, arg_min(title, seen), arg_min(text, seen) FROM (
             SELECT passage_id, title, text, line * 4194304 + (role = 'negative')::INT * 2097152 + rank AS seen
-            FROM _col_candidates
-        ) GROUP BY passage_id
-        ON CONFLICT DO NOTHING"""
+            FROM _col_candidates ANTI JOIN passages USING (passage_id)
+        ) GROUP BY passage_id"""
     )
     counts = conn.execute(
         "SELECT count(*) FILTER (role = 'positive'), count(*) FILTER (role = 'negative') FROM _col_candidates"
