@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from arhn_pipeline import settings, storage
+from arhn_pipeline import settings, shards, storage
 
 
 def dagster_instance():
@@ -115,17 +115,23 @@ def run(
     from arhn_pipeline.definitions import defs, job_run_config
     from arhn_pipeline.engine.vllm_engine import engine_session
     from arhn_pipeline.partitions import sync_partitions
-    from arhn_pipeline.sources.registry import load_registry
+    from arhn_pipeline.sources.registry import RegistryError, load_registry
 
     instance = dagster_instance()
     sync_partitions(instance)
     registry = load_registry()
-    chosen = list(subsets) or [name for name, e in registry.items() if e.in_default_run]
-    for name in chosen:
-        if name in registry.problems or name not in registry:
+    named = list(subsets) or [name for name, e in registry.items() if e.in_default_run]
+    for name in named:
+        if name in registry.problems or (name not in registry and shards.parse(name) is None):
             raise click.UsageError(
                 str(registry.problems.get(name) or f"not in the source registry: {name!r}; known: {sorted(registry)}")
             )
+    chosen = registry.partitions(named)  # a sharded entry: its every shard (or name one shard to run only it)
+    for key in chosen:
+        try:
+            registry.entry(key)
+        except RegistryError as exc:
+            raise click.UsageError(str(exc)) from exc
     if not subsets:
         for problem in registry.problems.values():
             click.echo(f"skipped (broken entry): {problem}", err=True)
@@ -211,7 +217,7 @@ def _print_plan(registry, chosen: list[str]) -> None:
     llm = engine_from_env()
     conn = plan.open_readonly(settings.db_path())
     try:
-        plans = [plan.snippet_plan(conn, llm, name, registry[name]) for name in chosen]
+        plans = [plan.snippet_plan(conn, llm, name, registry.entry(name)) for name in chosen]
         per_request = plan.seconds_per_request(conn, llm.model_id())
     finally:
         if conn is not None:

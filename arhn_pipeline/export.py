@@ -12,6 +12,7 @@ from typing import Any
 import duckdb
 
 from arhn_pipeline.identity import passage_key
+from arhn_pipeline.shards import DATASET_SQL
 
 FORMATS = ("bge", "tevatron", "hf")
 
@@ -25,9 +26,9 @@ def rows(
         params: list[Any] = [pruned]
     else:
         sql, params = "SELECT subset, query_id, query, prompt, pos, neg FROM triplets WHERE method = ?", [method]
-    if subsets:
-        sql += " AND subset IN (SELECT unnest(?::VARCHAR[]))"
-        params.append(subsets)
+    if subsets:  # a sub-dataset's name takes all its shards
+        sql += f" AND (subset IN (SELECT unnest(?::VARCHAR[])) OR {DATASET_SQL} IN (SELECT unnest(?::VARCHAR[])))"
+        params += [subsets, subsets]
     cur = conn.execute(sql + " ORDER BY subset, query_id", params)
     cols = [d[0] for d in cur.description]
     while batch := cur.fetchmany(1000):

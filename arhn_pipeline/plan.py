@@ -57,6 +57,8 @@ def snippet_plan(conn: duckdb.DuckDBPyConnection | None, llm: LLMEngine, name: s
     pairs = load_pairs(conn, name) if conn is not None else None
     if pairs is None or pairs.is_empty():
         n = pairs_in_source(entry)
+        if n is not None and entry.shards:
+            n //= entry.shards  # a shard: about its share
         return StagePlan(name, "snippets", n, n)
     requests, _ = snippets_core.snippet_requests(
         pairs, llm, snippets_core.PASSAGE_MAX_TOKENS, snippets_core.SNIPPET_MAX_TOKENS

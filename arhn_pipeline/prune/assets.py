@@ -5,6 +5,7 @@ import polars as pl
 from pydantic import Field
 
 from arhn_pipeline.markdown import md_table
+from arhn_pipeline.shards import DATASET_SQL
 from arhn_pipeline.store import DuckDBStore, table_metadata, transaction
 from arhn_pipeline.vocab import Preset
 
@@ -25,13 +26,15 @@ class PrunedCollectionConfig(dg.Config):
     )
 
 
-STATS = """
-WITH t AS (SELECT subset, count(*) AS queries, sum(len(pos)) AS positives, sum(len(neg)) AS negatives
-           FROM triplets WHERE method = $method GROUP BY subset),
-     q AS (SELECT subset, count(*) AS ingested FROM queries GROUP BY subset),
-     bad AS (SELECT subset, count(*) AS quarantined FROM quarantine WHERE scope = 'row' GROUP BY subset),
-     ch AS (SELECT subset, avg(CASE WHEN action != 'keep' THEN 1 ELSE 0 END) AS changed_share
-            FROM decisions WHERE method = $method AND role = 'negative' GROUP BY subset)
+# one row per sub-dataset: a sharded one's shards together (shards.py)
+STATS = f"""
+WITH t AS (SELECT {DATASET_SQL} AS subset, count(*) AS queries, sum(len(pos)) AS positives,
+                  sum(len(neg)) AS negatives
+           FROM triplets WHERE method = $method GROUP BY 1),
+     q AS (SELECT {DATASET_SQL} AS subset, count(*) AS ingested FROM queries GROUP BY 1),
+     bad AS (SELECT {DATASET_SQL} AS subset, count(*) AS quarantined FROM quarantine WHERE scope = 'row' GROUP BY 1),
+     ch AS (SELECT {DATASET_SQL} AS subset, avg(CASE WHEN action != 'keep' THEN 1 ELSE 0 END) AS changed_share
+            FROM decisions WHERE method = $method AND role = 'negative' GROUP BY 1)
 SELECT t.subset, q.ingested AS queries_before, t.queries AS queries_after, t.positives, t.negatives,
        coalesce(bad.quarantined, 0) / (q.ingested + coalesce(bad.quarantined, 0)) AS quarantined_share,
        coalesce(ch.changed_share, 0.0) AS changed_share
@@ -77,7 +80,7 @@ def pruned_collection(context: dg.AssetExecutionContext, config: PrunedCollectio
             conn.execute(
                 "INSERT INTO pruned_collection "
                 "SELECT ?, method, subset, query_id, query, prompt, pos, neg FROM triplets WHERE method = ? "
-                "AND subset IN (SELECT unnest(?::VARCHAR[])) AND len(pos) > 0 AND len(neg) > 0",
+                f"AND {DATASET_SQL} IN (SELECT unnest(?::VARCHAR[])) AND len(pos) > 0 AND len(neg) > 0",
                 [config.name, config.method, kept],
             )
         tables = table_metadata(conn, "pruned_collection")

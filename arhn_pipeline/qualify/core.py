@@ -13,6 +13,7 @@ import duckdb
 import polars as pl
 
 from arhn_pipeline import agreement as ag
+from arhn_pipeline import shards
 from arhn_pipeline.relabel import decisions as dec
 from arhn_pipeline.sources.registry import SourceEntry
 from arhn_pipeline.vocab import Action
@@ -58,8 +59,12 @@ def qualify(
     outcomes = []
     trained_on = judges_trained_on(conn, subset)
     for name, entry in sorted(references.items()):
-        if name == subset:
-            outcomes.append(ReferenceOutcome(name, False, "the partition being cleaned: never its own reference"))
+        if name == shards.dataset_of(subset):
+            outcomes.append(
+                ReferenceOutcome(
+                    name, False, "the partition being cleaned (or its sub-dataset): never its own reference"
+                )
+            )
             continue
         if name in trained_on:
             outcomes.append(
@@ -70,7 +75,7 @@ def qualify(
         if not entry.reference.path.is_file():
             outcomes.append(ReferenceOutcome(name, False, f"reference file not found: {entry.reference.path}"))
             continue
-        theirs = dec.decide_partition(conn, name, settings)
+        theirs = _decide_entry(conn, name, entry, settings)
         same = [m for m in own.methods if theirs.judges.get(m) == own.judges[m]]
         if not same:
             why = "no evidence stored (run its stages)" if not theirs.methods else "evidence made by another judge"
@@ -97,6 +102,24 @@ def qualify(
             )
         outcomes.append(ReferenceOutcome(name, True, f"scored {len(same)} method(s)"))
     return pl.DataFrame(rows, schema=QUALIFICATION_SCHEMA), outcomes
+
+
+def _decide_entry(
+    conn: duckdb.DuckDBPyConnection, name: str, entry: SourceEntry, settings: dec.DecisionSettings
+) -> dec.PartitionDecisions:
+    """A reference entry's decisions (before the gate): a sharded entry's shards together, for the methods
+    whose judge is the same in every shard."""
+    if not entry.shards:
+        return dec.decide_partition(conn, name, settings)
+    parts = [dec.decide_partition(conn, key, settings) for key in shards.keys(name, entry.shards)]
+    first = parts[0]
+    methods = [m for m in first.methods if all(p.judges.get(m) == first.judges[m] for p in parts)]
+    return dec.PartitionDecisions(
+        frame=pl.concat([p.frame for p in parts]),
+        methods=methods,
+        judges={m: first.judges[m] for m in methods},
+        judge_descriptions=first.judge_descriptions,
+    )
 
 
 def judges_trained_on(conn: duckdb.DuckDBPyConnection, subset: str) -> dict[str, str]:

@@ -10,6 +10,7 @@ tell a repeated line from a conflicting one.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from arhn_pipeline import faults
+from arhn_pipeline import faults, shards
 from arhn_pipeline.raw_triplets import columnar
 from arhn_pipeline.sources.readers import (
     MAX_LINE_BYTES,
@@ -189,6 +190,12 @@ def ingest(
                 f"SELECT reason, count(*) FROM {stage['quarantine']} GROUP BY ALL ORDER BY 2 DESC LIMIT 3"
             ).fetchall()
             shown = "; ".join(f"{n} x {reason}" for reason, n in reasons)
+            if entry.shard is not None and entry.shards:
+                raise NoValidRows(
+                    f"source {entry.name!r}: {entry.location}: no valid row of its {stats.lines} lines falls in "
+                    f"shard {entry.shard} of {entry.shards} (fewer queries than shards?); the partition's stored "
+                    "rows are kept"
+                )
             raise NoValidRows(
                 f"source {entry.name!r}: {entry.location}: none of its {stats.lines} lines is a valid row ({shown}); "
                 "the partition's stored rows are kept"
@@ -220,18 +227,23 @@ def _stream_into(
     stats = IngestStats()
     seen: dict[str, tuple[int, bytes]] = {}
     batch = _Batch(subset, entry.location, stage)
+    mine = _in_shard(entry)
     for rec in iter_records(entry, limits.max_line_bytes):
         stats.lines += 1
         stats.per_line += 1
         if rec.error:
-            stats.quarantined_rows += 1
-            batch.quarantine_row(rec.line, *rec.error, raw=rec.raw)
+            if mine(None):
+                stats.quarantined_rows += 1
+                batch.quarantine_row(rec.line, *rec.error, raw=rec.raw)
             continue
         try:
             t = _triplet(rec.value, entry.format, limits.max_text_chars)
         except RowError as exc:
-            stats.quarantined_rows += 1
-            batch.quarantine_row(rec.line, exc.field, exc.reason, raw=rec.raw)
+            if mine(None):
+                stats.quarantined_rows += 1
+                batch.quarantine_row(rec.line, exc.field, exc.reason, raw=rec.raw)
+            continue
+        if not mine(t.query_id):
             continue
         digest = _digest(t)
         if t.query_id in seen:
@@ -332,12 +344,13 @@ def _stream_columnar(conn, subset: str, entry: SourceEntry, stage: dict[str, str
     resolved in line order across both, exactly as the line-by-line reader does."""
     stats = IngestStats()
     seen: dict[str, int] = {}  # query id -> the line that first gave it
+    mine = _in_shard(entry)
     for chunk in iter_line_chunks(entry, limits.max_line_bytes):
         batch = _Batch(subset, entry.location, stage)
         stats.lines += len(chunk.lines) + len(chunk.records)
         parsed = columnar.parse_chunk(conn, chunk.lines, chunk.texts, entry.format, limits.max_text_chars)
         stats.per_line += len(chunk.records) + len(parsed.fallback)
-        for rec in chunk.records:
+        for rec in chunk.records if mine(None) else ():
             stats.quarantined_rows += 1
             assert rec.error is not None
             batch.quarantine_row(rec.line, *rec.error, raw=rec.raw)
@@ -346,17 +359,21 @@ def _stream_columnar(conn, subset: str, entry: SourceEntry, stage: dict[str, str
             raw = _raw(chunk, line)
             value, error = decode_line(raw)
             if error:
-                stats.quarantined_rows += 1
-                batch.quarantine_row(line, *error, raw=raw)
+                if mine(None):
+                    stats.quarantined_rows += 1
+                    batch.quarantine_row(line, *error, raw=raw)
                 continue
             try:
                 slow[line] = (_triplet(value, entry.format, limits.max_text_chars), value)
             except RowError as exc:
-                stats.quarantined_rows += 1
-                batch.quarantine_row(line, exc.field, exc.reason, raw=raw)
+                if mine(None):
+                    stats.quarantined_rows += 1
+                    batch.quarantine_row(line, exc.field, exc.reason, raw=raw)
         _add_slow(conn, slow)
         winners: list[int] = []
         ids = conn.execute("SELECT line, query_id FROM _col_queries ORDER BY line").fetchall()
+        if entry.shard is not None:  # the other shards' queries are theirs (with their repeats)
+            ids = [(line, query_id) for line, query_id in ids if mine(query_id)]
         repeats = _repeats(conn, stage, seen, ids)
         for line, query_id in ids:
             if line in repeats:
@@ -392,6 +409,14 @@ def _stream_columnar(conn, subset: str, entry: SourceEntry, stage: dict[str, str
     for table in ("_col_rows", "_col_queries", "_col_candidates", "_col_bad"):
         conn.execute(f"DROP TABLE IF EXISTS {table}")
     return stats
+
+
+def _in_shard(entry: SourceEntry) -> Callable[[str | None], bool]:
+    """Whether a query id (None: a line quarantined before its id is known) belongs to the entry's shard."""
+    if entry.shard is None or not entry.shards:
+        return lambda query_id: True
+    index, count = entry.shard, entry.shards
+    return lambda query_id: (index == 0) if query_id is None else shards.shard_of(query_id, count) == index
 
 
 def _raw(chunk: LineChunk, line: int) -> str:

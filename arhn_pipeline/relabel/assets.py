@@ -8,6 +8,7 @@ import duckdb as ddb
 import polars as pl
 
 from arhn_pipeline import agreement as ag
+from arhn_pipeline import shards
 from arhn_pipeline.markdown import md_table
 from arhn_pipeline.partitions import subset_partitions
 from arhn_pipeline.qualify import core as qualify
@@ -80,7 +81,9 @@ def relabeled(context: dg.AssetExecutionContext, config: RelabeledConfig, duckdb
         shown = next((m for m in methods if verdicts[m].qualified), methods[0])
         examples = conn.execute(EXAMPLES, [subset, shown]).fetchall()
         bad = scalar(conn, ONE_DECISION_SQL, {"s": subset})
-        agreement = _agreement_check(conn, subset, references.get(subset), methods, verdicts, config.min_kappa)
+        agreement = _agreement_check(
+            conn, subset, references.get(shards.dataset_of(subset)), methods, verdicts, config.min_kappa
+        )
         tables = table_metadata(conn, "decisions", subset)
     for v in verdicts.values():
         (context.log.info if v.qualified else context.log.warning)(f"{v.method}: {v.reason}")

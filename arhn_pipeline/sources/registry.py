@@ -10,7 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from arhn_pipeline import settings
+from arhn_pipeline import settings, shards
 from arhn_pipeline.sources.rows import Format
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
@@ -50,6 +50,10 @@ class SourceEntry(BaseModel):
     in_default_run: bool = Field(
         default=True, description="materialized by `arhn run`; entries that need ../shared say false"
     )
+    shards: int | None = Field(
+        default=None, ge=2, le=4096, description="split the queries into this many partitions (shards.py)"
+    )
+    shard: int | None = Field(default=None, exclude=True, description="set on the entry of one shard's partition")
     path_as_written: str | None = Field(
         default=None, exclude=True, description="`path` before ${VAR} expansion: what logs and metadata show"
     )
@@ -85,17 +89,38 @@ class Registry(dict[str, SourceEntry]):
         self.path = path
 
     def names(self) -> list[str]:
-        """Every entry's name, broken ones included (each is a partition that fails with its problem), except
-        names that cannot be a partition key (those are only reported)."""
-        return [*self, *(name for name in self.problems if name not in self and _NAME.match(name))]
+        """Every partition key: each entry's name (or, with `shards`, one key per shard), broken entries
+        included (each is a partition that fails with its problem), except names that cannot be a partition
+        key (those are only reported)."""
+        keys = [k for name, e in self.items() for k in shards.keys(name, e.shards)]
+        return [*keys, *(name for name in self.problems if name not in self and _NAME.match(name))]
+
+    def partitions(self, names: list[str]) -> list[str]:
+        """The partition keys of these entries (a sharded entry's shards), in order."""
+        return [k for name in names for k in (shards.keys(name, self[name].shards) if name in self else [name])]
 
     def entry(self, name: str) -> SourceEntry:
-        """The entry, or a RegistryError saying what is wrong with it (or that it does not exist)."""
-        if name in self.problems:
-            raise RegistryError(self.problems[name])
-        if name not in self:
+        """The entry of a partition key (a shard's key gives its entry with `shard` set), or a RegistryError
+        saying what is wrong with it (or that it does not exist)."""
+        sharded = shards.parse(name)
+        base = sharded[0] if sharded else name
+        if base in self.problems:
+            raise RegistryError(self.problems[base])
+        if base not in self:
             raise RegistryError(f"{name!r} is not in the source registry {self.path} (entries: {sorted(self)})")
-        return self[name]
+        entry = self[base]
+        if sharded:
+            if entry.shards != sharded[2] or sharded[1] >= sharded[2]:
+                raise RegistryError(
+                    f"{name!r} is not a partition of {base!r}, which has "
+                    f"{f'{entry.shards} shards' if entry.shards else 'no shards'}"
+                )
+            return entry.model_copy(update={"shard": sharded[1]})
+        if entry.shards:
+            raise RegistryError(
+                f"{base!r} has {entry.shards} shards: its partitions are {shards.keys(base, entry.shards)}"
+            )
+        return entry
 
 
 def _expand(value: str, base: Path) -> Path:

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import duckdb
 
-from arhn_pipeline import settings
+from arhn_pipeline import settings, shards
 from arhn_pipeline.export import rows
 from arhn_pipeline.vocab import NegativeRule
 
@@ -47,7 +47,9 @@ def variant_rows(
     a cleaning method's, or the pruned collection named `pruned_name`; only `subsets` when given."""
     method = VARIANTS[variant]
     data = list(rows(conn, "", pruned=pruned_name) if method == "pruned" else rows(conn, method, subsets))
-    return [r for r in data if r["subset"] in subsets] if subsets else data
+    if not subsets:
+        return data
+    return [r for r in data if r["subset"] in subsets or shards.dataset_of(r["subset"]) in subsets]
 
 
 def method_variant(method: str) -> str | None:
