@@ -234,3 +234,51 @@ def test_a_writer_killed_while_holding_the_lock_does_not_block_the_next(pg, tmp_
     with storage.writing(lake, on_wait=waits.append):
         took = time.monotonic() - t0
     assert took < 60
+
+
+def test_dagster_dev_on_the_postgres_instance_runs_a_partition_into_ducklake(pg, tmp_path):
+    """The deployment in miniature: `dagster dev` with deploy/dagster.yaml (run storage in PostgreSQL, the
+    queued run coordinator, the engine pool) and the tables on DuckLake. A run launched through the webserver
+    succeeds, the webserver lists it, its record is in PostgreSQL, and its rows are in the DuckLake catalog."""
+    import json
+    import shutil
+
+    import psycopg2
+
+    from arhn_pipeline_tests.test_cli import BIN, dagster_dev, graphql, runs
+    from arhn_pipeline_tests.test_concurrency import LAUNCH
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(PROJECT / "deploy" / "dagster.yaml", home / "dagster.yaml")
+    instance_db = pg.create("dagster_instance")
+    env = lake_env(pg, tmp_path, "deployed", DAGSTER_HOME=str(home), ARHN_SCRIPT_LATENCY="0.2")
+    env["ARHN_DAGSTER_PG_URL"] = f"postgresql+psycopg2://{pg.user}@127.0.0.1:{pg.port}/dagster_instance"
+    subprocess.run([BIN / "arhn", "sources", "sync"], env=env, cwd=PROJECT, check=True, capture_output=True)
+    config = json.dumps({"ops": {"snippets": {"config": {"batch_size": 16}}}}).replace('"', '\\"')
+    with dagster_dev(env) as port:
+        launched = graphql(port, LAUNCH % config)["data"]["launchRun"]
+        assert launched["__typename"] == "LaunchRunSuccess", launched
+        deadline, status = time.monotonic() + 600, "QUEUED"
+        while time.monotonic() < deadline and status not in ("SUCCESS", "FAILURE", "CANCELED"):
+            time.sleep(1)
+            status = runs(port)[0]["status"]
+        listed = runs(port)
+    assert status == "SUCCESS"
+    assert listed[0]["jobName"] == "clean_subset"
+    assert {"key": "dagster/partition", "value": "sample_geo"} in listed[0]["tags"]
+    session = psycopg2.connect(instance_db)
+    try:
+        with session.cursor() as cur:
+            cur.execute("SELECT run_id, status FROM runs")
+            stored = cur.fetchall()
+    finally:
+        session.close()
+    assert (listed[0]["runId"], "SUCCESS") in stored
+    lake = storage.Storage("ducklake", catalog=env["ARHN_DUCKLAKE_CATALOG"], data_path=env["ARHN_DUCKLAKE_DATA"])
+    conn = storage.open_connection(lake, read_only=True)
+    try:
+        assert conn.execute("SELECT count(*) FROM candidates WHERE subset = 'sample_geo'").fetchone() == (176,)
+        assert conn.execute("SELECT count(*) FROM decisions WHERE subset = 'sample_geo'").fetchone()[0] > 0
+    finally:
+        conn.close()
