@@ -1,0 +1,113 @@
+"""Scale-out benchmark: the same K partitions with 1 and with 2 run processes on DuckLake, and DuckLake against
+the DuckDB file on the same work.
+
+    .venv/bin/python bench/scale.py                    # K = 4 partitions, 1.0 s per engine batch
+    .venv/bin/python bench/scale.py --partitions 6 --latency 2
+
+Each partition is a copy of an embedded sample (16 queries, 176 pairs) under its own name; the work is the
+`gather_evidence` job (ingest, snippets, rankings, the cascade's verdicts) with the scripted engine, whose
+every batch takes `--latency` seconds: a stand-in for a GPU serving one run. A PostgreSQL server for the
+catalog is started in a temporary folder (Debian's postgresql). Three ways, each from an empty store, each
+run process a fresh Python (`arhn_pipeline_tests/helpers/run_job.py`):
+  file, 1 process       the DuckDB file (the default), every partition in one process, one after another
+  ducklake, 1 process   the same on DuckLake
+  ducklake, 2 processes the partitions split between two processes running at once (two machines, two GPUs)
+Prints wall times and two ratios: DuckLake's overhead (ducklake 1 / file 1) and the speed-up of a second
+process (ducklake 1 / ducklake 2). The ratio, not the seconds, is the figure: the seconds depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+PROJECT = Path(__file__).resolve().parent.parent
+SAMPLES = ["sample_geo", "sample_bio", "sample_fin"]
+
+
+def registry(folder: Path, k: int) -> tuple[Path, list[str]]:
+    names = [f"part{i}" for i in range(k)]
+    entries = {
+        name: {"format": "bge", "path": str(PROJECT / "data" / "samples" / f"{SAMPLES[i % 3]}.jsonl")}
+        for i, name in enumerate(names)
+    }
+    path = folder / "sources.yaml"
+    path.write_text(yaml.safe_dump({"sources": entries}), encoding="utf-8")
+    return path, names
+
+
+def timed(groups: list[list[str]], env: dict[str, str]) -> float:
+    """Wall seconds until every process (one per group of partitions) has finished."""
+    t0 = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "arhn_pipeline_tests.helpers.run_job", "gather_evidence", *group],
+            env=env,
+            cwd=PROJECT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for group in groups
+    ]
+    for proc in procs:
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            raise SystemExit(f"a run process failed:\n{err[-3000:]}")
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--latency", type=float, default=1.0, help="seconds per engine batch (a GPU's stand-in)")
+    args = ap.parse_args()
+    sys.path.insert(0, str(PROJECT))
+    from arhn_pipeline_tests.helpers.postgres import PostgresServer
+
+    with tempfile.TemporaryDirectory() as tmp, PostgresServer() as pg:
+        work = Path(tmp)
+        sources, names = registry(work, args.partitions)
+        base = dict(
+            os.environ,
+            ARHN_SOURCES=str(sources),
+            ARHN_ENGINE="scripted",
+            ARHN_SCRIPT="sample_oracle",
+            ARHN_SCRIPT_LATENCY=str(args.latency),
+        )
+
+        def lake(name: str) -> dict[str, str]:
+            return dict(
+                base,
+                ARHN_STORAGE="ducklake",
+                ARHN_DUCKLAKE_CATALOG=pg.create(name),
+                ARHN_DUCKLAKE_DATA=str(work / f"{name}_data"),
+            )
+
+        half = (len(names) + 1) // 2
+        runs = {
+            "file, 1 process": timed([names], dict(base, ARHN_DB=str(work / "one.duckdb"))),
+            "ducklake, 1 process": timed([names], lake("one")),
+            "ducklake, 2 processes": timed([names[:half], names[half:]], lake("two")),
+        }
+    print(
+        f"\n{args.partitions} partitions x gather_evidence (176 pairs each; scripted engine, {args.latency:g} s "
+        f"per batch), {os.cpu_count()} cores"
+    )
+    for label, seconds in runs.items():
+        print(f"  {label:24} {seconds:7.1f} s")
+    overhead = runs["ducklake, 1 process"] / runs["file, 1 process"]
+    speedup = runs["ducklake, 1 process"] / runs["ducklake, 2 processes"]
+    print(f"\nDuckLake overhead vs the DuckDB file (same work, 1 process): {overhead:.2f}x the time")
+    print(f"speed-up of 2 processes over 1 on DuckLake: {speedup:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
