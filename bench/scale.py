@@ -1,14 +1,16 @@
 """Scale-out benchmark: the same K partitions with 1 and with 2 run processes on DuckLake, and DuckLake against
 the DuckDB file on the same work.
 
-    .venv/bin/python bench/scale.py                    # K = 4 partitions, 1.0 s per engine batch
-    .venv/bin/python bench/scale.py --partitions 6 --latency 2
+    .venv/bin/python bench/scale.py                    # K = 4 partitions, 2 s per engine batch of 16 requests
+    .venv/bin/python bench/scale.py --partitions 6 --latency 5
 
-Each partition is a copy of an embedded sample (16 queries, 176 pairs) under its own name; the work is the
-`gather_evidence` job (ingest, snippets, rankings, the cascade's verdicts) with the scripted engine, whose
-every batch takes `--latency` seconds: a stand-in for a GPU serving one run. A PostgreSQL server for the
-catalog is started in a temporary folder (Debian's postgresql). Three ways, each from an empty store, each
-run process a fresh Python (`arhn_pipeline_tests/helpers/run_job.py`):
+Each partition is a generated BGE file (16 queries x 1 positive + 15 negatives, texts distinct across
+partitions); the work is the `gather_evidence` job (ingest, snippets, rankings, the cascade's verdicts) with
+the scripted engine answering NO_ANSWER in batches of 16 requests, every batch taking `--latency` seconds:
+a stand-in for a GPU serving one run (the LLM ranker, and the LLM judge alone in the cascade: no CPU
+embedding in the way). A PostgreSQL server for the catalog is started in a temporary folder (Debian's
+postgresql). Three ways, each from an empty store, each run process a fresh Python
+(`arhn_pipeline_tests/helpers/run_job.py`):
   file, 1 process       the DuckDB file (the default), every partition in one process, one after another
   ducklake, 1 process   the same on DuckLake
   ducklake, 2 processes the partitions split between two processes running at once (two machines, two GPUs)
@@ -32,23 +34,40 @@ PROJECT = Path(__file__).resolve().parent.parent
 SAMPLES = ["sample_geo", "sample_bio", "sample_fin"]
 
 
-def registry(folder: Path, k: int) -> tuple[Path, list[str]]:
+def registry(folder: Path, k: int, queries: int) -> tuple[Path, list[str]]:
+    """K generated BGE files of distinct texts (so no partition finds another's answers in the call cache)."""
+    sys.path.insert(0, str(PROJECT / "bench"))
+    from ingest import generate
+
     names = [f"part{i}" for i in range(k)]
-    entries = {
-        name: {"format": "bge", "path": str(PROJECT / "data" / "samples" / f"{SAMPLES[i % 3]}.jsonl")}
-        for i, name in enumerate(names)
-    }
+    entries = {}
+    for i, name in enumerate(names):
+        path = folder / f"{name}.jsonl"
+        generate(path, queries, seed=100 + i)
+        entries[name] = {"format": "bge", "path": str(path)}
     path = folder / "sources.yaml"
     path.write_text(yaml.safe_dump({"sources": entries}), encoding="utf-8")
     return path, names
 
 
-def timed(groups: list[list[str]], env: dict[str, str]) -> float:
+# Every LLM stage through the scripted engine in batches of 16 (the LLM ranker; the cascade: the LLM judge
+# alone), so that no CPU embedding stands in the way of what is measured: runs sharing engines' time.
+RUN_CONFIG = {
+    "ops": {
+        "snippets": {"config": {"batch_size": 16}},
+        "rankings": {"config": {"batch_size": 16, "ranker": "llm"}},
+        "judgments": {"config": {"batch_size": 16, "stages": [{"name": "llm_judge", "kind": "llm"}]}},
+    }
+}
+
+
+def timed(groups: list[list[str]], env: dict[str, str], config: Path) -> float:
     """Wall seconds until every process (one per group of partitions) has finished."""
     t0 = time.perf_counter()
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "arhn_pipeline_tests.helpers.run_job", "gather_evidence", *group],
+            [sys.executable, "-m", "arhn_pipeline_tests.helpers.run_job", "gather_evidence", "--config", str(config)]
+            + group,
             env=env,
             cwd=PROJECT,
             stdout=subprocess.DEVNULL,
@@ -67,19 +86,22 @@ def timed(groups: list[list[str]], env: dict[str, str]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--partitions", type=int, default=4)
-    ap.add_argument("--latency", type=float, default=1.0, help="seconds per engine batch (a GPU's stand-in)")
+    ap.add_argument("--latency", type=float, default=2.0, help="seconds per engine batch (a GPU's stand-in)")
+    ap.add_argument("--queries", type=int, default=16, help="queries per partition (16 candidates each)")
     args = ap.parse_args()
     sys.path.insert(0, str(PROJECT))
     from arhn_pipeline_tests.helpers.postgres import PostgresServer
 
     with tempfile.TemporaryDirectory() as tmp, PostgresServer() as pg:
         work = Path(tmp)
-        sources, names = registry(work, args.partitions)
+        sources, names = registry(work, args.partitions, args.queries)
+        config = work / "run_config.yaml"
+        config.write_text(yaml.safe_dump(RUN_CONFIG), encoding="utf-8")
         base = dict(
             os.environ,
             ARHN_SOURCES=str(sources),
             ARHN_ENGINE="scripted",
-            ARHN_SCRIPT="sample_oracle",
+            ARHN_SCRIPT="slow_no_answer",
             ARHN_SCRIPT_LATENCY=str(args.latency),
         )
 
@@ -93,13 +115,13 @@ def main() -> None:
 
         half = (len(names) + 1) // 2
         runs = {
-            "file, 1 process": timed([names], dict(base, ARHN_DB=str(work / "one.duckdb"))),
-            "ducklake, 1 process": timed([names], lake("one")),
-            "ducklake, 2 processes": timed([names[:half], names[half:]], lake("two")),
+            "file, 1 process": timed([names], dict(base, ARHN_DB=str(work / "one.duckdb")), config),
+            "ducklake, 1 process": timed([names], lake("one"), config),
+            "ducklake, 2 processes": timed([names[:half], names[half:]], lake("two"), config),
         }
     print(
-        f"\n{args.partitions} partitions x gather_evidence (176 pairs each; scripted engine, {args.latency:g} s "
-        f"per batch), {os.cpu_count()} cores"
+        f"\n{args.partitions} partitions x gather_evidence ({args.queries * 16} pairs each, batches of 16; scripted "
+        f"engine, {args.latency:g} s per batch), {os.cpu_count()} cores"
     )
     for label, seconds in runs.items():
         print(f"  {label:24} {seconds:7.1f} s")
