@@ -454,6 +454,23 @@ def explain(subset: str, query_id: str, passage_id: str | None) -> None:
             raise click.ClickException(str(exc)) from None
 
 
+@main.command()
+@click.option("--older-than-hours", default=24.0, show_default=True, help="expire snapshots older than this")
+def compact(older_than_hours: float) -> None:
+    """DuckLake upkeep (ARHN_STORAGE=ducklake): merge the small Parquet files that commits leave, expire old
+    snapshots, delete unused files. Holds the write lock meanwhile; a DuckDB file needs none of it."""
+    where = storage.from_env()
+    if not where.is_lake:
+        raise click.ClickException("arhn compact is for DuckLake storage (ARHN_STORAGE=ducklake)")
+    with storage.writing(where, on_wait=lambda m: click.echo(m, err=True)):
+        conn = storage.open_connection(where)
+        try:
+            counts = storage.compact(conn, older_than_hours)
+        finally:
+            conn.close()
+    click.echo(f"{where.describe()}: {counts['data_files_before']} data files -> {counts['data_files_after']}")
+
+
 @main.command("prepare-model")
 def prepare_model() -> None:
     """Prepare the packaged offline models once (later calls verify their checksums): SmolLM2-135M-Instruct

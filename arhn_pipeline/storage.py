@@ -183,3 +183,23 @@ def _extensions() -> list[str]:
             partial.replace(target)  # atomic: processes starting together never load half a file
         found.append(str(target))
     return found
+
+
+def compact(conn: duckdb.DuckDBPyConnection, older_than_hours: float = 24.0) -> dict[str, int]:
+    """DuckLake upkeep (run it while no run writes, e.g. nightly): every commit adds Parquet files (a batch of
+    answers is one), so small files pile up. Merges them, expires the snapshots older than `older_than_hours`
+    (time travel to those is given up) and deletes the files no snapshot needs. Returns file counts."""
+
+    def files() -> int:  # the data files the current snapshot reads
+        row = conn.execute(
+            f"SELECT count(*) FROM __ducklake_metadata_{LAKE}.ducklake_data_file WHERE end_snapshot IS NULL"
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    before = files()
+    conn.execute(f"CALL ducklake_merge_adjacent_files('{LAKE}')")
+    conn.execute(
+        f"CALL ducklake_expire_snapshots('{LAKE}', older_than => now() - INTERVAL ({float(older_than_hours)}) HOUR)"
+    )
+    conn.execute(f"CALL ducklake_cleanup_old_files('{LAKE}', cleanup_all => true)")
+    return {"data_files_before": before, "data_files_after": files()}

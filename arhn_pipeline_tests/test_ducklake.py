@@ -109,6 +109,15 @@ def test_three_runs_at_once_on_one_catalog_equal_the_single_file(pg, tmp_path):
         assert shared[name] == single[name], name
     assert len(single["candidates"]) == 3 * 176 and len(single["llm_calls"]) >= 3 * 176
     assert shared["llm_calls_asked_twice"] == []
+    # upkeep (`arhn compact`): fewer data files, the same rows
+    with storage.writing(lake):
+        conn = storage.open_connection(lake)
+        try:
+            counts = storage.compact(conn, older_than_hours=0)
+            assert counts["data_files_after"] < counts["data_files_before"]
+            assert tables(conn) == shared
+        finally:
+            conn.close()
 
 
 def test_a_run_killed_mid_llm_stage_on_ducklake_resumes_without_asking_again(pg, tmp_path):
