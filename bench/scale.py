@@ -15,7 +15,9 @@ postgresql). Three ways, each from an empty store, each run process a fresh Pyth
   ducklake, 1 process   the same on DuckLake
   ducklake, 2 processes the partitions split between two processes running at once (two machines, two GPUs)
 Prints wall times and two ratios: DuckLake's overhead (ducklake 1 / file 1) and the speed-up of a second
-process (ducklake 1 / ducklake 2). The ratio, not the seconds, is the figure: the seconds depend on the machine.
+process (ducklake 1 / ducklake 2). Then the time to store one batch of answers on each backend (the write
+lock is held that long on DuckLake: what bounds the commits per second of all runs together). The ratios,
+not the seconds, are the figures: the seconds depend on the machine.
 """
 
 from __future__ import annotations
@@ -83,6 +85,43 @@ def timed(groups: list[list[str]], env: dict[str, str], config: Path) -> float:
     return time.perf_counter() - t0
 
 
+def commit_seconds(env: dict[str, str], storage_kind: str, db: Path, size: int, repeats: int = 15) -> float:
+    """Median seconds to store one batch of `size` answers (DuckDBStore.store_calls: connect, lock, write,
+    commit), in this process with the run processes' environment."""
+    import statistics
+
+    from arhn_pipeline.store import CallRecord, DuckDBStore
+
+    os.environ.update({k: v for k, v in env.items() if k.startswith("ARHN_DUCKLAKE")})
+    store = DuckDBStore(database=str(db), storage=storage_kind)
+    seconds = []
+    for i in range(repeats):
+        batch = [
+            CallRecord(
+                call_id=f"{storage_kind}-{size}-{i}-{j}",
+                model="m",
+                engine="scripted",
+                template="snippets/snippet.prompt.yaml",
+                template_version="v",
+                messages=[{"role": "user", "content": "word " * 200}],
+                sampling={"temperature": 0.0},
+                structured=None,
+                response="answer " * 30,
+                finish_reason="stop",
+                prompt_tokens=245,
+                completion_tokens=30,
+                cached_prompt_tokens=None,
+                batch_seconds=1.0,
+                batch_size=size,
+            )
+            for j in range(size)
+        ]
+        t0 = time.perf_counter()
+        store.store_calls(batch)
+        seconds.append(time.perf_counter() - t0)
+    return statistics.median(seconds)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--partitions", type=int, default=4)
@@ -119,6 +158,11 @@ def main() -> None:
             "ducklake, 1 process": timed([names], lake("one"), config),
             "ducklake, 2 processes": timed([names[:half], names[half:]], lake("two"), config),
         }
+        commits = {
+            (kind, size): commit_seconds(lake("commits") if kind == "ducklake" else base, kind, work / "c.duckdb", size)
+            for kind in ("duckdb", "ducklake")
+            for size in (64, 512)
+        }
     print(
         f"\n{args.partitions} partitions x gather_evidence ({args.queries * 16} pairs each, batches of 16; scripted "
         f"engine, {args.latency:g} s per batch), {os.cpu_count()} cores"
@@ -129,6 +173,11 @@ def main() -> None:
     speedup = runs["ducklake, 1 process"] / runs["ducklake, 2 processes"]
     print(f"\nDuckLake overhead vs the DuckDB file (same work, 1 process): {overhead:.2f}x the time")
     print(f"speed-up of 2 processes over 1 on DuckLake: {speedup:.2f}x")
+    print("\nstoring one batch of LLM answers (store_calls: connect, lock, write, commit), median of 15:")
+    for (kind, size), seconds in commits.items():
+        print(f"  {kind:9} {size:4} answers  {seconds * 1000:6.0f} ms")
+    ratio = commits[("ducklake", 512)] / commits[("duckdb", 512)]
+    print(f"DuckLake vs the DuckDB file, batches of 512: {ratio:.1f}x the time")
 
 
 if __name__ == "__main__":
