@@ -15,6 +15,12 @@ from arhn_pipeline.schema import create_schema
 from arhn_pipeline.store import DuckDBStore
 
 PROJECT = settings.PROJECT_ROOT
+# Every LLM stage through the (scripted) engine: the LLM ranker, the LLM judge alone in the cascade. Runs that
+# test storage or orchestration use it, so that no CPU embedding (the shipped judge's) takes their time.
+SCRIPTED_LLM_OPS = {
+    "rankings": {"config": {"ranker": "llm"}},
+    "judgments": {"config": {"stages": [{"name": "llm_judge", "kind": "llm"}]}},
+}
 
 
 @pytest.fixture(scope="session")

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import duckdb
 import pytest
+import yaml
 
 from arhn_pipeline import storage
 from arhn_pipeline.store import CallRecord, DuckDBStore, connect
-from arhn_pipeline_tests.conftest import PROJECT
+from arhn_pipeline_tests.conftest import PROJECT, SCRIPTED_LLM_OPS
 from arhn_pipeline_tests.helpers.postgres import PostgresServer, binaries
 from arhn_pipeline_tests.test_kill_resume import batches
 
@@ -48,9 +49,11 @@ def lake_env(pg: PostgresServer, tmp_path: Path, name: str, **extra: str) -> dic
     )
 
 
-def run_job(job: str, partitions: list[str], env: dict[str, str]) -> subprocess.Popen:
+def run_job(job: str, partitions: list[str], env: dict[str, str], tmp_path: Path) -> subprocess.Popen:
+    config = tmp_path / "run_config.yaml"
+    config.write_text(yaml.safe_dump({"ops": SCRIPTED_LLM_OPS}), encoding="utf-8")
     return subprocess.Popen(
-        [sys.executable, "-m", "arhn_pipeline_tests.helpers.run_job", job, *partitions],
+        [sys.executable, "-m", "arhn_pipeline_tests.helpers.run_job", job, "--config", str(config), *partitions],
         env=env,
         cwd=PROJECT,
         stdout=subprocess.PIPE,
@@ -88,13 +91,13 @@ def test_three_runs_at_once_on_one_catalog_equal_the_single_file(pg, tmp_path):
     the same time into one DuckLake catalog; one process does the same three on a DuckDB file. Every run
     succeeds, the runs overlap in time, and every table holds the same rows in both."""
     env = lake_env(pg, tmp_path, "three", ARHN_SCRIPT_LATENCY="0.3")
-    procs = [run_job("gather_evidence", [p], env) for p in SAMPLES]
+    procs = [run_job("gather_evidence", [p], env, tmp_path) for p in SAMPLES]
     spans = [finish(p) for p in procs]
     assert max(s for s, _ in spans) < min(e for _, e in spans), f"the runs did not overlap: {spans}"
 
     file_env = dict(os.environ, ARHN_DB=str(tmp_path / "one.duckdb"), ARHN_ENGINE="scripted")
     file_env.update(ARHN_SCRIPT="sample_oracle")
-    finish(run_job("gather_evidence", SAMPLES, file_env))
+    finish(run_job("gather_evidence", SAMPLES, file_env, tmp_path))
 
     with connect(str(tmp_path / "one.duckdb"), read_only=True) as conn:
         single = tables(conn)
@@ -264,7 +267,8 @@ def test_dagster_dev_on_the_postgres_instance_runs_a_partition_into_ducklake(pg,
     env = lake_env(pg, tmp_path, "deployed", DAGSTER_HOME=str(home), ARHN_SCRIPT_LATENCY="0.2")
     env["ARHN_DAGSTER_PG_URL"] = f"postgresql+psycopg2://{pg.user}@127.0.0.1:{pg.port}/dagster_instance"
     subprocess.run([BIN / "arhn", "sources", "sync"], env=env, cwd=PROJECT, check=True, capture_output=True)
-    config = json.dumps({"ops": {"snippets": {"config": {"batch_size": 16}}}}).replace('"', '\\"')
+    ops = {"snippets": {"config": {"batch_size": 16}}, **SCRIPTED_LLM_OPS}
+    config = json.dumps({"ops": ops}).replace('"', '\\"')
     with dagster_dev(env) as port:
         launched = graphql(port, LAUNCH % config)["data"]["launchRun"]
         assert launched["__typename"] == "LaunchRunSuccess", launched

@@ -15,7 +15,14 @@ from arhn_pipeline import shards
 from arhn_pipeline.raw_triplets.ingest import NoValidRows, ingest
 from arhn_pipeline.schema import create_schema
 from arhn_pipeline.sources.registry import RegistryError, load_registry
-from arhn_pipeline_tests.conftest import PROJECT, engine, gather_then_decide, write_jsonl, write_registry
+from arhn_pipeline_tests.conftest import (
+    PROJECT,
+    SCRIPTED_LLM_OPS,
+    engine,
+    gather_then_decide,
+    write_jsonl,
+    write_registry,
+)
 
 SAMPLES = PROJECT / "data" / "samples"
 
@@ -150,7 +157,7 @@ def test_a_sharded_partition_gives_the_decisions_of_the_unsharded_one(tmp_path, 
         defs = build_defs(engine("sample_oracle"), DuckDBStore(database=str(folder / "arhn.duckdb")))
         instance = dg.DagsterInstance.ephemeral()
         instance.add_dynamic_partitions("subset", keys)
-        gather_then_decide(defs, instance, keys)
+        gather_then_decide(defs, instance, keys, {"ops": SCRIPTED_LLM_OPS})
         found[label] = _decisions(folder / "arhn.duckdb")
         with duckdb.connect(str(folder / "arhn.duckdb"), read_only=True) as conn:
             changed = conn.execute(
