@@ -122,6 +122,19 @@ def commit_seconds(env: dict[str, str], storage_kind: str, db: Path, size: int, 
     return statistics.median(seconds)
 
 
+def _print_runs(runs: dict[str, float], args: argparse.Namespace) -> None:
+    print(
+        f"\n{args.partitions} partitions x gather_evidence ({args.queries * 16} pairs each, batches of 16; scripted "
+        f"engine, {args.latency:g} s per batch), {os.cpu_count()} cores"
+    )
+    for label, seconds in runs.items():
+        print(f"  {label:24} {seconds:7.1f} s")
+    overhead = runs["ducklake, 1 process"] / runs["file, 1 process"]
+    speedup = runs["ducklake, 1 process"] / runs["ducklake, 2 processes"]
+    print(f"\nDuckLake overhead vs the DuckDB file (same work, 1 process): {overhead:.2f}x the time")
+    print(f"speed-up of 2 processes over 1 on DuckLake: {speedup:.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--partitions", type=int, default=4)
@@ -158,21 +171,13 @@ def main() -> None:
             "ducklake, 1 process": timed([names], lake("one"), config),
             "ducklake, 2 processes": timed([names[:half], names[half:]], lake("two"), config),
         }
+        _print_runs(runs, args)
+        commit_env = {"duckdb": base, "ducklake": lake("commits")}
         commits = {
-            (kind, size): commit_seconds(lake("commits") if kind == "ducklake" else base, kind, work / "c.duckdb", size)
+            (kind, size): commit_seconds(commit_env[kind], kind, work / "c.duckdb", size)
             for kind in ("duckdb", "ducklake")
             for size in (64, 512)
         }
-    print(
-        f"\n{args.partitions} partitions x gather_evidence ({args.queries * 16} pairs each, batches of 16; scripted "
-        f"engine, {args.latency:g} s per batch), {os.cpu_count()} cores"
-    )
-    for label, seconds in runs.items():
-        print(f"  {label:24} {seconds:7.1f} s")
-    overhead = runs["ducklake, 1 process"] / runs["file, 1 process"]
-    speedup = runs["ducklake, 1 process"] / runs["ducklake, 2 processes"]
-    print(f"\nDuckLake overhead vs the DuckDB file (same work, 1 process): {overhead:.2f}x the time")
-    print(f"speed-up of 2 processes over 1 on DuckLake: {speedup:.2f}x")
     print("\nstoring one batch of LLM answers (store_calls: connect, lock, write, commit), median of 15:")
     for (kind, size), seconds in commits.items():
         print(f"  {kind:9} {size:4} answers  {seconds * 1000:6.0f} ms")
