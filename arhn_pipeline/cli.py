@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from arhn_pipeline import settings, shards, storage
+from arhn_pipeline import settings, storage
 
 
 def dagster_instance():
@@ -121,11 +121,6 @@ def run(
     sync_partitions(instance)
     registry = load_registry()
     named = list(subsets) or [name for name, e in registry.items() if e.in_default_run]
-    for name in named:
-        if name in registry.problems or (name not in registry and shards.parse(name) is None):
-            raise click.UsageError(
-                str(registry.problems.get(name) or f"not in the source registry: {name!r}; known: {sorted(registry)}")
-            )
     chosen = registry.partitions(named)  # a sharded entry: its every shard (or name one shard to run only it)
     for key in chosen:
         try:
@@ -462,12 +457,8 @@ def compact(older_than_hours: float) -> None:
     where = storage.from_env()
     if not where.is_lake:
         raise click.ClickException("arhn compact is for DuckLake storage (ARHN_STORAGE=ducklake)")
-    with storage.writing(where, on_wait=lambda m: click.echo(m, err=True)):
-        conn = storage.open_connection(where)
-        try:
-            counts = storage.compact(conn, older_than_hours)
-        finally:
-            conn.close()
+    with storage.session(where, on_wait=lambda m: click.echo(m, err=True)) as conn:
+        counts = storage.compact(conn, older_than_hours)
     click.echo(f"{where.describe()}: {counts['data_files_before']} data files -> {counts['data_files_after']}")
 
 

@@ -30,13 +30,13 @@ duckdb-extension-postgres, built for the pinned duckdb), loaded by path: nothing
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
 import shutil
-import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -44,6 +44,7 @@ from typing import Literal
 import duckdb
 
 from arhn_pipeline import settings
+from arhn_pipeline.schema import create_schema
 
 Kind = Literal["duckdb", "ducklake"]
 LAKE = "lake"  # the name the DuckLake catalog is attached under (and made the default: `USE lake`)
@@ -131,33 +132,46 @@ def writing(storage: Storage, on_wait: Callable[[str], None] | None = None) -> I
         return
     import psycopg2
 
-    session = psycopg2.connect(storage.catalog)
+    pg = psycopg2.connect(storage.catalog)
     try:
-        session.autocommit = True
-        with session.cursor() as cur:
+        pg.autocommit = True
+        with pg.cursor() as cur:
             cur.execute("SELECT pg_try_advisory_lock(%s)", (_LOCK_KEY,))
             row = cur.fetchone()
             if not (row and row[0]):
                 if on_wait:
                     on_wait(f"{storage.describe()}: another process is writing; waiting for its turn")
-                t0 = time.monotonic()
                 cur.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
-                _WAITED[0] += time.monotonic() - t0
         yield
     finally:
-        session.close()  # ends the session, and with it the lock
+        pg.close()  # ends the session, and with it the lock
 
 
-_WAITED = [0.0]  # seconds this process has waited for the write lock (reported by bench/scale.py)
+@contextmanager
+def session(
+    storage: Storage,
+    read_only: bool = False,
+    on_wait: Callable[[str], None] | None = None,
+    make_schema: bool = True,
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A DuckLake connection for the block, closed at its end. A writer holds the write lock for the block
+    (`writing`) and, with `make_schema`, finds every table made (a no-op once the catalog has this schema
+    version); a reader takes no lock."""
+    with writing(storage, on_wait) if not read_only else nullcontext():
+        conn = open_connection(storage, read_only=read_only)
+        try:
+            if make_schema and not read_only:
+                create_schema(conn, lake=True)
+            yield conn
+        finally:
+            conn.close()
 
 
-def waited_seconds() -> float:
-    return _WAITED[0]
-
-
-def _extensions() -> list[str]:
-    """The ducklake and postgres extension files of the installed packages. The postgres file must be loaded
-    under the name of its entry point (postgres_scanner), so a copy by that name is kept under var/."""
+@functools.cache
+def _extensions() -> tuple[str, ...]:
+    """The ducklake and postgres extension files of the installed packages (found once per process). The
+    postgres file must be loaded under the name of its entry point (postgres_scanner), so a copy by that name
+    is kept under var/."""
     version = f"v{duckdb.__version__}"
     found = []
     for package, name, load_as in (
@@ -182,7 +196,7 @@ def _extensions() -> list[str]:
             shutil.copyfile(source, partial)
             partial.replace(target)  # atomic: processes starting together never load half a file
         found.append(str(target))
-    return found
+    return tuple(found)
 
 
 def compact(conn: duckdb.DuckDBPyConnection, older_than_hours: float = 24.0) -> dict[str, int]:

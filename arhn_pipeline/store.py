@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from pydantic import Field, PrivateAttr
 
 from arhn_pipeline import faults
 from arhn_pipeline.schema import create_schema
-from arhn_pipeline.storage import Storage, StorageError, from_env, open_connection, writing
+from arhn_pipeline.storage import Storage, StorageError, from_env, session
 
 PARTITIONED_TABLES = ("queries", "candidates", "quarantine")  # written by raw_triplets
 
@@ -132,14 +132,8 @@ def connect(
     """
     where = from_env(path)
     if where.is_lake:
-        with writing(where, on_wait) if not read_only else nullcontext():
-            conn = open_connection(where, read_only=read_only)
-            try:
-                if not read_only:
-                    create_schema(conn, lake=True)
-                yield conn
-            finally:
-                conn.close()
+        with session(where, read_only=read_only, on_wait=on_wait) as conn:
+            yield conn
         return
     conn = _open_file(path, read_only, wait_seconds, on_wait)
     try:
@@ -259,15 +253,9 @@ class DuckDBStore(DuckDBResource):
     def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
         where = self.where()
         if where.is_lake:
-            with writing(where):
-                conn = open_connection(where)
-                try:
-                    if not self._schema_ready:
-                        create_schema(conn, lake=True)
-                        self._schema_ready = True
-                    yield conn
-                finally:
-                    conn.close()
+            with session(where, make_schema=not self._schema_ready) as conn:
+                self._schema_ready = True
+                yield conn
             return
         if not self._schema_ready:
             Path(self.database).parent.mkdir(parents=True, exist_ok=True)
@@ -296,24 +284,17 @@ class DuckDBStore(DuckDBResource):
         if not records:
             return []
         frame = pl.DataFrame(
-            {
-                "call_id": [r.call_id for r in records],
-                "model": [r.model for r in records],
-                "engine": [r.engine for r in records],
-                "template": [r.template for r in records],
-                "template_version": [r.template_version for r in records],
-                "messages": [json.dumps(r.messages, ensure_ascii=False) for r in records],
-                "sampling": [json.dumps(r.sampling) for r in records],
-                "structured": [json.dumps(r.structured) if r.structured is not None else None for r in records],
-                "response": [r.response for r in records],
-                "finish_reason": [r.finish_reason for r in records],
-                "prompt_tokens": [r.prompt_tokens for r in records],
-                "completion_tokens": [r.completion_tokens for r in records],
-                "cached_prompt_tokens": [r.cached_prompt_tokens for r in records],
-                "batch_seconds": [r.batch_seconds for r in records],
-                "batch_size": [r.batch_size for r in records],
-            },
+            [
+                {
+                    **asdict(r),
+                    "messages": json.dumps(r.messages, ensure_ascii=False),
+                    "sampling": json.dumps(r.sampling),
+                    "structured": json.dumps(r.structured) if r.structured is not None else None,
+                }
+                for r in records
+            ],
             schema_overrides={"structured": pl.String, "finish_reason": pl.String, "cached_prompt_tokens": pl.Int64},
+            infer_schema_length=None,
         ).unique("call_id", keep="first", maintain_order=True)
         with self.get_connection() as conn, transaction(conn):
             conn.register("_calls_batch", frame)

@@ -20,7 +20,7 @@ from arhn_pipeline import storage
 from arhn_pipeline.store import CallRecord, DuckDBStore, connect
 from arhn_pipeline_tests.conftest import PROJECT, SCRIPTED_LLM_OPS
 from arhn_pipeline_tests.helpers.postgres import PostgresServer, binaries
-from arhn_pipeline_tests.test_kill_resume import batches
+from arhn_pipeline_tests.test_kill_resume import kill_mid_snippets_then_rerun
 
 SAMPLES = ["sample_geo", "sample_bio", "sample_fin"]
 # columns that record when or how fast, not what: left out of the row-for-row comparison
@@ -47,6 +47,11 @@ def lake_env(pg: PostgresServer, tmp_path: Path, name: str, **extra: str) -> dic
         ARHN_SCRIPT="sample_oracle",
         **extra,
     )
+
+
+def lake_of(env: dict[str, str]) -> storage.Storage:
+    """The DuckLake catalog a run process with `env` writes to."""
+    return storage.Storage("ducklake", catalog=env["ARHN_DUCKLAKE_CATALOG"], data_path=env["ARHN_DUCKLAKE_DATA"])
 
 
 def run_job(job: str, partitions: list[str], env: dict[str, str], tmp_path: Path) -> subprocess.Popen:
@@ -101,58 +106,26 @@ def test_three_runs_at_once_on_one_catalog_equal_the_single_file(pg, tmp_path):
 
     with connect(str(tmp_path / "one.duckdb"), read_only=True) as conn:
         single = tables(conn)
-    lake = storage.Storage("ducklake", catalog=env["ARHN_DUCKLAKE_CATALOG"], data_path=env["ARHN_DUCKLAKE_DATA"])
-    conn = storage.open_connection(lake, read_only=True)
-    try:
+    with storage.session(lake_of(env), read_only=True) as conn:
         shared = tables(conn)
-    finally:
-        conn.close()
     assert set(shared) == set(single)
     for name in sorted(single):
         assert shared[name] == single[name], name
     assert len(single["candidates"]) == 3 * 176 and len(single["llm_calls"]) >= 3 * 176
     assert shared["llm_calls_asked_twice"] == []
     # upkeep (`arhn compact`): fewer data files, the same rows
-    with storage.writing(lake):
-        conn = storage.open_connection(lake)
-        try:
-            counts = storage.compact(conn, older_than_hours=0)
-            assert counts["data_files_after"] < counts["data_files_before"]
-            assert tables(conn) == shared
-        finally:
-            conn.close()
+    with storage.session(lake_of(env)) as conn:
+        counts = storage.compact(conn, older_than_hours=0)
+        assert counts["data_files_after"] < counts["data_files_before"]
+        assert tables(conn) == shared
 
 
 def test_a_run_killed_mid_llm_stage_on_ducklake_resumes_without_asking_again(pg, tmp_path):
     """SIGKILL in the middle of the snippets stage (the run holding the write lock at times): the next run
     is not blocked, completes, sends only what was not stored, and no row is lost or duplicated."""
     env = lake_env(pg, tmp_path, "killed")
-    log = tmp_path / "sent.log"
-    cmd = [sys.executable, "-m", "arhn_pipeline_tests.helpers.slow_run", "sample_geo", str(log)]
-    proc = subprocess.Popen(
-        [*cmd, "1.0"],
-        env=env,
-        cwd=PROJECT,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not (log.exists() and len(batches(log)) >= 4):
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    before = batches(log)
-    assert 4 <= len(before) < 11, "the kill must land in the middle of the 11 batches"
-    stored_before = {k for b in before[:-1] for k in b}
-
-    rerun = subprocess.run([*cmd, "0"], env=env, cwd=PROJECT, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    resent = {k for b in batches(log)[len(before) :] for k in b}
-    assert not resent & stored_before
-    lake = storage.Storage("ducklake", catalog=env["ARHN_DUCKLAKE_CATALOG"], data_path=env["ARHN_DUCKLAKE_DATA"])
-    conn = storage.open_connection(lake, read_only=True)
-    try:
+    kill_mid_snippets_then_rerun(env, tmp_path / "sent.log")
+    with storage.session(lake_of(env), read_only=True) as conn:
         assert conn.execute("SELECT count(*), count(DISTINCT call_id) FROM llm_calls").fetchone() == (176, 176)
         assert conn.execute("SELECT count(*), count(DISTINCT (query_id, passage_id)) FROM snippets").fetchone() == (
             176,
@@ -161,8 +134,6 @@ def test_a_run_killed_mid_llm_stage_on_ducklake_resumes_without_asking_again(pg,
         for table, n in (("queries", 16), ("candidates", 176), ("passages", 38)):
             assert conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == n, table
         assert conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name LIKE '_stage_%'").fetchone()[0] == 0
-    finally:
-        conn.close()
 
 
 def _record(key: str, answer: str) -> CallRecord:
@@ -230,7 +201,7 @@ def test_a_writer_killed_while_holding_the_lock_does_not_block_the_next(pg, tmp_
     )
     proc = subprocess.Popen([sys.executable, "-c", holder], env=env, cwd=PROJECT, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "holding"
-    lake = storage.Storage("ducklake", catalog=env["ARHN_DUCKLAKE_CATALOG"], data_path=env["ARHN_DUCKLAKE_DATA"])
+    lake = lake_of(env)
     waits: list[str] = []
     import psycopg2
 
@@ -288,10 +259,6 @@ def test_dagster_dev_on_the_postgres_instance_runs_a_partition_into_ducklake(pg,
     finally:
         session.close()
     assert (listed[0]["runId"], "SUCCESS") in stored
-    lake = storage.Storage("ducklake", catalog=env["ARHN_DUCKLAKE_CATALOG"], data_path=env["ARHN_DUCKLAKE_DATA"])
-    conn = storage.open_connection(lake, read_only=True)
-    try:
+    with storage.session(lake_of(env), read_only=True) as conn:
         assert conn.execute("SELECT count(*) FROM candidates WHERE subset = 'sample_geo'").fetchone() == (176,)
         assert conn.execute("SELECT count(*) FROM decisions WHERE subset = 'sample_geo'").fetchone()[0] > 0
-    finally:
-        conn.close()
