@@ -204,3 +204,27 @@ def test_passage_ids_equal_passage_key(tmp_path):
     ingest(conn, "ids", SourceEntry(name="ids", format="bge", path=path))
     stored = dict(conn.execute("SELECT text, passage_id FROM passages").fetchall())
     assert stored == {t: passage_key(t) for r in rows for t in r["pos"] + r["neg"]}
+
+
+def test_lines_near_the_plain_line_shortcut_give_identical_tables(tmp_path, chunking):
+    """A line of printable ASCII with single spaces and no escape skips the per-text character checks; texts
+    that sit at the edge of that rule (a space at either end, double spaces, raw DEL, tab, NBSP and accents, an
+    escape, a text of one space, `, "` inside a text) must come out as the line-by-line path makes them."""
+    raw_lines = [
+        '{"query": "q1", "pos": [" lead"], "neg": ["trail ", "ok one"]}',
+        '{"query": "q2", "pos": ["p, "], "neg": [" ", "n2"]}',
+        '{"query": "q3", "pos": ["mid  double"], "neg": ["n3"]}',
+        '{"query": "q4", "pos": ["del\x7fchar"], "neg": ["n4"]}',
+        '{"query": "q5", "pos": ["tab\there"], "neg": ["n5"]}',
+        '{"query": "q6", "pos": ["caf\u00e9\u00a0 x"], "neg": ["e\u0301 n6"]}',
+        '{"query": "q7", "pos": ["esc\\u0041pe \\"quoted\\""], "neg": ["n7 "]}',
+        '{"query":"q8","pos":["packed"],"neg":["n8"]}',
+        '{"query": "q9" , "pos": [ "spaced json" ] , "neg": [ "n9" ] }',
+        '{"query": "q10", "pos": ["a"], "neg": ["b",]}',
+        '{"query": " q11 ", "pos": ["a"], "neg": ["b"]}',
+    ]
+    path = tmp_path / "plain.jsonl"
+    path.write_bytes("\n".join(raw_lines).encode("utf-8") + b"\n")
+    _, col = both(tmp_path, SourceEntry(name="plain", format="bge", path=path))
+    # a text of one space, a raw DEL, a raw tab (not JSON) and a trailing comma are quarantined; the rest kept
+    assert isinstance(col, IngestStats) and (col.queries, col.quarantined_rows) == (7, 4)

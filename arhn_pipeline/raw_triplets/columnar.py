@@ -56,6 +56,17 @@ TEVATRON_STRUCTURE = {
 # no-op and no character rule can fail, so the costly functions run only on the others.
 _UNUSUAL = r"[\x00-\x1f\x{7f}-\x{10ffff}]|  |^ | $"
 _WS_NOT_SPACE = WS_CLASS.replace("\\x{20}", "")
+# A line whose bytes are printable ASCII with single spaces and no backslash (so no JSON escape) holds only texts
+# that are plain but for a space at either end, and has no trailing comma. The pattern matches the others.
+_ODD_LINE = _TRAILING_COMMA + r"|[^\x20-\x7e\n]|\\|  "
+
+
+def unusual_sql(expr: str) -> str:
+    """Whether a text of a line's candidates matches _UNUSUAL: on a plain line only its ends can."""
+    return (
+        f"CASE WHEN plain THEN starts_with({expr}, ' ') OR ends_with({expr}, ' ') "
+        f"ELSE regexp_matches({expr}, '{_UNUSUAL}') END"
+    )
 
 
 def normalized_sql(expr: str, unusual: str | None = None) -> str:
@@ -141,11 +152,20 @@ def _passages(shape: object) -> bool:
 
 @dataclass
 class ChunkResult:
-    """What the columnar path made of one chunk: `fallback` lines go to the line-by-line path; the rest are in
-    the temporary tables `_col_queries` (line, query_id, query, prompt, type) and `_col_candidates` (line,
-    role, rank, passage_id, title, text, score, source_id)."""
+    """What the columnar path made of one chunk: `fallback` lines go to the line-by-line path; `queries` (line,
+    query_id, query, prompt, type), `candidates` (line, role, rank, passage_id, title, text, score, source_id,
+    query_id) and `passages` hold the rest."""
 
     fallback: np.ndarray  # line numbers
+    queries: pa.Table
+    candidates: pa.Table  # with each line's query_id
+    passages: pa.Table  # passage_id, title, text: each passage once, as the chunk first gave it
+
+
+# Each passage once, with the title and text of its first candidate (in line order, positives first); the caller
+# closes the FROM of the subquery.
+FIRST_TEXTS = """SELECT passage_id, arg_min(title, seen) AS title, arg_min(text, seen) AS text FROM (
+    SELECT passage_id, title, text, line * 4194304 + (role = 'negative')::INT * 2097152 + rank AS seen"""
 
 
 def _texts_ok(expr: str, max_text_chars: int, unusual: str | None = None) -> str:
@@ -162,7 +182,8 @@ def _texts_ok(expr: str, max_text_chars: int, unusual: str | None = None) -> str
 def parse_chunk(
     conn: duckdb.DuckDBPyConnection, lines: np.ndarray, texts: pa.Array, fmt: Format, max_text_chars: int
 ) -> ChunkResult:
-    """Parse, check and split one chunk into the temporary tables; returns the lines left to the slow path."""
+    """Parse, check and split one chunk (in `conn`'s temporary tables, dropped after); returns its rows and the
+    lines left to the slow path."""
     structure = json.dumps(BGE_STRUCTURE if fmt == "bge" else TEVATRON_STRUCTURE)
     nested = "true"
     if fmt == "tevatron":  # the passages' own keys (the only objects a taken shape can hold) are checked too
@@ -172,12 +193,15 @@ def parse_chunk(
             for side in ("positive_passages", "negative_passages")
         )
     conn.register("_col_in", pa.table({"line": pa.array(lines, pa.int64()), "raw": texts}))
-    # one scan of the chunk: the line's shape, its keys, its values, and DuckDB's one leniency (trailing commas)
+    # one scan of the chunk: the line's shape, its keys, its values, and DuckDB's one leniency (trailing commas);
+    # a line with nothing odd in its bytes (`plain`) holds plain texts and no trailing comma, so the costlier
+    # checks run only on the others
     conn.execute(
         f"""CREATE OR REPLACE TEMP TABLE _col_rows AS
         SELECT line, try(json_structure(raw)) AS shape, try(json_keys(raw)) AS keys, {nested} AS nested_keys_unique,
-               try(json_transform(raw, '{structure}')) AS r, regexp_matches(raw, '{_TRAILING_COMMA}') AS comma
-        FROM _col_in"""
+               try(json_transform(raw, '{structure}')) AS r, NOT odd AS plain,
+               odd AND regexp_matches(raw, '{_TRAILING_COMMA}') AS comma
+        FROM (SELECT *, regexp_matches(raw, '{_ODD_LINE}') AS odd FROM _col_in)"""
     )
     conn.unregister("_col_in")
     shapes = [s for (s,) in conn.execute("SELECT DISTINCT shape FROM _col_rows WHERE shape IS NOT NULL").fetchall()]
@@ -196,7 +220,15 @@ def parse_chunk(
         ALTER TABLE _col_candidates DROP COLUMN text_ok;"""
     )
     fallback = conn.execute("SELECT line FROM _col_rows ANTI JOIN _col_queries USING (line) ORDER BY line").fetchall()
-    return ChunkResult(np.array([n for (n,) in fallback], dtype=np.int64))
+    result = ChunkResult(
+        np.array([n for (n,) in fallback], dtype=np.int64),
+        conn.execute("FROM _col_queries").to_arrow_table(),
+        conn.execute("SELECT c.*, q.query_id FROM _col_candidates c JOIN _col_queries q USING (line)").to_arrow_table(),
+        conn.execute(f"{FIRST_TEXTS} FROM _col_candidates) GROUP BY passage_id").to_arrow_table(),
+    )
+    for table in ("_col_rows", "_col_queries", "_col_candidates", "_col_bad"):
+        conn.execute(f"DROP TABLE {table}")
+    return result
 
 
 def _taken_rows() -> str:
@@ -234,12 +266,12 @@ def _bge(conn: duckdb.DuckDBPyConnection, taken: list[str], max_text_chars: int)
         f"""CREATE OR REPLACE TEMP TABLE _col_candidates AS
         SELECT line, role, rank, left(sha256({normalized_sql("text", "unusual")}), 20) AS passage_id,
                NULL::VARCHAR AS title, text, score, source_id, {_texts_ok("text", max_text_chars, "unusual")} AS text_ok
-        FROM (SELECT *, regexp_matches(text, '{_UNUSUAL}') AS unusual FROM (
-            SELECT line, 'positive' AS role, generate_subscripts(r.pos, 1) - 1 AS rank, unnest(r.pos) AS text,
+        FROM (SELECT *, {unusual_sql("text")} AS unusual FROM (
+            SELECT line, plain, 'positive' AS role, generate_subscripts(r.pos, 1) - 1 AS rank, unnest(r.pos) AS text,
                    unnest(r.pos_scores) AS score, unnest(r.pos_ids) AS source_id
             FROM _col_rows SEMI JOIN _col_queries USING (line)
             UNION ALL
-            SELECT line, 'negative', generate_subscripts(r.neg, 1) - 1, unnest(r.neg), unnest(r.neg_scores),
+            SELECT line, plain, 'negative', generate_subscripts(r.neg, 1) - 1, unnest(r.neg), unnest(r.neg_scores),
                    unnest(r.neg_ids)
             FROM _col_rows SEMI JOIN _col_queries USING (line)
         ));"""
@@ -270,13 +302,14 @@ def _tevatron(conn: duckdb.DuckDBPyConnection, taken: list[str], max_text_chars:
                {_texts_ok("text", max_text_chars, "unusual")} AS text_ok
         FROM (
             SELECT line, role, rank, nullif(p.title, '') AS title, p.text AS text, p.score AS score,
-                   p.docid AS source_id, regexp_matches(p.text, '{_UNUSUAL}') AS unusual
+                   p.docid AS source_id, {unusual_sql("p.text")} AS unusual
             FROM (
-                SELECT line, 'positive' AS role, generate_subscripts(r.positive_passages, 1) - 1 AS rank,
+                SELECT line, plain, 'positive' AS role, generate_subscripts(r.positive_passages, 1) - 1 AS rank,
                        unnest(r.positive_passages) AS p
                 FROM _col_rows SEMI JOIN _col_queries USING (line)
                 UNION ALL
-                SELECT line, 'negative', generate_subscripts(r.negative_passages, 1) - 1, unnest(r.negative_passages)
+                SELECT line, plain, 'negative', generate_subscripts(r.negative_passages, 1) - 1,
+                       unnest(r.negative_passages)
                 FROM _col_rows SEMI JOIN _col_queries USING (line)
             )
         );"""

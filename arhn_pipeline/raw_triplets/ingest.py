@@ -9,8 +9,13 @@ tell a repeated line from a conflicting one.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import hashlib
-from collections.abc import Callable
+import os
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -18,8 +23,9 @@ import duckdb
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from arhn_pipeline import faults, shards
+from arhn_pipeline import faults, shards, storage
 from arhn_pipeline.raw_triplets import columnar
 from arhn_pipeline.sources.readers import (
     MAX_LINE_BYTES,
@@ -165,13 +171,15 @@ def ingest(
     batch_size: int = 20_000,
     limits: Limits = Limits(),
     reader: str = "columnar",
+    checkpoint: bool = True,
 ) -> IngestStats:
     """Replace `subset`'s rows with the source's: all or nothing.
 
     Batches go to staging tables, committed as they come (so memory stays flat: one long transaction
     would hold every appended row); one short transaction then swaps them in for the partition's old rows.
     A source without one valid row raises NoValidRows (with the commonest reasons) and changes nothing.
-    `reader`: columnar (default) or per_line (the reference path; both give the same tables).
+    `reader`: columnar (default) or per_line (the reference path; both give the same tables). `checkpoint`:
+    write the rows into the database file before returning (else DuckDB does it later).
     """
     if reader not in ("columnar", "per_line"):
         raise ValueError(f"reader must be columnar or per_line, not {reader!r}")
@@ -180,33 +188,73 @@ def ingest(
     stage = {t: f"_stage_{t}_{tag}" for t in PARTITIONED_TABLES}
     for table, staging in stage.items():
         conn.execute(f"CREATE OR REPLACE TABLE {staging} AS SELECT * FROM {table} LIMIT 0")
+    with _checkpoint_after(conn, checkpoint):
+        try:
+            return _staged(conn, subset, entry, batch_size, limits, reader, stage)
+        finally:
+            for staging in stage.values():
+                conn.execute(f"DROP TABLE IF EXISTS {staging}")
+
+
+# The write-ahead log's size at which DuckDB checkpoints during an ingest (its default: 16 MiB). Each checkpoint
+# writes the staged rows to the file, which the swap then drops; a larger log means fewer of them, and more
+# memory (rows not yet checkpointed stay in DuckDB's buffers): 256 MiB was the measured middle ground.
+INGEST_WAL_BYTES = 256 * 2**20
+
+
+@contextlib.contextmanager
+def _checkpoint_after(conn: duckdb.DuckDBPyConnection, checkpoint: bool) -> Iterator[None]:
+    """On a DuckDB file: fewer checkpoints while the staging tables fill (INGEST_WAL_BYTES), and, with
+    `checkpoint`, one when the ingest is done (the partition's rows in the file, not only in the log)."""
+    if conn.execute("SELECT current_database()").fetchone() == (storage.LAKE,):  # DuckLake has no log
+        yield
+        return
+    (before,) = conn.execute("SELECT current_setting('checkpoint_threshold')").fetchone() or ("16.0 MiB",)
+    conn.execute(f"SET checkpoint_threshold = '{INGEST_WAL_BYTES}B'")
     try:
-        if reader == "columnar":
-            stats = _stream_columnar(conn, subset, entry, stage, limits)
-        else:
-            stats = _stream_into(conn, subset, entry, batch_size, stage, limits)
-        if stats.queries == 0:
-            reasons = conn.execute(
-                f"SELECT reason, count(*) FROM {stage['quarantine']} GROUP BY ALL ORDER BY 2 DESC LIMIT 3"
-            ).fetchall()
-            shown = "; ".join(f"{n} x {reason}" for reason, n in reasons)
-            if entry.shard is not None and entry.shards:
-                raise NoValidRows(
-                    f"source {entry.name!r}: {entry.location}: no valid row of its {stats.lines} lines falls in "
-                    f"shard {entry.shard} of {entry.shards} (fewer queries than shards?); the partition's stored "
-                    "rows are kept"
-                )
-            raise NoValidRows(
-                f"source {entry.name!r}: {entry.location}: none of its {stats.lines} lines is a valid row ({shown}); "
-                "the partition's stored rows are kept"
-            )
-        with transaction(conn):
-            delete_partition(conn, subset, PARTITIONED_TABLES)
-            for table, staging in stage.items():
-                conn.execute(f"INSERT INTO {table} SELECT * FROM {staging}")
+        yield
     finally:
-        for staging in stage.values():
-            conn.execute(f"DROP TABLE IF EXISTS {staging}")
+        conn.execute(f"SET checkpoint_threshold = '{before}'")
+    if checkpoint:
+        try:
+            conn.execute("CHECKPOINT")
+        except duckdb.TransactionException:  # another connection's transaction is open: DuckDB checkpoints later
+            pass
+
+
+def _staged(
+    conn: duckdb.DuckDBPyConnection,
+    subset: str,
+    entry: SourceEntry,
+    batch_size: int,
+    limits: Limits,
+    reader: str,
+    stage: dict[str, str],
+) -> IngestStats:
+    """The source into the staging tables, then swapped in for the partition's rows (one short transaction)."""
+    if reader == "columnar":
+        stats = _stream_columnar(conn, subset, entry, stage, limits)
+    else:
+        stats = _stream_into(conn, subset, entry, batch_size, stage, limits)
+    if stats.queries == 0:
+        reasons = conn.execute(
+            f"SELECT reason, count(*) FROM {stage['quarantine']} GROUP BY ALL ORDER BY 2 DESC LIMIT 3"
+        ).fetchall()
+        shown = "; ".join(f"{n} x {reason}" for reason, n in reasons)
+        if entry.shard is not None and entry.shards:
+            raise NoValidRows(
+                f"source {entry.name!r}: {entry.location}: no valid row of its {stats.lines} lines falls in "
+                f"shard {entry.shard} of {entry.shards} (fewer queries than shards?); the partition's stored "
+                "rows are kept"
+            )
+        raise NoValidRows(
+            f"source {entry.name!r}: {entry.location}: none of its {stats.lines} lines is a valid row ({shown}); "
+            "the partition's stored rows are kept"
+        )
+    with transaction(conn):
+        delete_partition(conn, subset, PARTITIONED_TABLES)
+        for table, staging in stage.items():
+            conn.execute(f"INSERT INTO {table} SELECT * FROM {staging}")
     return stats
 
 
@@ -313,10 +361,11 @@ def _staged_digests(stage: dict[str, str]) -> str:
 
 
 def _repeats(
-    conn, stage: dict[str, str], seen: dict[str, int], ids: list[tuple[int, str]]
+    conn, stage: dict[str, str], seen: dict[str, int], ids: list[tuple[int, str]], load: Callable[[], None]
 ) -> dict[int, tuple[int, bool]]:
     """For each line whose query id came before (in an earlier chunk or earlier in this one): (the first line,
-    whether its content is identical). Updates `seen` with the chunk's first lines."""
+    whether its content is identical). Updates `seen` with the chunk's first lines. `load` puts the chunk's rows
+    in its tables (needed only when a query id repeats)."""
     found: dict[int, int] = {}
     for line, query_id in ids:
         if query_id in seen:
@@ -325,6 +374,7 @@ def _repeats(
             seen[query_id] = line
     if not found:
         return {}
+    load()
     here = {line for line, _ in ids}
     lines = sorted(set(found) | {first for first in found.values() if first in here})
     digest = dict(conn.execute(_CHUNK_DIGESTS, {"keys": lines}).fetchall())
@@ -345,10 +395,9 @@ def _stream_columnar(conn, subset: str, entry: SourceEntry, stage: dict[str, str
     stats = IngestStats()
     seen: dict[str, int] = {}  # query id -> the line that first gave it
     mine = _in_shard(entry)
-    for chunk in iter_line_chunks(entry, limits.max_line_bytes):
+    for chunk, parsed in _parsed_chunks(conn, entry, limits):
         batch = _Batch(subset, entry.location, stage)
         stats.lines += len(chunk.lines) + len(chunk.records)
-        parsed = columnar.parse_chunk(conn, chunk.lines, chunk.texts, entry.format, limits.max_text_chars)
         stats.per_line += len(chunk.records) + len(parsed.fallback)
         for rec in chunk.records if mine(None) else ():
             stats.quarantined_rows += 1
@@ -369,12 +418,17 @@ def _stream_columnar(conn, subset: str, entry: SourceEntry, stage: dict[str, str
                 if mine(None):
                     stats.quarantined_rows += 1
                     batch.quarantine_row(line, exc.field, exc.reason, raw=raw)
-        _add_slow(conn, slow)
+        tables = _ChunkTables(conn, parsed, slow)
         winners: list[int] = []
-        ids = conn.execute("SELECT line, query_id FROM _col_queries ORDER BY line").fetchall()
+        ids = sorted(
+            [
+                *zip(parsed.queries["line"].to_pylist(), parsed.queries["query_id"].to_pylist(), strict=True),
+                *((line, t.query_id) for line, (t, _) in slow.items()),
+            ]
+        )
         if entry.shard is not None:  # the other shards' queries are theirs (with their repeats)
             ids = [(line, query_id) for line, query_id in ids if mine(query_id)]
-        repeats = _repeats(conn, stage, seen, ids)
+        repeats = _repeats(conn, stage, seen, ids, tables.load)
         for line, query_id in ids:
             if line in repeats:
                 first_line, identical = repeats[line]
@@ -400,15 +454,111 @@ def _stream_columnar(conn, subset: str, entry: SourceEntry, stage: dict[str, str
                     batch.quarantine_row(
                         line, field, reason + ", left out", _candidate_text(value, field), scope="candidate"
                     )
-        positives, negatives = _write_winners(conn, subset, entry.location, stage, winners)
+        if not slow and len(winners) == parsed.queries.num_rows:  # every line taken whole: straight from Arrow
+            positives, negatives = _write_parsed(conn, subset, entry.location, stage, parsed)
+        else:
+            tables.load()
+            positives, negatives = _write_winners(conn, subset, entry.location, stage, winners)
         stats.queries += len(winners)
         stats.positives += positives
         stats.negatives += negatives
         batch.flush(conn)
         faults.point("ingest_batch")
-    for table in ("_col_rows", "_col_queries", "_col_candidates", "_col_bad"):
+    for table in ("_col_queries", "_col_candidates"):
         conn.execute(f"DROP TABLE IF EXISTS {table}")
     return stats
+
+
+# Chunks parsed ahead of the one being written: DuckDB runs each worker's statements without the GIL, so
+# parsing the next chunks overlaps writing this one (each statement on a chunk is too small for DuckDB to
+# spread over threads itself).
+PARSE_WORKERS = max(1, min(4, os.cpu_count() or 1))
+
+
+def _parsed_chunks(
+    conn: duckdb.DuckDBPyConnection, entry: SourceEntry, limits: Limits
+) -> Iterator[tuple[LineChunk, columnar.ChunkResult]]:
+    """The source's chunks in order, each with what the columnar path made of it; parsed on worker
+    connections (their own temporary tables), at most PARSE_WORKERS chunks ahead."""
+    local = threading.local()
+    cursors: list[duckdb.DuckDBPyConnection] = []
+    lock = threading.Lock()
+
+    def parse(chunk: LineChunk) -> columnar.ChunkResult:
+        if not hasattr(local, "conn"):
+            local.conn = conn.cursor()
+            with lock:
+                cursors.append(local.conn)
+        return columnar.parse_chunk(local.conn, chunk.lines, chunk.texts, entry.format, limits.max_text_chars)
+
+    ahead: collections.deque[tuple[LineChunk, Future[columnar.ChunkResult]]] = collections.deque()
+    pool = ThreadPoolExecutor(PARSE_WORKERS, thread_name_prefix="ingest-parse")
+    try:
+        for chunk in iter_line_chunks(entry, limits.max_line_bytes):
+            ahead.append((chunk, pool.submit(parse, chunk)))
+            if len(ahead) > PARSE_WORKERS:
+                first, future = ahead.popleft()
+                yield first, future.result()
+        while ahead:
+            first, future = ahead.popleft()
+            yield first, future.result()
+    finally:
+        for _, future in ahead:
+            future.cancel()
+        pool.shutdown(wait=True)
+        for cursor in cursors:
+            cursor.close()
+
+
+class _ChunkTables:
+    """A chunk's rows in the writing connection's tables `_col_queries` and `_col_candidates`, with the
+    line-by-line path's triplets beside the columnar ones; made only when a chunk needs them (a repeated query
+    id, a line that went the slow way, a shard's share)."""
+
+    def __init__(self, conn: duckdb.DuckDBPyConnection, parsed: columnar.ChunkResult, slow: dict) -> None:
+        self.conn, self.parsed, self.slow, self.loaded = conn, parsed, slow, False
+
+    def load(self) -> None:
+        if self.loaded:
+            return
+        for name, table in (("_col_queries", self.parsed.queries), ("_col_candidates", self.parsed.candidates)):
+            self.conn.register("_col_parsed", table)
+            self.conn.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS FROM _col_parsed")
+            self.conn.unregister("_col_parsed")
+        _add_slow(self.conn, self.slow)
+        self.loaded = True
+
+
+def _write_parsed(
+    conn: duckdb.DuckDBPyConnection, subset: str, source: str, stage: dict[str, str], parsed: columnar.ChunkResult
+) -> tuple[int, int]:
+    """A chunk whose every line the columnar path took and kept: its rows into the staging tables and its new
+    passages into passages, straight from the parsed Arrow tables (what _write_winners does with all lines)."""
+    conn.register("_parsed_queries", parsed.queries)
+    conn.register("_parsed_candidates", parsed.candidates)
+    conn.register("_parsed_passages", parsed.passages)
+    try:
+        conn.execute(
+            f"""INSERT INTO {stage["queries"]} (subset, query_id, text, prompt, type, source, line)
+            SELECT $subset, query_id, query, prompt, type, $source, line FROM _parsed_queries""",
+            {"subset": subset, "source": source},
+        )
+        conn.execute(
+            f"""INSERT INTO {stage["candidates"]}
+                (subset, query_id, passage_id, role, original_rank, original_score, source_passage_id)
+            SELECT $subset, query_id, passage_id, role, rank, score, source_id FROM _parsed_candidates""",
+            {"subset": subset},
+        )
+        conn.execute(
+            """INSERT INTO passages (passage_id, title, text)
+            SELECT passage_id, title, text FROM _parsed_passages ANTI JOIN passages USING (passage_id)"""
+        )
+    finally:
+        for name in ("_parsed_queries", "_parsed_candidates", "_parsed_passages"):
+            conn.unregister(name)
+    roles = parsed.candidates["role"]
+    positives = pc.sum(pc.equal(roles, "positive")).as_py() or 0
+    return positives, len(roles) - positives
 
 
 def _in_shard(entry: SourceEntry) -> Callable[[str | None], bool]:
@@ -491,11 +641,8 @@ def _write_winners(conn, subset: str, source: str, stage: dict[str, str], winner
         {"subset": subset},
     )
     conn.execute(
-        """INSERT INTO passages (passage_id, title, text)
-        SELECT passage_id, arg_min(title, seen), arg_min(text, seen) FROM (
-            SELECT passage_id, title, text, line * 4194304 + (role = 'negative')::INT * 2097152 + rank AS seen
-            FROM _col_candidates ANTI JOIN passages USING (passage_id)
-        ) GROUP BY passage_id"""
+        f"""INSERT INTO passages (passage_id, title, text)
+        {columnar.FIRST_TEXTS} FROM _col_candidates ANTI JOIN passages USING (passage_id)) GROUP BY passage_id"""
     )
     counts = conn.execute(
         "SELECT count(*) FILTER (role = 'positive'), count(*) FILTER (role = 'negative') FROM _col_candidates"
