@@ -56,9 +56,10 @@ TEVATRON_STRUCTURE = {
 # no-op and no character rule can fail, so the costly functions run only on the others.
 _UNUSUAL = r"[\x00-\x1f\x{7f}-\x{10ffff}]|  |^ | $"
 _WS_NOT_SPACE = WS_CLASS.replace("\\x{20}", "")
-# A line whose bytes are printable ASCII with single spaces and no backslash (so no JSON escape) holds only texts
-# that are plain but for a space at either end, and has no trailing comma. The pattern matches the others.
-_ODD_LINE = _TRAILING_COMMA + r"|[^\x20-\x7e\n]|\\|  "
+# A line of ASCII without a backslash (so no JSON escape), DEL or double space holds only texts that are plain but
+# for a space at either end (a raw control character is not JSON: such a line is not taken). Plain string
+# functions, not a regular expression: about 2x faster over the raw bytes.
+_ODD_LINE = "strlen(raw) != length(raw) OR contains(raw, '\\') OR contains(raw, chr(127)) OR contains(raw, '  ')"
 
 
 def unusual_sql(expr: str) -> str:
@@ -194,14 +195,13 @@ def parse_chunk(
         )
     conn.register("_col_in", pa.table({"line": pa.array(lines, pa.int64()), "raw": texts}))
     # one scan of the chunk: the line's shape, its keys, its values, and DuckDB's one leniency (trailing commas);
-    # a line with nothing odd in its bytes (`plain`) holds plain texts and no trailing comma, so the costlier
-    # checks run only on the others
+    # on a line with nothing odd in its bytes (`plain`) the costlier character checks of each text are spared
     conn.execute(
         f"""CREATE OR REPLACE TEMP TABLE _col_rows AS
         SELECT line, try(json_structure(raw)) AS shape, try(json_keys(raw)) AS keys, {nested} AS nested_keys_unique,
-               try(json_transform(raw, '{structure}')) AS r, NOT odd AS plain,
-               odd AND regexp_matches(raw, '{_TRAILING_COMMA}') AS comma
-        FROM (SELECT *, regexp_matches(raw, '{_ODD_LINE}') AS odd FROM _col_in)"""
+               try(json_transform(raw, '{structure}')) AS r, NOT ({_ODD_LINE}) AS plain,
+               regexp_matches(raw, '{_TRAILING_COMMA}') AS comma
+        FROM _col_in"""
     )
     conn.unregister("_col_in")
     shapes = [s for (s,) in conn.execute("SELECT DISTINCT shape FROM _col_rows WHERE shape IS NOT NULL").fetchall()]
