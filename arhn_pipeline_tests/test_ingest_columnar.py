@@ -228,3 +228,38 @@ def test_lines_near_the_plain_line_shortcut_give_identical_tables(tmp_path, chun
     _, col = both(tmp_path, SourceEntry(name="plain", format="bge", path=path))
     # a text of one space, a raw DEL, a raw tab (not JSON) and a trailing comma are quarantined; the rest kept
     assert isinstance(col, IngestStats) and (col.queries, col.quarantined_rows) == (7, 4)
+
+
+# texts from the characters that decide whether a line is plain: spaces, a comma and quote, a backslash, DEL,
+# a tab, NBSP, an accent and a combining one
+_EDGE_TEXT = st.text(alphabet=' ab,"\\\x7f\t\u00a0\u00e9\u0301', min_size=0, max_size=8)
+
+
+@settings(
+    max_examples=int(os.environ.get("ARHN_PROPERTY_EXAMPLES", "150")) // 3,
+    deadline=None,
+    derandomize=os.environ.get("CI") == "true",
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    rows=st.lists(
+        st.tuples(
+            _EDGE_TEXT, st.lists(_EDGE_TEXT, min_size=1, max_size=3), st.lists(_EDGE_TEXT, min_size=1, max_size=3)
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    ascii_only=st.booleans(),
+    separators=st.sampled_from([(", ", ": "), (",", ":"), (" , ", " :  ")]),
+)
+def test_texts_at_the_plain_line_edge_give_identical_tables(tmp_path_factory, rows, ascii_only, separators):
+    """Lines written with or without escapes and with any spacing between tokens: the plain-line shortcut never
+    changes a table (ids, texts, quarantine rows) from what the line-by-line path makes."""
+    tmp_path = tmp_path_factory.mktemp("edge")
+    lines = [
+        json.dumps({"query": f"q{i} {q}", "pos": pos, "neg": neg}, ensure_ascii=ascii_only, separators=separators)
+        for i, (q, pos, neg) in enumerate(rows)
+    ]
+    path = tmp_path / "edge.jsonl"
+    path.write_bytes("\n".join(lines).encode("utf-8") + b"\n")
+    both(tmp_path, SourceEntry(name="edge", format="bge", path=path))

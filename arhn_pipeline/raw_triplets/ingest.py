@@ -238,7 +238,7 @@ def _staged(
         stats = _stream_into(conn, subset, entry, batch_size, stage, limits)
     if stats.queries == 0:
         reasons = conn.execute(
-            f"SELECT reason, count(*) FROM {stage['quarantine']} GROUP BY ALL ORDER BY 2 DESC LIMIT 3"
+            f"SELECT reason, count(*) FROM {stage['quarantine']} GROUP BY ALL ORDER BY 2 DESC, 1 LIMIT 3"
         ).fetchall()
         shown = "; ".join(f"{n} x {reason}" for reason, n in reasons)
         if entry.shard is not None and entry.shards:
