@@ -175,8 +175,8 @@ def ingest(
 ) -> IngestStats:
     """Replace `subset`'s rows with the source's: all or nothing.
 
-    Batches go to staging tables, committed as they come (so memory stays flat: one long transaction
-    would hold every appended row); one short transaction then swaps them in for the partition's old rows.
+    Batches go to staging tables, committed as they come (one long transaction would hold every appended
+    row); one short transaction then swaps them in for the partition's old rows.
     A source without one valid row raises NoValidRows (with the commonest reasons) and changes nothing.
     `reader`: columnar (default) or per_line (the reference path; both give the same tables). `checkpoint`:
     write the rows into the database file before returning (else DuckDB does it later).
