@@ -251,15 +251,28 @@ _EDGE_TEXT = st.text(alphabet=' ab,"\\\x7f\t\u00a0\u00e9\u0301', min_size=0, max
     ),
     ascii_only=st.booleans(),
     separators=st.sampled_from([(", ", ": "), (",", ":"), (" , ", " :  ")]),
+    fmt=st.sampled_from(["bge", "tevatron"]),
 )
-def test_texts_at_the_plain_line_edge_give_identical_tables(tmp_path_factory, rows, ascii_only, separators):
-    """Lines written with or without escapes and with any spacing between tokens: the plain-line shortcut never
-    changes a table (ids, texts, quarantine rows) from what the line-by-line path makes."""
+def test_texts_at_the_plain_line_edge_give_identical_tables(tmp_path_factory, rows, ascii_only, separators, fmt):
+    """Lines written with or without escapes and with any spacing between tokens, in both row formats (Tevatron
+    passages with the same texts as titles): the plain-line shortcut never changes a table (ids, texts,
+    quarantine rows) from what the line-by-line path makes."""
     tmp_path = tmp_path_factory.mktemp("edge")
+
+    def row(i: int, q: str, pos: list[str], neg: list[str]) -> dict:
+        if fmt == "bge":
+            return {"query": f"q{i} {q}", "pos": pos, "neg": neg}
+        return {
+            "query_id": f"q{i}",
+            "query": f"q{i} {q}",
+            "positive_passages": [{"docid": f"p{j}", "title": t, "text": t} for j, t in enumerate(pos)],
+            "negative_passages": [{"docid": f"n{j}", "title": t, "text": t + " n"} for j, t in enumerate(neg)],
+        }
+
     lines = [
-        json.dumps({"query": f"q{i} {q}", "pos": pos, "neg": neg}, ensure_ascii=ascii_only, separators=separators)
+        json.dumps(row(i, q, pos, neg), ensure_ascii=ascii_only, separators=separators)
         for i, (q, pos, neg) in enumerate(rows)
     ]
     path = tmp_path / "edge.jsonl"
     path.write_bytes("\n".join(lines).encode("utf-8") + b"\n")
-    both(tmp_path, SourceEntry(name="edge", format="bge", path=path))
+    both(tmp_path, SourceEntry(name="edge", format=fmt, path=path))
