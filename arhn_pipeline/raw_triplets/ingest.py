@@ -23,7 +23,6 @@ import duckdb
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from arhn_pipeline import faults, shards, storage
 from arhn_pipeline.raw_triplets import columnar
@@ -532,33 +531,16 @@ class _ChunkTables:
 def _write_parsed(
     conn: duckdb.DuckDBPyConnection, subset: str, source: str, stage: dict[str, str], parsed: columnar.ChunkResult
 ) -> tuple[int, int]:
-    """A chunk whose every line the columnar path took and kept: its rows into the staging tables and its new
-    passages into passages, straight from the parsed Arrow tables (what _write_winners does with all lines)."""
-    conn.register("_parsed_queries", parsed.queries)
-    conn.register("_parsed_candidates", parsed.candidates)
-    conn.register("_parsed_passages", parsed.passages)
+    """A chunk whose every line the columnar path took and kept, straight from the parsed Arrow tables (with
+    its passages already reduced to one row each)."""
+    names = ("_parsed_queries", "_parsed_candidates", "_parsed_passages")
+    for name, table in zip(names, (parsed.queries, parsed.candidates, parsed.passages), strict=True):
+        conn.register(name, table)
     try:
-        conn.execute(
-            f"""INSERT INTO {stage["queries"]} (subset, query_id, text, prompt, type, source, line)
-            SELECT $subset, query_id, query, prompt, type, $source, line FROM _parsed_queries""",
-            {"subset": subset, "source": source},
-        )
-        conn.execute(
-            f"""INSERT INTO {stage["candidates"]}
-                (subset, query_id, passage_id, role, original_rank, original_score, source_passage_id)
-            SELECT $subset, query_id, passage_id, role, rank, score, source_id FROM _parsed_candidates""",
-            {"subset": subset},
-        )
-        conn.execute(
-            """INSERT INTO passages (passage_id, title, text)
-            SELECT passage_id, title, text FROM _parsed_passages ANTI JOIN passages USING (passage_id)"""
-        )
+        return _stage_chunk(conn, subset, source, stage, *names)
     finally:
-        for name in ("_parsed_queries", "_parsed_candidates", "_parsed_passages"):
+        for name in names:
             conn.unregister(name)
-    roles = parsed.candidates["role"]
-    positives = pc.sum(pc.equal(roles, "positive")).as_py() or 0
-    return positives, len(roles) - positives
 
 
 def _in_shard(entry: SourceEntry) -> Callable[[str | None], bool]:
@@ -589,14 +571,13 @@ def _add_slow(conn, slow: dict[int, tuple[Triplet, object]]) -> None:
         }
     )
     rows: dict[str, list] = {
-        k: [] for k in ("line", "role", "rank", "passage_id", "title", "text", "score", "source_id")
+        k: [] for k in ("line", "role", "rank", "passage_id", "title", "text", "score", "source_id", "query_id")
     }
     for line, (t, _) in slow.items():
         for role, cands in (("positive", t.positives), ("negative", t.negatives)):
             for rank, c in enumerate(cands):
-                for key, value in zip(
-                    rows, (line, role, rank, c.passage_id, c.title, c.text, c.score, c.source_id), strict=True
-                ):
+                values = (line, role, rank, c.passage_id, c.title, c.text, c.score, c.source_id, t.query_id)
+                for key, value in zip(rows, values, strict=True):
                     rows[key].append(value)
     candidates = pa.table(
         {
@@ -608,6 +589,7 @@ def _add_slow(conn, slow: dict[int, tuple[Triplet, object]]) -> None:
             "text": pa.array(rows["text"], pa.string()),
             "score": pa.array(rows["score"], pa.float64()),
             "source_id": pa.array(rows["source_id"], pa.string()),
+            "query_id": pa.array(rows["query_id"], pa.string()),
         }
     )
     conn.register("_slow_queries", queries)
@@ -628,24 +610,39 @@ def _write_winners(conn, subset: str, source: str, stage: dict[str, str], winner
         conn.execute("DELETE FROM _col_queries WHERE line NOT IN (SELECT line FROM _winners)")
         conn.execute("DELETE FROM _col_candidates WHERE line NOT IN (SELECT line FROM _winners)")
         conn.unregister("_winners")
+    passages = f"({columnar.FIRST_TEXTS} FROM _col_candidates) GROUP BY passage_id)"
+    return _stage_chunk(conn, subset, source, stage, "_col_queries", "_col_candidates", passages)
+
+
+def _stage_chunk(
+    conn: duckdb.DuckDBPyConnection,
+    subset: str,
+    source: str,
+    stage: dict[str, str],
+    queries: str,
+    candidates: str,
+    passages: str,
+) -> tuple[int, int]:
+    """A chunk's kept rows into the staging tables, and its passages not stored yet into passages. `queries`,
+    `candidates` (with each line's query_id) and `passages` (one row per passage id) name tables or
+    subqueries. Returns the chunk's (positives, negatives)."""
     conn.execute(
         f"""INSERT INTO {stage["queries"]} (subset, query_id, text, prompt, type, source, line)
-        SELECT $subset, query_id, query, prompt, type, $source, line FROM _col_queries""",
+        SELECT $subset, query_id, query, prompt, type, $source, line FROM {queries}""",
         {"subset": subset, "source": source},
     )
     conn.execute(
         f"""INSERT INTO {stage["candidates"]}
             (subset, query_id, passage_id, role, original_rank, original_score, source_passage_id)
-        SELECT $subset, q.query_id, c.passage_id, c.role, c.rank, c.score, c.source_id
-        FROM _col_candidates c JOIN _col_queries q USING (line)""",
+        SELECT $subset, query_id, passage_id, role, rank, score, source_id FROM {candidates}""",
         {"subset": subset},
     )
     conn.execute(
         f"""INSERT INTO passages (passage_id, title, text)
-        {columnar.FIRST_TEXTS} FROM _col_candidates ANTI JOIN passages USING (passage_id)) GROUP BY passage_id"""
+        SELECT passage_id, title, text FROM {passages} ANTI JOIN passages USING (passage_id)"""
     )
     counts = conn.execute(
-        "SELECT count(*) FILTER (role = 'positive'), count(*) FILTER (role = 'negative') FROM _col_candidates"
+        f"SELECT count(*) FILTER (role = 'positive'), count(*) FILTER (role = 'negative') FROM {candidates}"
     ).fetchone()
     assert counts is not None
     return int(counts[0]), int(counts[1])
