@@ -163,6 +163,46 @@ def test_tevatron_rows_with_titles_ids_and_faults_give_identical_tables(tmp_path
     assert isinstance(stats, IngestStats) and stats.queries == 3
 
 
+@pytest.mark.parametrize("fmt", ["bge", "tevatron"])
+def test_a_left_out_repeat_does_not_give_its_passage_text(tmp_path, chunking, fmt):
+    """A line left out as a repeat of an earlier query id may hold a passage that a later kept line gives in
+    another raw form (spaces, Unicode form; same id): the kept line's text is stored, as the line-by-line path
+    stores it; and a chunk whose repeats hold passages in one form only gives the same tables too."""
+
+    def row(query_id: str, pos: list[str], neg: list[str], title: str | None = None) -> dict:
+        if fmt == "bge":
+            return {"query_id": query_id, "query": f"q {query_id}", "pos": pos, "neg": neg}
+        passages = [{"title": title, "text": t} if title is not None else {"text": t} for t in pos + neg]
+        return {
+            "query_id": query_id,
+            "query": f"q {query_id}",
+            "positive_passages": passages[: len(pos)],
+            "negative_passages": passages[len(pos) :],
+        }
+
+    rows = [
+        row("A", ["first answer"], ["n1", "shared plain"]),
+        row("A", ["x  y", "cafe\u0301"], ["n2"]),  # a conflicting repeat: left out, with two variant texts
+        row("A", ["first answer"], ["n1", "shared plain"]),  # an identical repeat
+        row("B", ["x y", "caf\u00e9"], ["n3", "shared plain"]),  # kept: the same two passages, normal form
+        row("C", ["only plain"], ["shared plain", "n4"]),
+    ]
+    if fmt == "tevatron":  # a title given in two forms on one text
+        rows += [
+            row("D", ["titled"], ["n5"], title="T  one"),
+            row("D", ["t"], ["n6"]),
+            row("E", ["titled"], ["n7"], title="T one"),
+        ]
+    text = "\n".join(json.dumps(r).replace("\\\\u", "\\u") for r in rows) + "\n"
+    path = tmp_path / f"repeats-{fmt}.jsonl"
+    path.write_text(text, encoding="utf-8")
+    stats, _ = both(tmp_path, SourceEntry(name=f"repeats_{fmt}", format=fmt, path=path))
+    assert isinstance(stats, IngestStats) and stats.duplicate_lines == 1
+    conn = duckdb.connect(str(tmp_path / f"columnar-repeats_{fmt}.duckdb"))
+    stored = {t for (t,) in conn.execute("SELECT text FROM passages").fetchall()}
+    assert {"x y", "caf\u00e9"} <= stored and not {"x  y", "cafe\u0301"} & stored
+
+
 def test_the_sql_whitespace_class_is_pythons():
     spaces = "".join(chr(c) for c in range(sys.maxunicode + 1) if re.fullmatch(r"\s", chr(c)))
     assert columnar.WS_CLASS == "[" + "".join(f"\\x{{{ord(c):x}}}" for c in spaces) + "]"

@@ -154,13 +154,17 @@ def _passages(shape: object) -> bool:
 @dataclass
 class ChunkResult:
     """What the columnar path made of one chunk: `fallback` lines go to the line-by-line path; `queries` (line,
-    query_id, query, prompt, type), `candidates` (line, role, rank, passage_id, title, text, score, source_id,
-    query_id) and `passages` hold the rest."""
+    query_id, query, prompt, type), `candidates` (line, role, rank, passage_id, score, source_id, query_id; and
+    title, text only when `variants`) and `passages` hold the rest."""
 
     fallback: np.ndarray  # line numbers
     queries: pa.Table
     candidates: pa.Table  # with each line's query_id
     passages: pa.Table  # passage_id, title, text: each passage once, as the chunk first gave it
+    # Whether a passage given more than once may differ in its raw text between lines (spaces, Unicode forms
+    # that normalize alike). Without such a passage, `passages` holds every candidate's own title and text, so
+    # `candidates` leaves them out (the chunk's largest column, copied for nothing on the usual path).
+    variants: bool = True
 
 
 # Each passage once, with the title and text of its first candidate (in line order, positives first); the caller
@@ -220,11 +224,21 @@ def parse_chunk(
         ALTER TABLE _col_candidates DROP COLUMN text_ok;"""
     )
     fallback = conn.execute("SELECT line FROM _col_rows ANTI JOIN _col_queries USING (line) ORDER BY line").fetchall()
+    # a passage whose raw text can differ between its lines: given more than once, not always in normal form
+    # (a text in normal form is the only raw text of its passage id)
+    (variants,) = conn.execute(
+        """SELECT count(*) > 0 FROM (SELECT passage_id FROM _col_candidates GROUP BY passage_id
+        HAVING count(*) > 1 AND NOT bool_and(normal))"""
+    ).fetchone() or (True,)
+    texts = "EXCLUDE (normal)" if variants else "EXCLUDE (normal, title, text)"
     result = ChunkResult(
         np.array([n for (n,) in fallback], dtype=np.int64),
         conn.execute("FROM _col_queries").to_arrow_table(),
-        conn.execute("SELECT c.*, q.query_id FROM _col_candidates c JOIN _col_queries q USING (line)").to_arrow_table(),
+        conn.execute(
+            f"SELECT c.* {texts}, q.query_id FROM _col_candidates c JOIN _col_queries q USING (line)"
+        ).to_arrow_table(),
         conn.execute(f"{FIRST_TEXTS} FROM _col_candidates) GROUP BY passage_id").to_arrow_table(),
+        bool(variants),
     )
     for table in ("_col_rows", "_col_queries", "_col_candidates", "_col_bad"):
         conn.execute(f"DROP TABLE {table}")
@@ -265,7 +279,8 @@ def _bge(conn: duckdb.DuckDBPyConnection, taken: list[str], max_text_chars: int)
     conn.execute(
         f"""CREATE OR REPLACE TEMP TABLE _col_candidates AS
         SELECT line, role, rank, left(sha256({normalized_sql("text", "unusual")}), 20) AS passage_id,
-               NULL::VARCHAR AS title, text, score, source_id, {_texts_ok("text", max_text_chars, "unusual")} AS text_ok
+               NULL::VARCHAR AS title, text, score, source_id,
+               {_texts_ok("text", max_text_chars, "unusual")} AS text_ok, NOT unusual AS normal
         FROM (SELECT *, {unusual_sql("text")} AS unusual FROM (
             SELECT line, plain, 'positive' AS role, generate_subscripts(r.pos, 1) - 1 AS rank, unnest(r.pos) AS text,
                    unnest(r.pos_scores) AS score, unnest(r.pos_ids) AS source_id
@@ -299,7 +314,8 @@ def _tevatron(conn: duckdb.DuckDBPyConnection, taken: list[str], max_text_chars:
     conn.execute(
         f"""CREATE OR REPLACE TEMP TABLE _col_candidates AS
         SELECT line, role, rank, left(sha256({body}), 20) AS passage_id, title, text, score, source_id,
-               {_texts_ok("text", max_text_chars, "unusual")} AS text_ok
+               {_texts_ok("text", max_text_chars, "unusual")} AS text_ok,
+               NOT unusual AND (title IS NULL OR NOT regexp_matches(title, '{_UNUSUAL}')) AS normal
         FROM (
             SELECT line, role, rank, nullif(p.title, '') AS title, p.text AS text, p.score AS score,
                    p.docid AS source_id, {unusual_sql("p.text")} AS unusual

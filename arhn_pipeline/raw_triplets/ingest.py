@@ -119,7 +119,7 @@ class _Batch:
                 schema={"passage_id": pl.String, "title": pl.String, "text": pl.String},
             )
             conn.register("_passages_batch", passages)
-            conn.execute("INSERT INTO passages SELECT * FROM _passages_batch ANTI JOIN passages USING (passage_id)")
+            insert_new_passages(conn, "_passages_batch")
             conn.unregister("_passages_batch")
         for table, rows in (
             ("queries", self.queries),
@@ -129,6 +129,18 @@ class _Batch:
             if rows:
                 _insert(conn, table, self.stage[table], rows)
         self.queries, self.candidates, self.passages, self.quarantine = [], [], {}, []
+
+
+def insert_new_passages(conn: duckdb.DuckDBPyConnection, rows: str) -> None:
+    """The passages of `rows` (a table or subquery: passage_id, title, text; one row per id) not stored yet.
+    The stored ids are looked up for the rows' ids (their hash table built on the rows, not on every stored
+    passage, which an anti-join against `passages` would rebuild for each batch)."""
+    conn.execute(
+        f"""INSERT INTO passages (passage_id, title, text)
+        WITH batch AS MATERIALIZED (SELECT passage_id, title, text FROM {rows})
+        SELECT * FROM batch ANTI JOIN (SELECT passage_id FROM passages SEMI JOIN batch USING (passage_id))
+            USING (passage_id)"""
+    )
 
 
 def _insert(conn: duckdb.DuckDBPyConnection, table: str, into: str, rows: list[dict]) -> None:
@@ -520,10 +532,20 @@ class _ChunkTables:
     def load(self) -> None:
         if self.loaded:
             return
-        for name, table in (("_col_queries", self.parsed.queries), ("_col_candidates", self.parsed.candidates)):
-            self.conn.register("_col_parsed", table)
-            self.conn.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS FROM _col_parsed")
-            self.conn.unregister("_col_parsed")
+        parsed = self.parsed
+        self.conn.register("_col_parsed", parsed.queries)
+        self.conn.execute("CREATE OR REPLACE TEMP TABLE _col_queries AS FROM _col_parsed")
+        self.conn.register("_col_parsed", parsed.candidates)
+        if parsed.variants:
+            self.conn.execute("CREATE OR REPLACE TEMP TABLE _col_candidates AS FROM _col_parsed")
+        else:  # each candidate's title and text are its passage's (one raw text per passage id in this chunk)
+            self.conn.register("_col_parsed_passages", parsed.passages)
+            self.conn.execute(
+                """CREATE OR REPLACE TEMP TABLE _col_candidates AS
+                SELECT c.*, p.title, p.text FROM _col_parsed c JOIN _col_parsed_passages p USING (passage_id)"""
+            )
+            self.conn.unregister("_col_parsed_passages")
+        self.conn.unregister("_col_parsed")
         _add_slow(self.conn, self.slow)
         self.loaded = True
 
@@ -637,10 +659,7 @@ def _stage_chunk(
         SELECT $subset, query_id, passage_id, role, rank, score, source_id FROM {candidates}""",
         {"subset": subset},
     )
-    conn.execute(
-        f"""INSERT INTO passages (passage_id, title, text)
-        SELECT passage_id, title, text FROM {passages} ANTI JOIN passages USING (passage_id)"""
-    )
+    insert_new_passages(conn, passages)
     counts = conn.execute(
         f"SELECT count(*) FILTER (role = 'positive'), count(*) FILTER (role = 'negative') FROM {candidates}"
     ).fetchone()
