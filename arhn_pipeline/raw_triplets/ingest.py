@@ -233,6 +233,20 @@ def _checkpoint_after(conn: duckdb.DuckDBPyConnection, checkpoint: bool) -> Iter
             pass
 
 
+@contextlib.contextmanager
+def _statements_on_one_thread(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """DuckDB runs each statement of the streaming part on the thread that asks it (its `threads` setting, for
+    the database, restored after). A chunk's statements are too small to gain from DuckDB's own threads: spread
+    over them they cost more CPU (synchronizing, waking) than they save, and the parsing workers already keep
+    every core busy. The swap of the staged rows, one large statement, gets DuckDB's threads back."""
+    (before,) = conn.execute("SELECT current_setting('threads')").fetchone() or (1,)
+    conn.execute("SET threads = 1")
+    try:
+        yield
+    finally:
+        conn.execute(f"SET threads = {int(before)}")
+
+
 def _staged(
     conn: duckdb.DuckDBPyConnection,
     subset: str,
@@ -243,10 +257,11 @@ def _staged(
     stage: dict[str, str],
 ) -> IngestStats:
     """The source into the staging tables, then swapped in for the partition's rows (one short transaction)."""
-    if reader == "columnar":
-        stats = _stream_columnar(conn, subset, entry, stage, limits)
-    else:
-        stats = _stream_into(conn, subset, entry, batch_size, stage, limits)
+    with _statements_on_one_thread(conn):
+        if reader == "columnar":
+            stats = _stream_columnar(conn, subset, entry, stage, limits)
+        else:
+            stats = _stream_into(conn, subset, entry, batch_size, stage, limits)
     if stats.queries == 0:
         reasons = conn.execute(
             f"SELECT reason, count(*) FROM {stage['quarantine']} GROUP BY ALL ORDER BY 2 DESC, 1 LIMIT 3"
