@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
+import ctypes.util
 import hashlib
 import os
 import threading
@@ -207,10 +209,11 @@ def ingest(
                 conn.execute(f"DROP TABLE IF EXISTS {staging}")
 
 
-# The write-ahead log's size at which DuckDB checkpoints during an ingest (its default: 16 MiB). Each checkpoint
-# writes the staged rows to the file, which the swap then drops; a larger log means fewer of them, and more
-# memory (rows not yet checkpointed stay in DuckDB's buffers): 256 MiB was the measured middle ground.
-INGEST_WAL_BYTES = 256 * 2**20
+# The write-ahead log's size at which DuckDB checkpoints during an ingest (its default: 16 MiB). Rows committed
+# but not checkpointed stay in DuckDB's memory, about 1.4x the log's size (352 MiB at 256 MiB: the peak of a
+# 1.6 M-pair ingest); a smaller log means more checkpoints, each writing the rows staged since the last. 64 MiB
+# kept the peak about 150 MiB lower for about 10% more time than 256 MiB (bench/ingest.py, docs/measurements.md).
+INGEST_WAL_BYTES = 64 * 2**20
 
 
 @contextlib.contextmanager
@@ -490,9 +493,29 @@ def _stream_columnar(conn, subset: str, entry: SourceEntry, stage: dict[str, str
         stats.negatives += negatives
         batch.flush(conn)
         faults.point("ingest_batch")
+        release_freed_memory()
     for table in ("_col_queries", "_col_candidates"):
         conn.execute(f"DROP TABLE IF EXISTS {table}")
     return stats
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to release this way
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Give the C heap's freed pages back to the system (glibc's malloc_trim). Each chunk allocates and frees
+    buffers of its own size on three threads (the reader's, DuckDB's, Arrow's), and glibc keeps such freed
+    blocks in its arenas: without this the ingest's peak grew with the file (1.55x for 10x the file, against
+    1.25x with it; bench/ingest.py, docs/measurements.md)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 # Chunks parsed ahead of the one being written: DuckDB runs each worker's statements without the GIL, so

@@ -254,12 +254,13 @@ class LineChunk:
 _ASCII_WS = np.frombuffer(b" \t\n\r\x0b\x0c", dtype=np.uint8)
 
 
-def _chunk(data: bytes, first_line: int, max_line_bytes: int) -> tuple[LineChunk, int]:
+def _chunk(data: bytes | memoryview, first_line: int, max_line_bytes: int) -> tuple[LineChunk, int]:
     """Split `data` (whole lines) into a LineChunk; also returns the number of lines it held."""
     buf = np.frombuffer(data, dtype=np.uint8)
-    ends = np.flatnonzero(buf == 10)
-    if not data.endswith(b"\n"):
-        ends = np.append(ends, len(data))
+    step = 1 << 20  # newlines found a MiB at a time: no temporary array the size of the chunk
+    ends = np.concatenate([np.flatnonzero(buf[i : i + step] == 10) + i for i in range(0, len(buf), step)])
+    if buf[-1] != 10:
+        ends = np.append(ends, len(buf))
     starts = np.empty_like(ends)
     starts[0] = 0
     starts[1:] = ends[:-1] + 1
@@ -269,12 +270,12 @@ def _chunk(data: bytes, first_line: int, max_line_bytes: int) -> tuple[LineChunk
     records: list[Record] = []
     # blank lines (skipped) start with whitespace or are empty; so do a few others, which are looked at alone
     lengths = ends - starts
-    padded = np.append(buf, np.uint8(10))
-    odd = np.flatnonzero((lengths == 0) | np.isin(padded[starts], _ASCII_WS) | (lengths > max_line_bytes))
+    first = buf[np.minimum(starts, len(buf) - 1)]  # an empty line's "first byte" is its newline
+    odd = np.flatnonzero((lengths == 0) | np.isin(first, _ASCII_WS) | (lengths > max_line_bytes))
     for i in odd.tolist():
         keep[i] = False
-        line = data[starts[i] : ends[i]]
-        newline = int(ends[i] < len(data))
+        line = bytes(data[starts[i] : ends[i]])
+        newline = int(ends[i] < len(buf))
         too_large = len(line) + newline if len(line) > max_line_bytes else None
         rec = _line_record(
             int(numbers[i]), line[: RAW_PREVIEW_CHARS * 4] if too_large else line, too_large, max_line_bytes
@@ -283,11 +284,9 @@ def _chunk(data: bytes, first_line: int, max_line_bytes: int) -> tuple[LineChunk
             records.append(rec)
         elif rec is not None:
             keep[i] = True  # a JSON line that starts with whitespace
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
+    if not _utf8(data, len(buf)):
         for i in np.flatnonzero(keep).tolist():
-            line = data[starts[i] : ends[i]]
+            line = bytes(data[starts[i] : ends[i]])
             try:
                 line.decode("utf-8")
             except UnicodeDecodeError:
@@ -295,12 +294,22 @@ def _chunk(data: bytes, first_line: int, max_line_bytes: int) -> tuple[LineChunk
                 rec = _line_record(int(numbers[i]), line, None, max_line_bytes)
                 assert rec is not None
                 records.append(rec)
-    offsets = np.append(starts, len(data)).astype(np.int64)
+    offsets = np.append(starts, len(buf)).astype(np.int64)
     texts = pa.LargeStringArray.from_buffers(count, pa.py_buffer(offsets), pa.py_buffer(data))
     records.sort(key=lambda r: r.line)
     if keep.all():
         return LineChunk(numbers, texts, records), count
     return LineChunk(numbers[keep], texts.filter(pa.array(keep)), records), count
+
+
+def _utf8(data: bytes | memoryview, size: int) -> bool:
+    """Whether `data` is valid UTF-8, checked in place (decoding it would make a string of its size)."""
+    whole = pa.LargeStringArray.from_buffers(1, pa.py_buffer(np.array([0, size], dtype=np.int64)), pa.py_buffer(data))
+    try:
+        whole.validate(full=True)
+    except pa.ArrowInvalid:
+        return False
+    return True
 
 
 def _limited(chunk: LineChunk, room: int) -> LineChunk:
@@ -336,41 +345,57 @@ def _file_chunks(entry: SourceEntry, max_line_bytes: int, chunk_bytes: int) -> I
     def read(fh: IO[bytes], progress: _Progress) -> Iterator[LineChunk]:
         carry, start = b"", True
         while True:
-            block = fh.read(chunk_bytes)
-            data = carry + block if carry else block
-            if start and data:
-                start = False
-                if data.startswith(_UTF8_BOM):
-                    data = data[len(_UTF8_BOM) :]
-            if not block:
-                if not data:
+            # one buffer per chunk, read into and shared with the chunk's texts (no copy of the chunk's bytes:
+            # a few transient copies of this size per chunk fragmented the heap, and the peak grew with the file)
+            buf = bytearray(len(carry) + chunk_bytes)
+            buf[: len(carry)] = carry
+            size = len(carry) + _read_into(fh, memoryview(buf)[len(carry) :])
+            got = size > len(carry)
+            skip = len(_UTF8_BOM) if start and buf.startswith(_UTF8_BOM) else 0
+            start = start and size == 0
+            data = memoryview(buf)[skip:size]
+            if not got:
+                if not len(data):
                     return
                 whole, carry = data, b""
             else:
-                cut = data.rfind(b"\n") + 1
+                newline = buf.rfind(b"\n", skip, size)
+                cut = newline + 1 - skip if newline >= 0 else 0
                 if cut == 0 and len(data) > max_line_bytes + 1:  # one line over the limit: skipped, not held
-                    head, size = data[: RAW_PREVIEW_CHARS * 4], len(data)
-                    while not data.endswith(b"\n"):
-                        data = fh.readline(1 << 20)
-                        if not data:
+                    head, total = bytes(data[: RAW_PREVIEW_CHARS * 4]), len(data)
+                    tail = bytes(data[-1:])
+                    while not tail.endswith(b"\n"):
+                        tail = fh.readline(1 << 20)
+                        if not tail:
                             break
-                        size += len(data)
+                        total += len(tail)
                     progress.line += 1
-                    rec = _line_record(progress.line, head, size, max_line_bytes)
+                    rec = _line_record(progress.line, head, total, max_line_bytes)
                     carry, progress.any_line = b"", True
                     if rec is not None:
                         yield LineChunk(np.empty(0, dtype=np.int64), pa.array([], pa.large_string()), [rec])
                     continue
                 if cut == 0:
-                    carry = data
+                    carry = bytes(data)
                     continue
-                whole, carry = data[:cut], data[cut:]
+                whole, carry = data[:cut], bytes(data[cut:])
             chunk, count = _chunk(whole, progress.line, max_line_bytes)
             progress.line += count
             progress.any_line = progress.any_line or bool(len(chunk.lines) or chunk.records)
             yield chunk
 
     return _read_file(entry, read)
+
+
+def _read_into(fh: IO[bytes], view: memoryview) -> int:
+    """Fill `view` from `fh` (fewer bytes only at the end of the file); returns how many were read."""
+    total = 0
+    while total < len(view):
+        n = fh.readinto(view[total:])  # type: ignore[attr-defined]
+        if not n:
+            break
+        total += n
+    return total
 
 
 def _hub_chunks(entry: SourceEntry, rows: int = 20_000) -> Iterator[LineChunk]:
