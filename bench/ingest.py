@@ -5,7 +5,8 @@ shared pool as mined negatives are), then, each in a fresh process: the columnar
 line-by-line ingest (the reference path), both with every rule (validate, hash, fold, normalize into
 queries/passages/candidates, quarantine), and the baseline `CREATE TABLE AS SELECT * FROM read_json(...)`
 (no validation, no normalization). Each way's time runs until its rows are in the database file (a CHECKPOINT
-after the commit); the time to the commit alone is printed too. Prints pairs/s, peak RSS, and the ratios.
+after the commit); the time to the commit alone is printed too. Each way runs --repeat times (default 3,
+alternating); the run of median time is shown, with every run's seconds. Prints pairs/s, peak RSS, the ratios.
 
     .venv/bin/python bench/ingest.py                    # 10,000 and 100,000 queries (1.6 M pairs)
     .venv/bin/python bench/ingest.py --queries 2000     # quick: 2,000 and 20,000
@@ -155,10 +156,17 @@ def _top(seconds: dict[str, float], kind: str, n: int = 10) -> list[tuple[str, f
 def measure(kind: str, path: Path, workdir: Path) -> dict:
     db = workdir / f"{kind}-{path.stem}.duckdb"
     db.unlink(missing_ok=True)
+    Path(f"{db}.wal").unlink(missing_ok=True)
     out = subprocess.run(
         [sys.executable, __file__, "--child", kind, str(path), str(db)], capture_output=True, text=True, check=True
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run of median time (its peak memory with it), with every run's seconds for the spread."""
+    ordered = sorted(runs, key=lambda r: r["seconds"])
+    return {**ordered[len(ordered) // 2], "all_seconds": [r["seconds"] for r in runs]}
 
 
 def main() -> None:
@@ -166,6 +174,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=10_000, help="small size; the large one is 10x")
     ap.add_argument("--skip-per-line", action="store_true", help="leave out the line-by-line reference path")
     ap.add_argument("--profile", action="store_true", help="then time each part of the columnar ingest")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each way, alternating; the median is shown")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -179,16 +188,21 @@ def main() -> None:
             path = work / f"bge_{n}.jsonl"
             pairs = generate(path, n)
             size_mib = path.stat().st_size / 2**20
-            runs = {kind: measure(kind, path, work) for kind in kinds}
+            every: dict[str, list[dict]] = {kind: [] for kind in kinds}
+            for _ in range(args.repeat):  # alternating, so a slow spell of the machine touches every way alike
+                for kind in kinds:
+                    every[kind].append(measure(kind, path, work))
+            runs = {kind: median_run(r) for kind, r in every.items()}
             results[n] = runs
             base = runs["duckdb_read_json"]
-            print(f"\n{n:,} queries, {pairs:,} pairs, {size_mib:,.0f} MiB file")
+            print(f"\n{n:,} queries, {pairs:,} pairs, {size_mib:,.0f} MiB file (median of {args.repeat} runs)")
             for name, r in runs.items():
+                spread = ", ".join(f"{s:.1f}" for s in r["all_seconds"])
                 print(
                     f"  {name:18} {r['pairs'] / r['seconds']:>10,.0f} pairs/s  {r['seconds']:7.1f} s  "
                     f"peak {r['peak_mib']:7.0f} MiB   speed vs read_json {base['seconds'] / r['seconds']:.2f}x   "
                     f"(to the commit, before the checkpoint: {r['committed']:.1f} s, "
-                    f"{base['committed'] / r['committed']:.2f}x)"
+                    f"{base['committed'] / r['committed']:.2f}x; runs: {spread} s)"
                 )
         for kind in kinds:
             if kind == "duckdb_read_json":
