@@ -134,14 +134,13 @@ class _Batch:
 
 
 def insert_new_passages(conn: duckdb.DuckDBPyConnection, rows: str) -> None:
-    """The passages of `rows` (a table or subquery: passage_id, title, text; one row per id) not stored yet.
-    The stored ids are looked up for the rows' ids (their hash table built on the rows, not on every stored
-    passage, which an anti-join against `passages` would rebuild for each batch)."""
+    """The passages of the table `rows` (passage_id, title, text; one row per id) not stored yet. The stored
+    ids are looked up for the rows' ids (their hash table built on the rows, not on every stored passage,
+    which an anti-join against `passages` would rebuild for each batch)."""
     conn.execute(
         f"""INSERT INTO passages (passage_id, title, text)
-        WITH batch AS MATERIALIZED (SELECT passage_id, title, text FROM {rows})
-        SELECT * FROM batch ANTI JOIN (SELECT passage_id FROM passages SEMI JOIN batch USING (passage_id))
-            USING (passage_id)"""
+        SELECT passage_id, title, text FROM {rows}
+        ANTI JOIN (SELECT passage_id FROM passages SEMI JOIN {rows} USING (passage_id)) USING (passage_id)"""
     )
 
 
@@ -494,7 +493,7 @@ def _stream_columnar(conn, subset: str, entry: SourceEntry, stage: dict[str, str
         batch.flush(conn)
         faults.point("ingest_batch")
         release_freed_memory()
-    for table in ("_col_queries", "_col_candidates"):
+    for table in ("_col_queries", "_col_candidates", "_col_first"):
         conn.execute(f"DROP TABLE IF EXISTS {table}")
     return stats
 
@@ -670,8 +669,10 @@ def _write_winners(conn, subset: str, source: str, stage: dict[str, str], winner
         conn.execute("DELETE FROM _col_queries WHERE line NOT IN (SELECT line FROM _winners)")
         conn.execute("DELETE FROM _col_candidates WHERE line NOT IN (SELECT line FROM _winners)")
         conn.unregister("_winners")
-    passages = f"({columnar.FIRST_TEXTS} FROM _col_candidates) GROUP BY passage_id)"
-    return _stage_chunk(conn, subset, source, stage, "_col_queries", "_col_candidates", passages)
+    conn.execute(
+        f"CREATE OR REPLACE TEMP TABLE _col_first AS {columnar.FIRST_TEXTS} FROM _col_candidates) GROUP BY passage_id"
+    )
+    return _stage_chunk(conn, subset, source, stage, "_col_queries", "_col_candidates", "_col_first")
 
 
 def _stage_chunk(
@@ -684,8 +685,8 @@ def _stage_chunk(
     passages: str,
 ) -> tuple[int, int]:
     """A chunk's kept rows into the staging tables, and its passages not stored yet into passages. `queries`,
-    `candidates` (with each line's query_id) and `passages` (one row per passage id) name tables or
-    subqueries. Returns the chunk's (positives, negatives)."""
+    `candidates` (with each line's query_id) and `passages` (one row per passage id) name tables. Returns the
+    chunk's (positives, negatives)."""
     conn.execute(
         f"""INSERT INTO {stage["queries"]} (subset, query_id, text, prompt, type, source, line)
         SELECT $subset, query_id, query, prompt, type, $source, line FROM {queries}""",
