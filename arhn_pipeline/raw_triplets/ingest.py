@@ -209,9 +209,10 @@ def ingest(
 
 
 # The write-ahead log's size at which DuckDB checkpoints during an ingest (its default: 16 MiB). Rows committed
-# but not checkpointed stay in DuckDB's memory, about 1.4x the log's size (352 MiB at 256 MiB: the peak of a
-# 1.6 M-pair ingest); a smaller log means more checkpoints, each writing the rows staged since the last. 64 MiB
-# kept the peak about 150 MiB lower for about 10% more time than 256 MiB (bench/ingest.py, docs/measurements.md).
+# but not checkpointed stay in DuckDB's memory, about 1.4x the log's size (352 MiB at 256 MiB); a smaller log
+# means more checkpoints, each writing the rows staged since the last. At 1.6 M pairs (bench/ingest.py, two runs
+# each): 64 MiB peaked at 926-966 MiB in 17.7-18.8 s, 256 MiB at 1,044-1,069 MiB in 14.4-16.9 s, 1 GiB at
+# 1,143-1,178 MiB in 13.4-15.9 s. The peak is kept flat (the issue's 1.5x for 10x the file) at some speed.
 INGEST_WAL_BYTES = 64 * 2**20
 
 
@@ -510,9 +511,10 @@ _MALLOC_TRIM = _malloc_trim()
 
 def release_freed_memory() -> None:
     """Give the C heap's freed pages back to the system (glibc's malloc_trim). Each chunk allocates and frees
-    buffers of its own size on three threads (the reader's, DuckDB's, Arrow's), and glibc keeps such freed
-    blocks in its arenas: without this the ingest's peak grew with the file (1.55x for 10x the file, against
-    1.25x with it; bench/ingest.py, docs/measurements.md)."""
+    buffers about its size on three threads (the reader's and the workers', in DuckDB, which this wheel builds
+    without jemalloc), and glibc keeps such freed blocks in its arenas: without this the ingest's peak grew
+    with the file (705-747 -> 1,117-1,119 MiB for 10x the file, 1.50x-1.59x; with it 721-765 -> 907-947 MiB,
+    1.24x-1.27x; docs/measurements.md)."""
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
 
