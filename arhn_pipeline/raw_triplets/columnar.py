@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from arhn_pipeline.sources.rows import Format
 
@@ -167,10 +168,12 @@ class ChunkResult:
     variants: bool = True
 
 
-# Each passage once, with the title and text of its first candidate (in line order, positives first); the caller
-# closes the FROM of the subquery.
-FIRST_TEXTS = """SELECT passage_id, arg_min(title, seen) AS title, arg_min(text, seen) AS text FROM (
-    SELECT passage_id, title, text, line * 4194304 + (role = 'negative')::INT * 2097152 + rank AS seen"""
+def first_texts(candidates: str, also: str = "") -> str:
+    """Each passage of the table `candidates` once, with the title and text of its first candidate (in line
+    order, positives first); `also`: more aggregates over each passage's candidates (", expr AS name")."""
+    return f"""SELECT passage_id, arg_min(title, seen) AS title, arg_min(text, seen) AS text{also} FROM (
+        SELECT *, line * 4194304 + (role = 'negative')::INT * 2097152 + rank AS seen FROM {candidates}
+    ) GROUP BY passage_id"""
 
 
 def _texts_ok(expr: str, max_text_chars: int, unusual: str | None = None) -> str:
@@ -226,10 +229,10 @@ def parse_chunk(
     fallback = conn.execute("SELECT line FROM _col_rows ANTI JOIN _col_queries USING (line) ORDER BY line").fetchall()
     # a passage whose raw text can differ between its lines: given more than once, not always in normal form
     # (a text in normal form is the only raw text of its passage id)
-    (variants,) = conn.execute(
-        """SELECT count(*) > 0 FROM (SELECT passage_id FROM _col_candidates GROUP BY passage_id
-        HAVING count(*) > 1 AND NOT bool_and(normal))"""
-    ).fetchone() or (True,)
+    passages = conn.execute(
+        first_texts("_col_candidates", ", count(*) > 1 AND NOT bool_and(normal) AS variable")
+    ).to_arrow_table()
+    variants = bool(pc.any(passages["variable"]).as_py())
     texts = "EXCLUDE (normal)" if variants else "EXCLUDE (normal, title, text)"
     result = ChunkResult(
         np.array([n for (n,) in fallback], dtype=np.int64),
@@ -237,8 +240,8 @@ def parse_chunk(
         conn.execute(
             f"SELECT c.* {texts}, q.query_id FROM _col_candidates c JOIN _col_queries q USING (line)"
         ).to_arrow_table(),
-        conn.execute(f"{FIRST_TEXTS} FROM _col_candidates) GROUP BY passage_id").to_arrow_table(),
-        bool(variants),
+        passages.drop_columns(["variable"]),
+        variants,
     )
     for table in ("_col_rows", "_col_queries", "_col_candidates", "_col_bad"):
         conn.execute(f"DROP TABLE {table}")

@@ -223,12 +223,8 @@ def _checkpoint_after(conn: duckdb.DuckDBPyConnection, checkpoint: bool) -> Iter
     if conn.execute("SELECT current_database()").fetchone() == (storage.LAKE,):  # DuckLake has no log
         yield
         return
-    (before,) = conn.execute("SELECT current_setting('checkpoint_threshold')").fetchone() or ("16.0 MiB",)
-    conn.execute(f"SET checkpoint_threshold = '{INGEST_WAL_BYTES}B'")
-    try:
+    with _setting(conn, "checkpoint_threshold", f"{INGEST_WAL_BYTES}B"):
         yield
-    finally:
-        conn.execute(f"SET checkpoint_threshold = '{before}'")
     if checkpoint:
         try:
             conn.execute("CHECKPOINT")
@@ -237,17 +233,14 @@ def _checkpoint_after(conn: duckdb.DuckDBPyConnection, checkpoint: bool) -> Iter
 
 
 @contextlib.contextmanager
-def _statements_on_one_thread(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
-    """DuckDB runs each statement of the streaming part on the thread that asks it (its `threads` setting, for
-    the database, restored after). A chunk's statements are too small to gain from DuckDB's own threads: spread
-    over them they cost more CPU (synchronizing, waking) than they save, and the parsing workers already keep
-    every core busy. The swap of the staged rows, one large statement, gets DuckDB's threads back."""
-    (before,) = conn.execute("SELECT current_setting('threads')").fetchone() or (1,)
-    conn.execute("SET threads = 1")
+def _setting(conn: duckdb.DuckDBPyConnection, name: str, value: object) -> Iterator[None]:
+    """DuckDB's setting `name` at `value` inside the block; its value before is restored after, error or not."""
+    (before,) = conn.execute(f"SELECT current_setting('{name}')").fetchone() or (None,)
+    conn.execute(f"SET {name} = '{value}'")
     try:
         yield
     finally:
-        conn.execute(f"SET threads = {int(before)}")
+        conn.execute(f"SET {name} = '{before}'")
 
 
 def _staged(
@@ -260,7 +253,11 @@ def _staged(
     stage: dict[str, str],
 ) -> IngestStats:
     """The source into the staging tables, then swapped in for the partition's rows (one short transaction)."""
-    with _statements_on_one_thread(conn):
+    # DuckDB runs each statement of the streaming part on the thread that asks it (`threads` is the database's,
+    # restored after): a chunk's statements are too small to gain from DuckDB's own threads, spread over them
+    # they cost more CPU (synchronizing, waking) than they save, and the parsing workers already keep every core
+    # busy. The swap of the staged rows, one large statement, gets DuckDB's threads back.
+    with _setting(conn, "threads", 1):
         if reader == "columnar":
             stats = _stream_columnar(conn, subset, entry, stage, limits)
         else:
@@ -671,9 +668,7 @@ def _write_winners(conn, subset: str, source: str, stage: dict[str, str], winner
         conn.execute("DELETE FROM _col_queries WHERE line NOT IN (SELECT line FROM _winners)")
         conn.execute("DELETE FROM _col_candidates WHERE line NOT IN (SELECT line FROM _winners)")
         conn.unregister("_winners")
-    conn.execute(
-        f"CREATE OR REPLACE TEMP TABLE _col_first AS {columnar.FIRST_TEXTS} FROM _col_candidates) GROUP BY passage_id"
-    )
+    conn.execute(f"CREATE OR REPLACE TEMP TABLE _col_first AS {columnar.first_texts('_col_candidates')}")
     return _stage_chunk(conn, subset, source, stage, "_col_queries", "_col_candidates", "_col_first")
 
 
