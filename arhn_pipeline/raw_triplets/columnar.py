@@ -7,6 +7,10 @@ free of control characters and within the size limit, the parallel lists match, 
 passage repeats within the line. Any other line goes back to the line-by-line path (`fallback`), which gives
 the same quarantine rows as ever. Passage ids are computed as identity.passage_key does (NFC, Python's
 whitespace runs as one space, stripped, sha256): a test checks both on real files.
+
+DuckDB parses and checks; Polars does the byte-level work it does faster: whether a line is plain (SIMD substring
+search) and the sha256 of each passage (polars-hash, which uses the CPU's SHA instructions): 3 ms and 15 ms for a
+16 MiB chunk against DuckDB's 20 ms and 55 ms (bench/ingest.py's file, one core; docs/measurements.md).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from dataclasses import dataclass
 
 import duckdb
 import numpy as np
+import polars as pl
+import polars_hash  # noqa: F401  (registers the `chash` expression namespace)
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -57,10 +63,20 @@ TEVATRON_STRUCTURE = {
 # no-op and no character rule can fail, so the costly functions run only on the others.
 _UNUSUAL = r"[\x00-\x1f\x{7f}-\x{10ffff}]|  |^ | $"
 _WS_NOT_SPACE = WS_CLASS.replace("\\x{20}", "")
-# A line of ASCII without a backslash (so no JSON escape), DEL or double space holds only texts that are plain but
-# for a space at either end (a raw control character is not JSON: such a line is not taken). Plain string
-# functions, not a regular expression: about 2x faster over the raw bytes.
-_ODD_LINE = "strlen(raw) != length(raw) OR contains(raw, '\\') OR contains(raw, chr(127)) OR contains(raw, '  ')"
+
+
+def plain_lines(texts: pa.Array) -> pa.Array:
+    """Per line, whether it is ASCII without a backslash (so no JSON escape), DEL or two spaces in a row: such a
+    line holds only texts that are plain but for a space at either end (a raw control character is not JSON:
+    such a line is not taken)."""
+    raw = pl.Series(texts)
+    odd = (
+        (raw.str.len_bytes() != raw.str.len_chars())
+        | raw.str.contains("\\", literal=True)
+        | raw.str.contains("\x7f", literal=True)
+        | raw.str.contains("  ", literal=True)
+    )
+    return (~odd).to_arrow()
 
 
 def unusual_sql(expr: str) -> str:
@@ -200,52 +216,63 @@ def parse_chunk(
             "lambda k: len(k) = len(list_distinct(k))))), false)"
             for side in ("positive_passages", "negative_passages")
         )
-    conn.register("_col_in", pa.table({"line": pa.array(lines, pa.int64()), "raw": texts}))
+    conn.register(
+        "_col_in", pa.table({"line": pa.array(lines, pa.int64()), "raw": texts, "plain": plain_lines(texts)})
+    )
     # one scan of the chunk: the line's shape, its keys, its values, and DuckDB's one leniency (trailing commas);
     # on a line with nothing odd in its bytes (`plain`) the costlier character checks of each text are spared
     conn.execute(
         f"""CREATE OR REPLACE TEMP TABLE _col_rows AS
         SELECT line, try(json_structure(raw)) AS shape, try(json_keys(raw)) AS keys, {nested} AS nested_keys_unique,
-               try(json_transform(raw, '{structure}')) AS r, NOT ({_ODD_LINE}) AS plain,
-               regexp_matches(raw, '{_TRAILING_COMMA}') AS comma
+               try(json_transform(raw, '{structure}')) AS r, plain, regexp_matches(raw, '{_TRAILING_COMMA}') AS comma
         FROM _col_in"""
     )
     conn.unregister("_col_in")
     shapes = [s for (s,) in conn.execute("SELECT DISTINCT shape FROM _col_rows WHERE shape IS NOT NULL").fetchall()]
     taken = [s for s in shapes if _accepted(s, fmt)]
-    if fmt == "bge":
-        _bge(conn, taken, max_text_chars)
-    else:
-        _tevatron(conn, taken, max_text_chars)
+    queries_sql, candidates_sql = _bge(max_text_chars) if fmt == "bge" else _tevatron(max_text_chars)
+    conn.execute(f"CREATE OR REPLACE TEMP TABLE _col_queries AS {queries_sql}", {"taken": taken})
+    candidates = _with_passage_ids(conn.execute(candidates_sql).to_arrow_table())
+    conn.execute("DROP TABLE _col_rows")
+    queries = conn.execute("FROM _col_queries").to_arrow_table()
+    conn.execute("DROP TABLE _col_queries")
     # a line with a bad text or a repeated passage goes to the line-by-line path (which folds and names them)
-    conn.execute(
-        """CREATE OR REPLACE TEMP TABLE _col_bad AS
-        SELECT line FROM _col_candidates GROUP BY line
-        HAVING NOT bool_and(text_ok) OR count(DISTINCT passage_id) < count(*);
-        DELETE FROM _col_queries WHERE line IN (SELECT line FROM _col_bad);
-        DELETE FROM _col_candidates WHERE line IN (SELECT line FROM _col_bad);
-        ALTER TABLE _col_candidates DROP COLUMN text_ok;"""
+    bad = (
+        candidates.group_by("line")
+        .agg(ok=pl.col("text_ok").all() & (pl.col("passage_id").n_unique() == pl.len()))
+        .filter(~pl.col("ok"))["line"]
     )
-    fallback = conn.execute("SELECT line FROM _col_rows ANTI JOIN _col_queries USING (line) ORDER BY line").fetchall()
+    if len(bad):
+        candidates = candidates.filter(~pl.col("line").is_in(bad.implode()))
+        queries = queries.filter(pc.invert(pc.is_in(queries["line"], bad.to_arrow())))
+    fallback = np.setdiff1d(lines, queries["line"].to_numpy(), assume_unique=True)
     # a passage whose raw text can differ between its lines: given more than once, not always in normal form
     # (a text in normal form is the only raw text of its passage id)
+    conn.register("_col_candidates", candidates)
     passages = conn.execute(
         first_texts("_col_candidates", ", count(*) > 1 AND NOT bool_and(normal) AS variable")
     ).to_arrow_table()
+    conn.unregister("_col_candidates")
     variants = bool(pc.any(passages["variable"]).as_py())
-    texts = "EXCLUDE (normal)" if variants else "EXCLUDE (normal, title, text)"
-    result = ChunkResult(
-        np.array([n for (n,) in fallback], dtype=np.int64),
-        conn.execute("FROM _col_queries").to_arrow_table(),
-        conn.execute(
-            f"SELECT c.* {texts}, q.query_id FROM _col_candidates c JOIN _col_queries q USING (line)"
-        ).to_arrow_table(),
+    query_ids = pl.from_arrow(queries.select(["line", "query_id"]))
+    assert isinstance(query_ids, pl.DataFrame)
+    dropped = ["text_ok", "normal"] if variants else ["text_ok", "normal", "title", "text"]
+    return ChunkResult(
+        fallback.astype(np.int64),
+        queries,
+        candidates.drop(dropped).join(query_ids, on="line", how="inner", maintain_order="left").to_arrow(),
         passages.drop_columns(["variable"]),
         variants,
     )
-    for table in ("_col_rows", "_col_queries", "_col_candidates", "_col_bad"):
-        conn.execute(f"DROP TABLE {table}")
-    return result
+
+
+def _with_passage_ids(candidates: pa.Table) -> pl.DataFrame:
+    """The candidates with their passage ids: the first 20 hex digits of the sha256 of `body` (the normalized
+    passage, given where it differs from `text`) or else of `text`."""
+    frame = pl.from_arrow(candidates)
+    assert isinstance(frame, pl.DataFrame)
+    body = pl.coalesce("body", "text")
+    return frame.with_columns(passage_id=body.chash.sha2_256().str.slice(0, 20)).drop("body")
 
 
 def _taken_rows() -> str:
@@ -256,7 +283,9 @@ def _taken_rows() -> str:
     )
 
 
-def _bge(conn: duckdb.DuckDBPyConnection, taken: list[str], max_text_chars: int) -> None:
+def _bge(max_text_chars: int) -> tuple[str, str]:
+    """The SQL of a BGE chunk's queries (a table) and candidates (each with `body`: its normalized text where that
+    differs from `text`)."""
     ok = f"""{_texts_ok("r.query", max_text_chars)}
         AND len(r.pos) >= 1 AND len(r.neg) >= 1
         AND list_aggregate(r.pos, 'count') = len(r.pos) AND list_aggregate(r.neg, 'count') = len(r.neg)"""
@@ -271,17 +300,12 @@ def _bge(conn: duckdb.DuckDBPyConnection, taken: list[str], max_text_chars: int)
         ok += f"""
         AND coalesce(r.{name}, '-') != ''
         AND NOT coalesce(r.{name} = '0' AND json_extract_string(shape, '$.{name}') != 'VARCHAR', false)"""
-    conn.execute(
-        f"""CREATE OR REPLACE TEMP TABLE _col_queries AS
+    queries = f"""
         SELECT line, coalesce(r.query_id, r.qid, 'q' || left(sha256({normalized_sql("r.query")}), 16)) AS query_id,
                r.query AS query, r.prompt AS prompt, r.type AS type
-        FROM _col_rows WHERE {_taken_rows()} AND {ok};
-        """,
-        {"taken": taken},
-    )
-    conn.execute(
-        f"""CREATE OR REPLACE TEMP TABLE _col_candidates AS
-        SELECT line, role, rank, left(sha256({normalized_sql("text", "unusual")}), 20) AS passage_id,
+        FROM _col_rows WHERE {_taken_rows()} AND {ok}"""
+    candidates = f"""
+        SELECT line, role, rank, CASE WHEN unusual THEN {normalized_sql("text", "unusual")} END AS body,
                NULL::VARCHAR AS title, text, score, source_id,
                {_texts_ok("text", max_text_chars, "unusual")} AS text_ok, NOT unusual AS normal
         FROM (SELECT *, {unusual_sql("text")} AS unusual FROM (
@@ -292,11 +316,12 @@ def _bge(conn: duckdb.DuckDBPyConnection, taken: list[str], max_text_chars: int)
             SELECT line, plain, 'negative', generate_subscripts(r.neg, 1) - 1, unnest(r.neg), unnest(r.neg_scores),
                    unnest(r.neg_ids)
             FROM _col_rows SEMI JOIN _col_queries USING (line)
-        ));"""
-    )
+        ))"""
+    return queries, candidates
 
 
-def _tevatron(conn: duckdb.DuckDBPyConnection, taken: list[str], max_text_chars: int) -> None:
+def _tevatron(max_text_chars: int) -> tuple[str, str]:
+    """The SQL of a Tevatron chunk's queries and candidates, as _bge's."""
     ok = f"""{_texts_ok("r.query", max_text_chars)}
         AND len(r.positive_passages) >= 1 AND len(r.negative_passages) >= 1"""
     for side in ("positive_passages", "negative_passages"):
@@ -307,17 +332,12 @@ def _tevatron(conn: duckdb.DuckDBPyConnection, taken: list[str], max_text_chars:
         f"CASE WHEN title IS NULL THEN {normalized_sql('text', 'unusual')} "
         f"ELSE {normalized_sql('title')} || chr(10) || {normalized_sql('text', 'unusual')} END"
     )
-    conn.execute(
-        f"""CREATE OR REPLACE TEMP TABLE _col_queries AS
+    queries = f"""
         SELECT line, r.query_id AS query_id, r.query AS query, NULL::VARCHAR AS prompt, NULL::VARCHAR AS type
-        FROM _col_rows WHERE {_taken_rows()} AND {ok};
-        """,
-        {"taken": taken},
-    )
-    conn.execute(
-        f"""CREATE OR REPLACE TEMP TABLE _col_candidates AS
-        SELECT line, role, rank, left(sha256({body}), 20) AS passage_id, title, text, score, source_id,
-               {_texts_ok("text", max_text_chars, "unusual")} AS text_ok,
+        FROM _col_rows WHERE {_taken_rows()} AND {ok}"""
+    candidates = f"""
+        SELECT line, role, rank, CASE WHEN unusual OR title IS NOT NULL THEN {body} END AS body, title, text, score,
+               source_id, {_texts_ok("text", max_text_chars, "unusual")} AS text_ok,
                NOT unusual AND (title IS NULL OR NOT regexp_matches(title, '{_UNUSUAL}')) AS normal
         FROM (
             SELECT line, role, rank, nullif(p.title, '') AS title, p.text AS text, p.score AS score,
@@ -331,5 +351,5 @@ def _tevatron(conn: duckdb.DuckDBPyConnection, taken: list[str], max_text_chars:
                        unnest(r.negative_passages)
                 FROM _col_rows SEMI JOIN _col_queries USING (line)
             )
-        );"""
-    )
+        )"""
+    return queries, candidates
