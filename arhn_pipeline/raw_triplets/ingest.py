@@ -9,12 +9,12 @@ tell a repeated line from a conflicting one.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import ctypes
 import ctypes.util
 import hashlib
 import os
+import queue
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -526,7 +526,9 @@ def _parsed_chunks(
     conn: duckdb.DuckDBPyConnection, entry: SourceEntry, limits: Limits
 ) -> Iterator[tuple[LineChunk, columnar.ChunkResult]]:
     """The source's chunks in order, each with what the columnar path made of it; parsed on worker
-    connections (their own temporary tables), at most PARSE_WORKERS chunks ahead."""
+    connections (their own temporary tables). The file is read on a thread of its own, so that reading the
+    next chunk overlaps writing this one and a worker never waits for the writer to read; at most
+    PARSE_WORKERS chunks are read ahead of the one being written (each about CHUNK_BYTES of memory)."""
     local = threading.local()
     cursors: list[duckdb.DuckDBPyConnection] = []
     lock = threading.Lock()
@@ -538,23 +540,52 @@ def _parsed_chunks(
                 cursors.append(local.conn)
         return columnar.parse_chunk(local.conn, chunk.lines, chunk.texts, entry.format, limits.max_text_chars)
 
-    ahead: collections.deque[tuple[LineChunk, Future[columnar.ChunkResult]]] = collections.deque()
     pool = ThreadPoolExecutor(PARSE_WORKERS, thread_name_prefix="ingest-parse")
+    # one chunk waits in the queue per worker but one; one more is held by the reader, waiting to go in
+    ahead: queue.Queue[tuple[LineChunk, Future[columnar.ChunkResult]] | BaseException | None]
+    ahead = queue.Queue(maxsize=PARSE_WORKERS)
+    stop = threading.Event()
+
+    def read() -> None:
+        try:
+            with contextlib.closing(iter_line_chunks(entry, limits.max_line_bytes)) as chunks:
+                for chunk in chunks:
+                    if not _put(ahead, (chunk, pool.submit(parse, chunk)), stop):
+                        return
+        except BaseException as exc:  # raised in the writing thread, where the next chunk would have come
+            _put(ahead, exc, stop)
+            return
+        _put(ahead, None, stop)
+
+    reader = threading.Thread(target=read, name="ingest-read", daemon=True)
+    reader.start()
     try:
-        for chunk in iter_line_chunks(entry, limits.max_line_bytes):
-            ahead.append((chunk, pool.submit(parse, chunk)))
-            if len(ahead) > PARSE_WORKERS:
-                first, future = ahead.popleft()
-                yield first, future.result()
-        while ahead:
-            first, future = ahead.popleft()
-            yield first, future.result()
+        while (item := ahead.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            chunk, future = item
+            yield chunk, future.result()
     finally:
-        for _, future in ahead:
-            future.cancel()
+        stop.set()
+        reader.join()
+        while not ahead.empty():
+            item = ahead.get_nowait()
+            if isinstance(item, tuple):
+                item[1].cancel()
         pool.shutdown(wait=True)
         for cursor in cursors:
             cursor.close()
+
+
+def _put(into: queue.Queue, item: object, stop: threading.Event) -> bool:
+    """Put `item` in the queue once there is room, unless `stop` is set first (the writer has gone)."""
+    while not stop.is_set():
+        try:
+            into.put(item, timeout=0.05)
+            return True
+        except queue.Full:
+            continue
+    return False
 
 
 class _ChunkTables:
