@@ -1,10 +1,13 @@
 """raw_triplets ingest into a real DuckDB file: formats, bad input, idempotency."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
-from arhn_pipeline.raw_triplets.ingest import ingest
+from arhn_pipeline.raw_triplets.ingest import STAGING_PREFIX, ingest
 from arhn_pipeline.sources.readers import SourceError
 from arhn_pipeline.sources.registry import SourceEntry, load_registry
 from arhn_pipeline_tests.conftest import PROJECT, write_jsonl, write_registry
@@ -124,6 +127,29 @@ def test_failed_ingest_keeps_previous_rows(tmp_path, db):
     with pytest.raises(SourceError, match=r"file is empty: .*a\.jsonl"):
         ingest(db, "a", entry(a))
     assert counts(db, "a")["queries"] == 3
+
+
+def test_staged_rows_leave_no_file_behind_and_a_killed_ingests_are_removed(tmp_path, db):
+    temp = tmp_path / "arhn.duckdb.tmp"  # DuckDB's temporary directory for this database file
+    a = write_jsonl(tmp_path / "a.jsonl", [good(i) for i in range(5)] + ["not json"])
+    ingest(db, "a", entry(a))
+    assert counts(db, "a") == {"queries": 5, "candidates": 15, "quarantine": 1}
+    assert not temp.exists()  # made for the staged rows, removed with them
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = temp / f"{STAGING_PREFIX}{int(gone.stdout)}-killed"  # left by an ingest whose process has ended
+    orphan.mkdir(parents=True)
+    (orphan / "candidates-000001.parquet").write_bytes(b"PAR1")
+    running = temp / f"{STAGING_PREFIX}{os.getppid()}-running"  # another ingest, still going
+    running.mkdir()
+    b = write_jsonl(tmp_path / "b.jsonl", [good(i) for i in range(3)])
+    ingest(db, "b", entry(b))
+    assert sorted(p.name for p in temp.iterdir()) == [running.name]
+    b.write_text("not json\n")
+    with pytest.raises(SourceError, match="none of its 1 lines is a valid row"):
+        ingest(db, "b", entry(b))
+    assert sorted(p.name for p in temp.iterdir()) == [running.name]
+    assert counts(db, "b") == {"queries": 3, "candidates": 9, "quarantine": 0}
+    assert db.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name LIKE '_stage_%'").fetchone() == (0,)
 
 
 def test_missing_file_is_a_clear_error(tmp_path, db):

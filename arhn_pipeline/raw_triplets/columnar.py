@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import duckdb
 import numpy as np
 import polars as pl
-import polars_hash  # noqa: F401  (registers the `chash` expression namespace)
+import polars_hash as plh
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -216,9 +216,7 @@ def parse_chunk(
             "lambda k: len(k) = len(list_distinct(k))))), false)"
             for side in ("positive_passages", "negative_passages")
         )
-    conn.register(
-        "_col_in", pa.table({"line": pa.array(lines, pa.int64()), "raw": texts, "plain": plain_lines(texts)})
-    )
+    conn.register("_col_in", pa.table({"line": pa.array(lines, pa.int64()), "raw": texts, "plain": plain_lines(texts)}))
     # one scan of the chunk: the line's shape, its keys, its values, and DuckDB's one leniency (trailing commas);
     # on a line with nothing odd in its bytes (`plain`) the costlier character checks of each text are spared
     conn.execute(
@@ -271,8 +269,8 @@ def _with_passage_ids(candidates: pa.Table) -> pl.DataFrame:
     passage, given where it differs from `text`) or else of `text`."""
     frame = pl.from_arrow(candidates)
     assert isinstance(frame, pl.DataFrame)
-    body = pl.coalesce("body", "text")
-    return frame.with_columns(passage_id=body.chash.sha2_256().str.slice(0, 20)).drop("body")
+    frame = frame.with_columns(body=pl.coalesce("body", "text"))
+    return frame.with_columns(passage_id=plh.col("body").chash.sha2_256().str.slice(0, 20)).drop("body")
 
 
 def _taken_rows() -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import IO, Any, TypeVar
 
@@ -326,7 +326,7 @@ def _limited(chunk: LineChunk, room: int) -> LineChunk:
 
 def iter_line_chunks(
     entry: SourceEntry, max_line_bytes: int = MAX_LINE_BYTES, chunk_bytes: int | None = None
-) -> Iterator[LineChunk]:
+) -> Generator[LineChunk, None, None]:
     """The source in chunks of whole lines, for the columnar ingest. The same lines, line numbers, limit and
     errors as iter_records; a hub dataset's rows come as their JSON text, row index + 1 as the line."""
     taken = 0
