@@ -110,40 +110,52 @@ def _profile(conn, path: str) -> None:
     from arhn_pipeline.sources.registry import SourceEntry
 
     create_schema(conn)
-    timed = _TimedConnection(conn)
-    reading = [0.0]
-    chunks = readers.iter_line_chunks
+    timed_conn = _TimedConnection(conn)
+    reading, waiting = [0.0], [0.0]
 
-    def timed_chunks(*args, **kwargs):
-        it = chunks(*args, **kwargs)
+    def timed(it, into):  # the seconds spent in next() of `it`, added into `into`
         while True:
             t0 = time.perf_counter()
             try:
-                chunk = next(it)
+                item = next(it)
             except StopIteration:
-                reading[0] += time.perf_counter() - t0
+                into[0] += time.perf_counter() - t0
                 return
-            reading[0] += time.perf_counter() - t0
-            yield chunk
+            into[0] += time.perf_counter() - t0
+            yield item
 
     import arhn_pipeline.raw_triplets.ingest as ingest_module
 
-    ingest_module.iter_line_chunks = timed_chunks
+    parse_chunk, parsing = ingest_module.columnar.parse_chunk, [0.0]
+
+    def timed_parse(*a, **k):
+        t0 = time.perf_counter()
+        try:
+            return parse_chunk(*a, **k)
+        finally:
+            parsing[0] += time.perf_counter() - t0  # one += per GIL hold
+
+    ingest_module.columnar.parse_chunk = timed_parse
+    chunks, parsed = readers.iter_line_chunks, ingest_module._parsed_chunks
+    ingest_module.iter_line_chunks = lambda *a, **k: timed(chunks(*a, **k), reading)  # the reading thread
+    ingest_module._parsed_chunks = lambda *a, **k: timed(parsed(*a, **k), waiting)  # the writing thread
     t0 = time.perf_counter()
-    ingest(timed, "bench", SourceEntry(name="bench", format="bge", path=Path(path)), reader="columnar")
+    ingest(timed_conn, "bench", SourceEntry(name="bench", format="bge", path=Path(path)), reader="columnar")
     total = time.perf_counter() - t0
-    worker = {k: v for k, v in timed.seconds.items() if k.startswith("(parsing worker)")}
-    main = {k: v for k, v in timed.seconds.items() if k not in worker}
+    worker = {k: v for k, v in timed_conn.seconds.items() if k.startswith("(parsing worker)")}
+    main = {k: v for k, v in timed_conn.seconds.items() if k not in worker}
     sql = sum(main.values())
-    rows = [("reading the file, and waiting for parsed chunks", reading[0])]
+    rows = [("waiting for the next parsed chunk", waiting[0])]
     rows += _top(main, "SQL")
-    rows += [("the rest of Python (fallback lines, repeats, bookkeeping)", total - sql - reading[0])]
+    rows += [("the rest of Python (fallback lines, repeats, bookkeeping)", total - sql - waiting[0])]
     print(f"\nwhere the columnar ingest's {total:.1f} s go ({Path(path).name}); the writing thread:")
     for label, seconds in rows:
         print(f"  {seconds:7.2f} s  {seconds / total:6.1%}  {label}")
-    busy = sum(worker.values())
-    print(f"the parsing workers ({ingest_module.PARSE_WORKERS} threads, {busy:.1f} s of statements in all):")
-    for label, seconds in _top(worker, "SQL", 6):
+    print(f"the reading thread: {reading[0]:.2f} s reading the file into chunks (lines found, UTF-8 checked)")
+    busy = parsing[0]
+    print(f"the parsing workers ({ingest_module.PARSE_WORKERS} threads, {busy:.1f} s of parsing in all):")
+    rest = busy - sum(worker.values())
+    for label, seconds in _top(worker, "SQL", 6) + [("the rest: Polars (hashing, byte checks), Arrow", rest)]:
         print(f"  {seconds:7.2f} s  {seconds / busy:6.1%}  {label}")
 
 
