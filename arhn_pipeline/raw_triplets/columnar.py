@@ -184,12 +184,14 @@ class ChunkResult:
     variants: bool = True
 
 
-def first_texts(candidates: str, also: str = "") -> str:
-    """Each passage of the table `candidates` once, with the title and text of its first candidate (in line
-    order, positives first); `also`: more aggregates over each passage's candidates (", expr AS name")."""
-    return f"""SELECT passage_id, arg_min(title, seen) AS title, arg_min(text, seen) AS text{also} FROM (
-        SELECT *, line * 4194304 + (role = 'negative')::INT * 2097152 + rank AS seen FROM {candidates}
-    ) GROUP BY passage_id"""
+def first_texts(candidates: pl.DataFrame, *also: pl.Expr) -> pl.DataFrame:
+    """Each passage of `candidates` once, with the title and text of its first candidate (in line order,
+    positives first); `also`: more aggregates over each passage's candidates. (Polars keeps the texts where
+    they are; DuckDB's arg_min copied them twice, into its aggregate and out to Arrow: 129 against 147 ms a
+    16 MiB chunk.)"""
+    seen = pl.col("line") * 4194304 + (pl.col("role") == "negative").cast(pl.Int64) * 2097152 + pl.col("rank")
+    by_passage = candidates.sort(seen).group_by("passage_id", maintain_order=True)
+    return by_passage.agg(pl.col("title").first(), pl.col("text").first(), *also)
 
 
 def _texts_ok(expr: str, max_text_chars: int, unusual: str | None = None) -> str:
@@ -246,12 +248,8 @@ def parse_chunk(
     fallback = np.setdiff1d(lines, queries["line"].to_numpy(), assume_unique=True)
     # a passage whose raw text can differ between its lines: given more than once, not always in normal form
     # (a text in normal form is the only raw text of its passage id)
-    conn.register("_col_candidates", candidates)
-    passages = conn.execute(
-        first_texts("_col_candidates", ", count(*) > 1 AND NOT bool_and(normal) AS variable")
-    ).to_arrow_table()
-    conn.unregister("_col_candidates")
-    variants = bool(pc.any(passages["variable"]).as_py())
+    passages = first_texts(candidates, ((pl.len() > 1) & ~pl.col("normal").all()).alias("variable"))
+    variants = bool(passages["variable"].any())
     query_ids = pl.from_arrow(queries.select(["line", "query_id"]))
     assert isinstance(query_ids, pl.DataFrame)
     dropped = ["text_ok", "normal"] if variants else ["text_ok", "normal", "title", "text"]
@@ -259,7 +257,7 @@ def parse_chunk(
         fallback.astype(np.int64),
         queries,
         candidates.drop(dropped).join(query_ids, on="line", how="inner", maintain_order="left").to_arrow(),
-        passages.drop_columns(["variable"]),
+        passages.drop("variable").to_arrow(),
         variants,
     )
 

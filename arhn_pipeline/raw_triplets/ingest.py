@@ -555,7 +555,7 @@ def _stream_columnar(conn, subset: str, entry: SourceEntry, stage: _Stage, limit
         batch.flush(conn)
         faults.point("ingest_batch")
         release_freed_memory()
-    for table in ("_col_queries", "_col_candidates", "_col_first"):
+    for table in ("_col_queries", "_col_candidates"):
         conn.execute(f"DROP TABLE IF EXISTS {table}")
     return stats
 
@@ -764,8 +764,12 @@ def _write_winners(conn, subset: str, source: str, stage: _Stage, winners: list[
         conn.execute("DELETE FROM _col_queries WHERE line NOT IN (SELECT line FROM _winners)")
         conn.execute("DELETE FROM _col_candidates WHERE line NOT IN (SELECT line FROM _winners)")
         conn.unregister("_winners")
-    conn.execute(f"CREATE OR REPLACE TEMP TABLE _col_first AS {columnar.first_texts('_col_candidates')}")
-    return _stage_chunk(conn, subset, source, stage, "_col_queries", "_col_candidates", "_col_first")
+    kept = conn.execute("SELECT line, role, rank, passage_id, title, text FROM _col_candidates").pl()
+    conn.register("_col_first", columnar.first_texts(kept))
+    try:
+        return _stage_chunk(conn, subset, source, stage, "_col_queries", "_col_candidates", "_col_first")
+    finally:
+        conn.unregister("_col_first")
 
 
 def _stage_chunk(
