@@ -188,3 +188,25 @@ def decision_predictions(frame: pl.DataFrame) -> dict[str, dict[tuple[str, str],
         no_evidence = action == "keep" and ("unparsed" in rule or "degenerate" in rule)
         out.setdefault(method, {})[(qid, pid)] = None if no_evidence else action != "keep"
     return out
+
+
+def by_vote_margin(conn: duckdb.DuckDBPyConnection, subset: str, ref: dict[Key, bool]) -> list[list[Any]]:
+    """For each LLM stage asked several samples: agreement with the reference per vote margin (1.0: unanimous),
+    so a user sees whether unanimous verdicts are worth more than split ones."""
+    rows = []
+    stages = conn.execute(
+        "SELECT DISTINCT stage FROM verdicts WHERE subset = ? AND vote_margin IS NOT NULL ORDER BY 1", [subset]
+    ).fetchall()
+    for (stage,) in stages:
+        found = conn.execute(
+            "SELECT query_id, passage_id, verdict, vote_margin FROM verdicts WHERE subset = ? AND stage = ? "
+            "AND vote_margin IS NOT NULL",
+            [subset, stage],
+        ).fetchall()
+        for margin in sorted({m for *_, m in found}, reverse=True):
+            pred = {
+                (q, p): None if v == "unparsed" else v in ("better", "worse") for q, p, v, m in found if m == margin
+            }
+            s = scores(pred, ref)
+            rows.append([f"stage:{stage} margin {margin:.2f}"] + [s[c] for c in COLUMNS])
+    return rows

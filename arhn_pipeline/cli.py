@@ -84,6 +84,12 @@ def sources_sync() -> None:
         click.echo(f"partitions no longer in the registry (history kept): {orphaned}")
 
 
+PRICE_HELP = (
+    "dollars per million input and output tokens: IN,OUT for every model, or MODEL=IN,OUT (repeat it; "
+    "ARHN_PRICES holds the same, separated by spaces)"
+)
+
+
 DEFAULT_VARIANTS = ("original", "arhn_RF", "rlhn_rlhn")
 
 
@@ -106,8 +112,24 @@ DEFAULT_VARIANTS = ("original", "arhn_RF", "rlhn_rlhn")
     default=None,
     help="run config YAML ({ops: {ASSET: {config: {...}}}}), as the Launchpad takes it; each job gets its assets' part",
 )
+@click.option("--price", "price_specs", multiple=True, help=PRICE_HELP)
+@click.option(
+    "--budget",
+    type=float,
+    default=lambda: float(os.environ["ARHN_BUDGET_USD"]) if os.environ.get("ARHN_BUDGET_USD") else None,
+    help="dollars (default: ARHN_BUDGET_USD): a hosted run whose estimate is above it stops before it starts, "
+    "unless --yes",
+)
+@click.option("--yes", is_flag=True, help="start even when the estimate is above the budget")
 def run(
-    subsets: tuple[str, ...], train: bool, rerankers: bool, variants: tuple[str, ...], config_file: Path | None
+    subsets: tuple[str, ...],
+    train: bool,
+    rerankers: bool,
+    variants: tuple[str, ...],
+    config_file: Path | None,
+    price_specs: tuple[str, ...],
+    budget: float | None,
+    yes: bool,
 ) -> None:
     """Materialize the pipeline for the chosen partitions, then the collection, the retriever variants
     (original, ARHN R+F, RLHN) and their evaluation (with --rerankers the reranker variants too), and the
@@ -143,12 +165,8 @@ def run(
     if train and rerankers:
         steps += [("train_reranker", v) for v in trained] + [("evaluate_rerankers", None)]
     steps += [("compare_methods", None)]
-    ops = {}
-    if config_file is not None:
-        import yaml
-
-        ops = (yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}).get("ops", {})
-    _print_plan(registry, chosen)
+    ops = _ops(config_file)
+    _print_plan(registry, chosen, ops, prices=_prices(price_specs), budget=budget, yes=yes)
     failed = None
     with engine_session(), _stops_on_signal():  # one engine start-up for every partition's run
         for job_name, partition in steps:
@@ -203,13 +221,26 @@ def _stops_on_signal():
         sys.exit(130)
 
 
-def _print_plan(registry, chosen: list[str]) -> None:
-    """The LLM requests each partition's stages will send and the time to expect, before a run starts. The
-    LLM stages on CPU: snippets (rankings use the judge scorer and the cascade's LLM stage runs on GPUs only)."""
+def _print_plan(registry, chosen: list[str], ops: dict, prices: dict, budget: float | None, yes: bool) -> None:
+    """Before a run starts: on the in-process engine the snippet requests each partition will send and the
+    time to expect; on a served or hosted engine every LLM stage's tokens and dollars, stopping when they are
+    above the budget (unless --yes)."""
     from arhn_pipeline import plan
     from arhn_pipeline.engine.resources import engine_from_env
 
     llm = engine_from_env()
+    if llm.engine_name == "openai":
+        lines, total = _estimate_table(registry, chosen, ops, prices, llm)
+        click.echo(f"Before starting ({llm.model_id()}, {llm.engine_name}):")
+        click.echo("\n".join(lines))
+        if budget is not None and total is None:
+            raise click.UsageError("--budget needs prices (--price IN,OUT or ARHN_PRICES) to compare against")
+        if budget is not None and total is not None and total > budget and not yes:
+            click.echo(
+                f"estimate ${total:,.2f} is above the budget ${budget:,.2f}: not started (--yes to go on)", err=True
+            )
+            sys.exit(3)
+        return
     conn = plan.open_readonly(settings.db_path())
     try:
         plans = [plan.snippet_plan(conn, llm, name, registry.entry(name)) for name in chosen]
@@ -242,38 +273,80 @@ def _explain_example(subsets: list[str]) -> str | None:
     return f"--subset {row[0]} --query {row[1]} --passage {row[2]}" if row else None
 
 
+def _prices(specs: tuple[str, ...]) -> dict:
+    from arhn_pipeline.engine.estimate import parse_prices
+
+    try:
+        return parse_prices([*os.environ.get("ARHN_PRICES", "").split(), *specs])
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _estimate_table(registry, chosen: list[str], ops: dict, prices: dict, llm) -> tuple[list[str], float | None]:
+    """The cost table of every LLM stage of the chosen partitions, and the total in dollars (None: no price)."""
+    from arhn_pipeline import plan
+    from arhn_pipeline.engine.estimate import BATCH_DISCOUNT, table
+    from arhn_pipeline.markdown import text_table
+
+    conn = plan.open_readonly(settings.db_path())
+    estimates, notes = [], []
+    try:
+        calls = plan.ReadOnlyCalls(conn)
+        for name in chosen:
+            pairs, where = plan.partition_pairs(conn, name, registry.entry(name))
+            if pairs is None or pairs.is_empty():
+                notes.append(f"{name}: {where if pairs is None else 'no valid rows'}")
+                continue
+            if where != "stored":
+                notes.append(f"{name}: pairs {where}")
+            estimates += [(name, e) for e in plan.stage_estimates(conn, calls, llm, name, pairs, ops)]
+    finally:
+        if conn is not None:
+            conn.close()
+    discount = BATCH_DISCOUNT if getattr(llm, "uses_batch_api", False) else 0.0
+    headers, rows, total = table(estimates, prices, discount)
+    out = text_table(headers, rows)
+    if discount:
+        out.append(f"Batch API: prices at {1 - discount:.0%} of the online ones; answers within its completion window")
+    if not prices:
+        out.append("no prices given (--price IN,OUT in dollars per million tokens): tokens only")
+    return out + notes, total
+
+
 @main.command()
-@click.option("--subset", required=True, help="a partition whose raw_triplets are materialized")
-@click.option("--stage", type=click.Choice(["snippets", "rankings", "all"]), default="all")
-def estimate(subset: str, stage: str) -> None:
-    """Requests, prompt tokens and expected generated tokens of the LLM stages, before running them.
+@click.option("--subset", "subsets", multiple=True, help="partition(s); default: the registry's default run")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="the run config the run will use (its rankings and judgments parts)",
+)
+@click.option("--price", "price_specs", multiple=True, help=PRICE_HELP)
+def estimate(subsets: tuple[str, ...], config_file: Path | None, price_specs: tuple[str, ...]) -> None:
+    """Requests, tokens, dollars and time of every LLM stage (snippets, the LLM ranker, the cascade's LLM
+    judges) before running them, as the configured engine (ARHN_ENGINE / ARHN_MODEL) would be asked.
 
-    Counts use the configured model's own tokenizer (ARHN_ENGINE / ARHN_MODEL); no engine is started.
-    Rankings beyond the first sliding window are estimated from the starting order.
-    """
-
-    from arhn_pipeline.engine.estimate import estimate as run_estimate
+    Counts use the model's own tokenizer where it has one; no engine is started. A partition not yet ingested
+    is read from its file. The LLM judge's share of queries is the stage before's flagged set where it is
+    stored, its flag rate elsewhere, or every query (an upper bound, and said to be one)."""
     from arhn_pipeline.engine.resources import engine_from_env
-    from arhn_pipeline.rankings import core as rankings_core
-    from arhn_pipeline.snippets import core as snippets_core
-    from arhn_pipeline.store import DuckDBStore, load_pairs
+    from arhn_pipeline.sources.registry import load_registry
 
+    registry = load_registry()
+    chosen = registry.partitions(list(subsets) or [n for n, e in registry.items() if e.in_default_run])
     llm = engine_from_env()
-    with _db(read_only=True) as conn:
-        pairs = load_pairs(conn, subset)
-    if pairs.is_empty():
-        raise click.UsageError(f"no rows for {subset!r} in {settings.db_path()}: materialize raw_triplets first")
-    store = DuckDBStore(database=str(settings.db_path()), storage=storage.from_env().kind)
-    click.echo(f"{subset}: {pairs['query_id'].n_unique():,} queries, {pairs.height:,} pairs, model {llm.model_id()}")
-    if stage in ("snippets", "all"):
-        requests, _ = snippets_core.snippet_requests(
-            pairs, llm, snippets_core.PASSAGE_MAX_TOKENS, snippets_core.SNIPPET_MAX_TOKENS
-        )
-        click.echo("\n".join(run_estimate(store, llm, "snippets", requests).lines()))
-    if stage in ("rankings", "all"):
-        plan = rankings_core.RankingPlan(pairs, llm)
-        requests = [r for step in range(plan.steps) for r in plan.requests(step)[1]]
-        click.echo("\n".join(run_estimate(store, llm, "rankings", requests).lines()))
+    lines, _ = _estimate_table(registry, chosen, _ops(config_file), _prices(price_specs), llm)
+    click.echo(f"model {llm.model_id()} ({llm.engine_name}); judge rule: {llm.judge_rule()[1]}")
+    click.echo("\n".join(lines))
+
+
+def _ops(config_file: Path | None) -> dict:
+    if config_file is None:
+        return {}
+    import yaml
+
+    return (yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}).get("ops", {})
 
 
 @main.command("export")
@@ -329,6 +402,11 @@ def agreement(subset: str, detectors: tuple[str, ...]) -> None:
     click.echo("  ".join(f"{h:>14}" for h in ["detector"] + ag.COLUMNS))
     for row in ag.table(conn, subset, ref, chosen):
         click.echo("  ".join(f"{v:>14}" for v in row))
+    voted = ag.by_vote_margin(conn, subset, ref)
+    if voted:
+        click.echo("by vote margin ((winner - runner-up) / samples; 1.00 = unanimous):")
+        for row in voted:
+            click.echo("  ".join(f"{v:>14}" for v in row))
 
 
 @main.command()

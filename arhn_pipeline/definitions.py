@@ -12,6 +12,7 @@ from arhn_pipeline.engine.base import LLMEngine
 from arhn_pipeline.engine.resources import engine_from_env
 from arhn_pipeline.evaluate import assets as evaluate_assets
 from arhn_pipeline.judgments import assets as judgments_assets
+from arhn_pipeline.llm_stage import llm_batch_sensor
 from arhn_pipeline.partitions import source_registry_sensor
 from arhn_pipeline.prune import assets as prune_assets
 from arhn_pipeline.qualify import assets as qualify_assets
@@ -119,7 +120,7 @@ def build_defs(llm: LLMEngine | None = None, duckdb: DuckDBStore | None = None) 
             rerank_eval_job,
             compare_job,
         ],
-        sensors=[source_registry_sensor, automation_sensor, dead_run_sensor],
+        sensors=[source_registry_sensor, automation_sensor, dead_run_sensor, llm_batch_sensor],
         schedules=[nightly_refresh],
         # One process per run: the engine loads once and serves every LLM step of the run.
         executor=dg.in_process_executor,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -112,3 +113,99 @@ def open_readonly(path: Path) -> duckdb.DuckDBPyConnection | None:
         return duckdb.connect(str(path), read_only=True)
     except duckdb.IOException:  # a run is writing: plan without what is stored
         return None
+
+
+def stage_estimates(
+    conn: duckdb.DuckDBPyConnection | None, store: Any, llm: LLMEngine, subset: str, pairs: Any, ops: dict[str, Any]
+) -> list[Any]:
+    """Every LLM stage of one partition as the run config `ops` would run it: snippets, the LLM ranker where
+    the ranker is (or `auto` chooses) the LLM, and each LLM stage of the cascade with the queries it reaches."""
+    from arhn_pipeline.engine.estimate import estimate, forwarded_share, seconds_per_request
+    from arhn_pipeline.judgments import core as judgments_core
+    from arhn_pipeline.judgments.assets import JudgmentsConfig, _template
+    from arhn_pipeline.rankings import core as rankings_core
+    from arhn_pipeline.rankings.assets import RankingsConfig
+    from arhn_pipeline.snippets import core as snippets_core
+    from arhn_pipeline.vocab import Ranker
+
+    def config(name: str, cls: Any) -> Any:
+        return cls(**((ops.get(name) or {}).get("config") or {}))
+
+    out = []
+    requests, _ = snippets_core.snippet_requests(
+        pairs, llm, snippets_core.PASSAGE_MAX_TOKENS, snippets_core.SNIPPET_MAX_TOKENS
+    )
+    out.append(estimate(store, llm, "snippets", requests))
+    ranking = config("rankings", RankingsConfig)
+    ask, _ = llm.judge_rule()
+    if ranking.ranker == Ranker.llm or (ranking.ranker == Ranker.auto and ask):
+        ranked = rankings_core.RankingPlan(
+            pairs,
+            llm,
+            window_size=ranking.window_size,
+            stride=ranking.stride,
+            shuffle=ranking.shuffle,
+            passage_max_tokens=ranking.passage_max_tokens,
+        )
+        requests = [r for step in range(ranked.steps) for r in ranked.requests(step)[1]]
+        e = estimate(store, llm, "rankings", requests)
+        if ranked.steps > 1:
+            e.reach = "windows after the first from the starting order"
+        out.append(e)
+    qs = judgments_core.QuerySet(pairs)
+    for index, stage in enumerate(config("judgments", JudgmentsConfig).stages):
+        if stage.kind != "llm" or (stage.needs_judge and not ask):
+            continue
+        engine = llm.for_model(stage.model)
+        reached, how = forwarded_share(conn, subset, index, stage.name)
+        active = sorted(reached) if isinstance(reached, set) else list(qs.query)
+        requests = judgments_core.sampled(
+            judgments_core.judge_requests(qs, active, _template(stage.prompt), engine, stage.passage_max_tokens),
+            stage.samples,
+            stage.temperature,
+        )
+        e = estimate(store, engine, f"judgments:{stage.name}", requests)
+        e = e.scaled(reached, how) if isinstance(reached, float) else e
+        e.reach = how
+        out.append(e)
+    for e in out:
+        e.seconds_per_request = seconds_per_request(conn, e.model)
+    return out
+
+
+class ReadOnlyCalls:
+    """The call cache as an estimate reads it: through a read-only connection, or empty (no database yet)."""
+
+    def __init__(self, conn: duckdb.DuckDBPyConnection | None):
+        self.conn = conn
+
+    def lookup_calls(self, keys: Any) -> dict[str, Any]:
+        wanted = list(set(keys))
+        if self.conn is None or not wanted:
+            return {}
+        rows = self.conn.execute("SELECT call_id FROM llm_calls WHERE call_id IN (SELECT unnest(?))", [wanted])
+        return {k: True for (k,) in rows.fetchall()}
+
+    def mean_completion_tokens(self, model: str, template: str) -> float | None:
+        if self.conn is None:
+            return None
+        row = self.conn.execute(
+            "SELECT avg(completion_tokens) FROM llm_calls WHERE model = ? AND template = ?", [model, template]
+        ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+
+def partition_pairs(conn: duckdb.DuckDBPyConnection | None, name: str, entry: SourceEntry) -> tuple[Any, str]:
+    """A partition's pairs: stored ones, else read from its file (not yet ingested); and where they came from."""
+    from arhn_pipeline.engine.estimate import pairs_from_records
+    from arhn_pipeline.store import load_pairs
+
+    pairs = load_pairs(conn, name) if conn is not None else None
+    if pairs is not None and not pairs.is_empty():
+        return pairs, "stored"
+    if entry.path is None:
+        return None, "a hub source: counted once ingested"
+    values = [rec.value for rec in iter_records(entry) if rec.error is None]
+    if entry.shards:
+        values = values[: max(1, len(values) // entry.shards)]  # a shard: about its share
+    return pairs_from_records(values, entry.format), "from the file (not ingested yet)"

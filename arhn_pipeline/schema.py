@@ -46,6 +46,22 @@ CREATE TABLE IF NOT EXISTS llm_failures (
     error      VARCHAR NOT NULL,
     failed_at  TIMESTAMP NOT NULL
 );
+-- Batches submitted to a provider's Batch API (engine/batch_api.py), recorded before any wait: a killed run
+-- collects them instead of submitting their calls again.
+CREATE TABLE IF NOT EXISTS llm_batches (
+    batch_id      VARCHAR PRIMARY KEY,   -- the provider's id
+    endpoint      VARCHAR NOT NULL,      -- base URL it was submitted to
+    model         VARCHAR NOT NULL,
+    template      VARCHAR NOT NULL,
+    partition     VARCHAR,               -- the partition and asset whose stage submitted it (what the sensor re-runs)
+    asset         VARCHAR,
+    input_file_id VARCHAR NOT NULL,
+    call_ids      VARCHAR[] NOT NULL,    -- the custom_ids: call keys of llm_calls
+    status        VARCHAR NOT NULL,      -- the provider's last status, or collected
+    counts        JSON,                  -- the provider's request_counts when last seen
+    submitted_at  TIMESTAMP NOT NULL,
+    updated_at    TIMESTAMP NOT NULL
+);
 CREATE TABLE IF NOT EXISTS passages (
     passage_id VARCHAR PRIMARY KEY,   -- passage_key(title, text)
     title      VARCHAR,
@@ -289,6 +305,7 @@ ALTER TABLE decisions ADD COLUMN IF NOT EXISTS judge VARCHAR;
 ALTER TABLE decisions ADD COLUMN IF NOT EXISTS proposed_action VARCHAR;
 ALTER TABLE decisions ADD COLUMN IF NOT EXISTS proposed_rule VARCHAR;
 ALTER TABLE decisions ADD COLUMN IF NOT EXISTS gate VARCHAR;
+ALTER TABLE verdicts ADD COLUMN IF NOT EXISTS vote_margin DOUBLE;
 """
 # Columns that lost their NOT NULL after their first release: (table, column).
 NOW_NULLABLE = (("snippets", "call_id"),)

@@ -326,6 +326,42 @@ class DuckDBStore(DuckDBResource):
             with self.get_connection() as conn:
                 conn.executemany("INSERT INTO llm_failures VALUES (?, ?, ?, ?, ?, now())", failures)
 
+    def record_batch(
+        self,
+        batch_id: str,
+        endpoint: str,
+        model: str,
+        template: str,
+        where: tuple[str, str] | None,
+        file_id: str,
+        call_ids: list[str],
+    ) -> None:
+        partition, asset = where or (None, None)
+        with self.get_connection() as conn:
+            conn.execute(
+                "INSERT INTO llm_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'submitted', NULL, now(), now())",
+                [batch_id, endpoint, model, template, partition, asset, file_id, call_ids],
+            )
+
+    def open_batches(self, call_ids: Iterable[str]) -> list[Any]:
+        """The batches not yet collected that carry any of these calls."""
+        from arhn_pipeline.engine.batch_api import COLLECTED, OpenBatch
+
+        with self.get_connection() as conn:
+            rows = conn.execute(
+                "SELECT batch_id, endpoint, call_ids FROM llm_batches WHERE status != ? "
+                "AND len(list_intersect(call_ids, ?)) > 0 ORDER BY submitted_at",
+                [COLLECTED, list(call_ids)],
+            ).fetchall()
+        return [OpenBatch(*r) for r in rows]
+
+    def set_batch_status(self, batch_id: str, status: str, counts: dict[str, Any] | None = None) -> None:
+        with self.get_connection() as conn:
+            conn.execute(
+                "UPDATE llm_batches SET status = ?, counts = ?, updated_at = now() WHERE batch_id = ?",
+                [status, json.dumps(counts) if counts is not None else None, batch_id],
+            )
+
     def mean_completion_tokens(self, model: str, template: str) -> float | None:
         with self.get_connection() as conn:
             row = conn.execute(

@@ -76,7 +76,7 @@ class RlhnCount(StrEnum):
 
 
 class Ranker(StrEnum):
-    auto = "auto"  # llm where a GPU is present, scorer elsewhere (the packaged CPU LLM parses but does not rank)
+    auto = "auto"  # llm where the engine is a judge worth asking (LLMEngine.judge_rule), scorer elsewhere
     llm = "llm"  # a listwise LLM ranking (ARHN's own stage 2)
     scorer = "scorer"  # the candidates ordered by a scorer's relevance scores
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -78,6 +79,18 @@ class LLMResult:
     error: str | None = None  # no answer: what failed (a remote engine after its retries); never stored as one
 
 
+@dataclass(frozen=True)
+class Answered:
+    """One answer as it comes back from `LLMEngine.stream`: which request, the result, and the engine seconds
+    it took shared among `share` requests (a batch's size, or the requests in flight beside it)."""
+
+    index: int
+    result: LLMResult
+    seconds: float
+    share: int
+    ends_batch: bool = False  # the last answer of an engine call: store what came now
+
+
 class LLMEngine(dg.ConfigurableResource):  # type: ignore[type-arg]
     """An engine that answers a batch of chat requests. Stages call `generate` through the call cache
     (engine/cache.py) and never know which implementation is behind it."""
@@ -89,6 +102,12 @@ class LLMEngine(dg.ConfigurableResource):  # type: ignore[type-arg]
     top_p: float | None = Field(default=None, description="overrides every stage's top_p")
     max_tokens_scale: float = Field(
         default=1.0, description="multiplies every stage's generation budget (reasoning models need more)"
+    )
+    judge: bool | None = Field(
+        default=None,
+        description="whether the stages that need a judge (the cascade's LLM stage, ranker `auto`) ask this engine; "
+        "unset: the engine's own rule (a served or hosted model, or vLLM on a GPU: yes; the packaged small CPU "
+        "model: no). ARHN_LLM_JUDGE=1/0 sets it for the shipped definitions",
     )
 
     def with_defaults(self, request: LLMRequest) -> LLMRequest:
@@ -116,9 +135,36 @@ class LLMEngine(dg.ConfigurableResource):  # type: ignore[type-arg]
     @abstractmethod
     def engine_name(self) -> str: ...
 
+    def judge_rule(self) -> tuple[bool, str]:
+        """(ask it, why): whether this engine is a judge worth asking, and the rule that said so. The decision
+        is the engine's, not the local machine's: a hosted model is worth asking from a CPU-only machine."""
+        if self.judge is not None:
+            return self.judge, f"configured: judge={str(self.judge).lower()}"
+        return self.own_judge_rule()
+
+    def own_judge_rule(self) -> tuple[bool, str]:
+        return False, f"{self.engine_name} engine: not a judge unless configured (judge=true)"
+
     @abstractmethod
     def generate(self, requests: list[LLMRequest]) -> list[LLMResult]:
         """Answer every request, in order, in as few engine calls as the implementation can."""
+
+    def stream(
+        self, requests: list[LLMRequest], batch_size: int, on_send: Callable[[list[int]], None]
+    ) -> Iterator[Answered]:
+        """Answers as they come back, in any order. `on_send(indices)` is called just before those requests
+        go to the engine. Here: `batch_size` at a time through `generate` (an in-process engine wants whole
+        batches); a remote engine keeps a window of requests in flight across batch boundaries instead."""
+        for start in range(0, len(requests), batch_size):
+            chunk = requests[start : start + batch_size]
+            on_send(list(range(start, start + len(chunk))))
+            t0 = time.perf_counter()
+            results = self.generate(chunk)
+            seconds = time.perf_counter() - t0
+            if len(results) != len(chunk):
+                raise RuntimeError(f"engine returned {len(results)} results for {len(chunk)} requests")
+            for i, result in enumerate(results):
+                yield Answered(start + i, result, seconds, len(chunk), ends_batch=i == len(chunk) - 1)
 
     @abstractmethod
     def count_tokens(self, requests: list[LLMRequest]) -> list[int]:

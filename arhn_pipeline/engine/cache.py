@@ -1,9 +1,11 @@
 """The call cache: every LLM call a stage makes goes through `cached_generate`, and every answer is kept.
 
 A request whose key is already stored is never sent again, so a run killed midway resumes where it
-stopped and a changed prompt re-asks only the requests it changed. Answers are stored batch by batch in a
-`CallStore` (the DuckDB file's `llm_calls` table: store.DuckDBStore), which is open only to look up and to
-store, never while the engine generates.
+stopped and a changed prompt re-asks only the requests it changed. Answers are stored as they come, a few dozen at a
+time, in a `CallStore` (the DuckDB file's `llm_calls` table: store.DuckDBStore), which is open only to look up
+and to store. The engine streams its answers (`LLMEngine.stream`): an in-process engine a batch at a time, a
+remote one with a window of requests in flight across batch boundaries; a Batch API engine through
+engine/batch_api.py.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from arhn_pipeline import faults
-from arhn_pipeline.engine.base import LLMEngine, LLMRequest
+from arhn_pipeline.engine.base import Answered, LLMEngine, LLMRequest
 from arhn_pipeline.store import CallRecord, StoredCall
 
 
@@ -127,15 +129,24 @@ class Progress:
             self.report()
 
 
+_trace_lock = threading.Lock()
+
+
 def _trace(keys: Iterable[str]) -> None:
     """With ARHN_CALL_LOG=FILE, append the key of every call sent to the engine (before it is sent): an
     operator's record of exactly what was asked, and how a test proves that nothing answered is asked again."""
     path = os.environ.get("ARHN_CALL_LOG")
     if path:
-        with open(path, "a", encoding="utf-8") as fh:
+        with _trace_lock, open(path, "a", encoding="utf-8") as fh:
             fh.writelines(f"{key}\n" for key in keys)
             fh.flush()
             os.fsync(fh.fileno())
+
+
+# Answers are stored in small transactions as they come: each engine batch at once, and a stream of single
+# answers at most this many at once and at least this often.
+STORE_EVERY = 64
+STORE_SECONDS = 2.0
 
 
 def cached_generate(
@@ -161,7 +172,9 @@ def cached_generate(
     stage = requests[0].template.split("/")[0] if requests else "llm"
     failures: list[tuple[str, str, str, str, str]] = []
     with Progress(stage, len(pending), stats.cache_hits, log) as progress, engine.reporting(progress.answered):
-        _answer(store, engine, model, pending, batch_size, stats, stored, progress, failures)
+        if pending:
+            answer = _answer_by_batch_api if getattr(engine, "uses_batch_api", False) else _answer
+            answer(store, engine, model, pending, batch_size, stats, stored, progress, failures)
     if failures:
         store.store_failures(failures)
         kinds = sorted({f[4].rsplit("; ", 1)[-1] for f in failures})
@@ -184,52 +197,104 @@ def _answer(
     progress: Progress,
     failures: list[tuple[str, str, str, str, str]],
 ) -> None:
-    for start in range(0, len(pending), batch_size):
-        chunk = pending[start : start + batch_size]
-        _trace(key for key, _ in chunk)
-        t0 = time.perf_counter()
-        results = engine.generate([req for _, req in chunk])
-        seconds = time.perf_counter() - t0
-        if len(results) != len(chunk):
-            raise RuntimeError(f"engine returned {len(results)} results for {len(chunk)} requests")
+    """Stream the pending requests through the engine and store the answers as they come, a few at a time."""
+    t0 = time.perf_counter()
+    saver = _Saver(store, engine, model, stats, stored, failures)
+    done = 0
+    last = time.monotonic()
+    for answer in engine.stream([req for _, req in pending], batch_size, lambda ix: _trace(pending[i][0] for i in ix)):
+        key, req = pending[answer.index]
+        saver.add(key, req, answer)
+        if answer.ends_batch or len(saver.buffer) >= STORE_EVERY or time.monotonic() - last >= STORE_SECONDS:
+            done += saver.flush()
+            last = time.monotonic()
+            progress.settle(done)
+    done += saver.flush()
+    progress.settle(done)
+    stats.engine_seconds += time.perf_counter() - t0
+
+
+def _answer_by_batch_api(
+    store: CallStore,
+    engine: LLMEngine,
+    model: str,
+    pending: list[tuple[str, LLMRequest]],
+    batch_size: int,
+    stats: CallStats,
+    stored: dict[str, StoredCall],
+    progress: Progress,
+    failures: list[tuple[str, str, str, str, str]],
+) -> None:
+    """The provider's Batch API: submitted, recorded, collected (engine/batch_api.py)."""
+    from arhn_pipeline.engine import batch_api
+
+    t0 = time.perf_counter()
+    saver = _Saver(store, engine, model, stats, stored, failures)
+    batch_api.answer(store, engine, pending, saver, progress, _trace)  # type: ignore[arg-type]
+    stats.engine_seconds += time.perf_counter() - t0
+
+
+class _Saver:
+    """Answers waiting to be stored, and the store of them in one short transaction."""
+
+    def __init__(
+        self,
+        store: CallStore,
+        engine: LLMEngine,
+        model: str,
+        stats: CallStats,
+        stored: dict[str, StoredCall],
+        failures: list[tuple[str, str, str, str, str]],
+    ):
+        self.store, self.engine, self.model, self.stats = store, engine, model, stats
+        self.stored, self.failures = stored, failures
+        self.buffer: list[tuple[str, LLMRequest, Answered]] = []
+
+    def add(self, key: str, req: LLMRequest, answer: Answered) -> None:
+        self.buffer.append((key, req, answer))
+
+    def flush(self) -> int:
+        """Store what came; returns how many calls that settles (answered or failed)."""
+        chunk, self.buffer = self.buffer, []
+        if not chunk:
+            return 0
         faults.point("llm_batch")
-        stats.engine_seconds += seconds
-        repeated = store.store_calls(
+        name = self.engine.engine_name
+        repeated = self.store.store_calls(
             [
                 CallRecord(
                     call_id=key,
-                    model=model,
-                    engine=engine.engine_name,
+                    model=self.model,
+                    engine=name,
                     template=req.template,
                     template_version=req.template_version,
                     messages=req.chat(),
                     sampling=req.sampling.as_dict(),
                     structured=req.structured.as_dict() if req.structured else None,
-                    response=res.text,
-                    finish_reason=res.finish_reason,
-                    prompt_tokens=res.prompt_tokens,
-                    completion_tokens=res.completion_tokens,
-                    cached_prompt_tokens=res.cached_prompt_tokens,
-                    batch_seconds=seconds,
-                    batch_size=len(chunk),
+                    response=a.result.text,
+                    finish_reason=a.result.finish_reason,
+                    prompt_tokens=a.result.prompt_tokens,
+                    completion_tokens=a.result.completion_tokens,
+                    cached_prompt_tokens=a.result.cached_prompt_tokens,
+                    batch_seconds=a.seconds,
+                    batch_size=a.share,
                 )
-                for (key, req), res in zip(chunk, results, strict=True)
-                if res.error is None
+                for key, req, a in chunk
+                if a.result.error is None
             ]
         )
-        failures.extend(
-            (key, model, engine.engine_name, req.template, res.error)
-            for (key, req), res in zip(chunk, results, strict=True)
-            if res.error is not None
+        self.failures.extend(
+            (key, self.model, name, req.template, a.result.error) for key, req, a in chunk if a.result.error is not None
         )
         if repeated:  # another run stored these first: its answer is the one on record, and the one used
-            stats.asked_twice += len(repeated)
-            stored.update(store.lookup_calls(repeated))
-        for (key, _), res in zip(chunk, results, strict=True):
+            self.stats.asked_twice += len(repeated)
+            self.stored.update(self.store.lookup_calls(repeated))
+        for key, _, a in chunk:
+            res = a.result
             if res.error is not None or key in repeated:
                 continue
-            stored[key] = StoredCall(key, res.text, res.finish_reason)
-            stats.prompt_tokens += res.prompt_tokens
-            stats.completion_tokens += res.completion_tokens
-            stats.cached_prompt_tokens += res.cached_prompt_tokens or 0
-        progress.settle(min(start + batch_size, len(pending)))
+            self.stored[key] = StoredCall(key, res.text, res.finish_reason)
+            self.stats.prompt_tokens += res.prompt_tokens
+            self.stats.completion_tokens += res.completion_tokens
+            self.stats.cached_prompt_tokens += res.cached_prompt_tokens or 0
+        return len(chunk)

@@ -1,32 +1,45 @@
-"""Any OpenAI-compatible chat-completions endpoint as the pipeline's engine: a `vllm serve` that many runs
+"""Any OpenAI-compatible chat-completions endpoint as the pipeline's engine: a `vllm serve` fleet that many runs
 share, or a hosted API. The same call cache, audit rows and resume as the in-process engine.
 
-    ARHN_ENGINE=openai ARHN_MODEL=<served model name> ARHN_OPENAI_BASE_URL=http://gpu-1:8000/v1 arhn run
+    ARHN_ENGINE=openai ARHN_MODEL=<served model name> ARHN_OPENAI_BASE_URL=http://gpu-1:8000/v1,http://gpu-2:8000/v1
 
 The API key is read from the environment variable named by `api_key_env` at each request, never stored,
-logged or shown in metadata. Requests go out `concurrency` at a time; 429, 5xx, timeouts, dropped
-connections and malformed responses are retried with exponential backoff (honouring Retry-After). A
-request that still fails is returned as a failure (`LLMResult.error`): the call cache does not store it,
-records it in `llm_failures` and fails the stage once every other answer is stored, so a re-run asks
-exactly the failed ones. A 4xx other than 429 is the server's answer to this request (a prompt too long,
-say): recorded as the call's answer with finish_reason `rejected`, never retried.
+logged or shown in metadata.
+
+- A window of `concurrency` requests is kept in flight across the stage's whole list (not batch by batch),
+  and answers go to the call cache as they complete.
+- Several base URLs: each request goes to the live endpoint with the fewest requests in flight; one that stops
+  answering (connection refused, timeout, 5xx) is left out for a while (1 s, doubling to 60 s) and retried
+  later, while the others carry the stage.
+- Rate limits: `requests_per_minute` and `tokens_per_minute` (prompt plus max_tokens) are kept client-side; a
+  429's `retry-after` pauses the endpoint that sent it, and `x-ratelimit-remaining-*` at 0 pauses it until
+  `x-ratelimit-reset-*`.
+- 429, 5xx, timeouts, dropped connections and malformed responses are retried with exponential backoff. A
+  request that still fails is returned as a failure (`LLMResult.error`): the call cache does not store it,
+  records it in `llm_failures` and fails the stage once every other answer is stored, so a re-run asks exactly
+  the failed ones. A 4xx other than 429 is the server's answer to this request (a prompt too long, say):
+  recorded as the call's answer with finish_reason `rejected`, never retried.
+- `mode: batch` sends the stage through the provider's Batch API instead (engine/batch_api.py).
 """
 
 from __future__ import annotations
 
 import os
 import random
+import re
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 from pydantic import Field
 
 from arhn_pipeline import settings
 from arhn_pipeline.engine import tokenizer
-from arhn_pipeline.engine.base import LLMEngine, LLMRequest, LLMResult
+from arhn_pipeline.engine.base import Answered, LLMEngine, LLMRequest, LLMResult
 
 # Characters per token where no tokenizer is configured (counting and cutting passages): a cautious mean.
 CHARS_PER_TOKEN = 3.5
@@ -35,18 +48,155 @@ CHARS_PER_TOKEN = 3.5
 class TransientError(Exception):
     """Worth another attempt: 429, 5xx, a timeout, a dropped connection, a malformed response."""
 
-    def __init__(self, what: str, retry_after: float | None = None):
+    def __init__(self, what: str, retry_after: float | None = None, endpoint_down: bool = False):
         super().__init__(what)
         self.retry_after = retry_after  # seconds the server asked to wait (Retry-After), if it said
+        self.endpoint_down = endpoint_down  # the endpoint did not answer at all (refused, timed out, 5xx)
+
+
+def split_urls(value: str) -> list[str]:
+    urls = [u.strip().rstrip("/") for u in re.split(r"[,\s]+", value) if u.strip()]
+    if not urls:
+        raise ValueError("no base URL given (ARHN_OPENAI_BASE_URL)")
+    return urls
+
+
+def reset_seconds(value: str | None) -> float | None:
+    """OpenAI's x-ratelimit-reset-* durations ("1s", "6m0s", "20ms", "1h2m3.5s") or plain seconds, in seconds."""
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    parts = re.findall(r"([\d.]+)(ms|h|m|s)", value)
+    if not parts:
+        return None
+    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+class RateLimiter:
+    """Client-side requests- and tokens-per-minute limits as buckets refilled continuously and holding one
+    second's worth (so a minute's budget is spread over the minute, not spent in a burst), shared by every
+    thread of a stage. 0 means no limit."""
+
+    def __init__(self, requests_per_minute: int, tokens_per_minute: int):
+        self.rpm, self.tpm = requests_per_minute, tokens_per_minute
+        self.requests, self.tokens = self._room(requests_per_minute), self._room(tokens_per_minute)
+        self.t = time.monotonic()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _room(per_minute: int) -> float:
+        return max(1.0, per_minute / 60)
+
+    def acquire(self, tokens: int) -> float:
+        """Wait for room for one request of `tokens`; returns the seconds waited."""
+        waited = 0.0
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                elapsed, self.t = now - self.t, now
+                need = float(min(tokens, self.tpm))
+                self.requests = min(self._room(self.rpm), self.requests + elapsed * self.rpm / 60)
+                self.tokens = min(max(self._room(self.tpm), need), self.tokens + elapsed * self.tpm / 60)
+                short = max(
+                    (1 - self.requests) * 60 / self.rpm if self.rpm else 0.0,
+                    (need - self.tokens) * 60 / self.tpm if self.tpm else 0.0,
+                )
+                if short <= 0:
+                    self.requests -= 1
+                    self.tokens -= need
+                    return waited
+            time.sleep(short)
+            waited += short
+
+
+class Endpoints:
+    """The base URLs of a stage: which are live, how many requests each has in flight, and until when one that
+    failed or asked to wait is left out."""
+
+    MIN_COOLDOWN, MAX_COOLDOWN = 1.0, 60.0
+
+    def __init__(self, urls: list[str]):
+        self.urls = urls
+        self.in_flight = dict.fromkeys(urls, 0)
+        self.down_until = dict.fromkeys(urls, 0.0)
+        self.failures = dict.fromkeys(urls, 0)
+        self.sent = dict.fromkeys(urls, 0)
+        self._lock = threading.Lock()
+
+    def take(self) -> str:
+        """The live endpoint with the fewest in flight; waits when every one is left out (the earliest back
+        is tried again then)."""
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                live = [u for u in self.urls if self.down_until[u] <= now]
+                if live:
+                    url = min(live, key=lambda u: (self.in_flight[u], self.sent[u]))
+                    self.in_flight[url] += 1
+                    self.sent[url] += 1
+                    return url
+                wait_for = min(self.down_until.values()) - now
+            time.sleep(max(0.01, wait_for))
+
+    def give_back(self, url: str, ok: bool, down: bool = False, pause: float | None = None) -> None:
+        with self._lock:
+            self.in_flight[url] -= 1
+            now = time.monotonic()
+            if ok:
+                self.failures[url] = 0
+            elif down:
+                self.failures[url] += 1
+                cooldown = min(self.MAX_COOLDOWN, self.MIN_COOLDOWN * 2 ** (self.failures[url] - 1))
+                self.down_until[url] = max(self.down_until[url], now + cooldown)
+            if pause:
+                self.down_until[url] = max(self.down_until[url], now + pause)
+
+    def pause(self, url: str, seconds: float) -> None:
+        with self._lock:
+            self.down_until[url] = max(self.down_until[url], time.monotonic() + seconds)
+
+    def live(self) -> int:
+        now = time.monotonic()
+        return sum(1 for u in self.urls if self.down_until[u] <= now)
 
 
 class OpenAIEngine(LLMEngine):
     model: str = Field(description="the model name the server serves (`--served-model-name` of vllm serve)")
-    base_url: str = Field(default="http://127.0.0.1:8000/v1", description="the endpoint, up to /v1")
+    base_url: str = Field(
+        default="http://127.0.0.1:8000/v1",
+        description="the endpoint, up to /v1; several separated by commas (requests are spread over the live ones)",
+    )
     api_key_env: str = Field(
         default="OPENAI_API_KEY", description="name of the environment variable holding the key (not the key)"
     )
-    concurrency: int = Field(default=8, ge=1, description="requests in flight at once")
+    concurrency: int = Field(default=32, ge=1, description="requests in flight at once, over all endpoints")
+    requests_per_minute: int = Field(default=0, ge=0, description="client-side limit (0: none)")
+    tokens_per_minute: int = Field(
+        default=0, ge=0, description="client-side limit on prompt plus max_tokens per minute (0: none)"
+    )
+    mode: Literal["online", "batch"] = Field(
+        default="online",
+        description="online: chat completions as the stage runs; batch: the provider's Batch API (half price on "
+        "OpenAI, answers within its completion window; engine/batch_api.py)",
+    )
+    batch_wait_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        description="batch mode: how long a step waits for its batches before it ends and leaves them to the "
+        "llm_batch_sensor, which re-runs the partition when they are done",
+    )
+    batch_poll_seconds: float = Field(
+        default=10.0, gt=0, description="batch mode: first wait between polls (doubling, up to 32x)"
+    )
+    batch_max_lines: int = Field(default=50_000, ge=1, description="batch mode: requests per batch (provider limit)")
+    batch_max_bytes: int = Field(
+        default=190 * 2**20, ge=1, description="batch mode: bytes of one batch's input file (provider limit: 200 MB)"
+    )
+    completion_window: str = Field(default="24h", description="batch mode: the provider's completion window")
     max_retries: int = Field(default=5, ge=0, description="attempts after the first, for transient failures")
     backoff_seconds: float = Field(default=1.0, ge=0, description="first retry delay; doubles each attempt")
     timeout_seconds: float = Field(default=120.0, gt=0, description="per request")
@@ -69,14 +219,36 @@ class OpenAIEngine(LLMEngine):
     def model_id(self) -> str:
         return f"openai/{self.model}"
 
+    def own_judge_rule(self) -> tuple[bool, str]:
+        return True, "a served or hosted model (openai engine)"
+
+    @property
+    def uses_batch_api(self) -> bool:
+        return self.mode == "batch"
+
+    @property
+    def urls(self) -> list[str]:
+        return split_urls(self.base_url)
+
     def settings_metadata(self) -> dict[str, str]:
-        host = urlparse(self.base_url)
+        shown = []
+        for url in self.urls:  # never the query string or credentials a URL might carry
+            host = urlparse(url)
+            shown.append(f"{host.scheme}://{host.hostname}{':' + str(host.port) if host.port else ''}{host.path}")
         return {
             "engine": "openai",
-            "endpoint": f"{host.scheme}://{host.hostname}{':' + str(host.port) if host.port else ''}{host.path}",
+            "endpoint": ", ".join(shown),
             "api_key_env": self.api_key_env,
             "structured_outputs": self.structured,
+            "mode": self.mode,
+            "concurrency": str(self.concurrency),
+            "rate_limits": f"{self.requests_per_minute or '-'} requests/min, "
+            f"{self.tokens_per_minute or '-'} tokens/min",
         }
+
+    def headers(self) -> dict[str, str]:
+        key = os.environ.get(self.api_key_env)
+        return {"Authorization": f"Bearer {key}"} if key else {}
 
     def context_window(self) -> int | None:
         return self.max_model_len
@@ -135,68 +307,148 @@ class OpenAIEngine(LLMEngine):
         return body
 
     def generate(self, requests: list[LLMRequest]) -> list[LLMResult]:
+        results: list[LLMResult | None] = [None] * len(requests)
+        for answer in self.stream(requests, len(requests), lambda _: None):
+            results[answer.index] = answer.result
+        return [r for r in results if r is not None]
+
+    def stream(
+        self, requests: list[LLMRequest], batch_size: int, on_send: Callable[[list[int]], None]
+    ) -> Iterator[Answered]:
+        """A sliding window: `concurrency` requests in flight over the live endpoints and as many queued
+        behind them, whatever `batch_size` says, so the server never waits for a batch to drain."""
         import httpx
 
         if not requests:
-            return []
+            return
+        endpoints = Endpoints(self.urls)
+        limiter = RateLimiter(self.requests_per_minute, self.tokens_per_minute)
+        budgets = self._budgets(requests) if self.tokens_per_minute else [0] * len(requests)
+        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
         with (
-            httpx.Client(base_url=self.base_url.rstrip("/"), timeout=self.timeout_seconds) as client,
+            httpx.Client(timeout=self.timeout_seconds, limits=limits) as client,
             ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="openai") as pool,
         ):
-            return list(pool.map(lambda r: self._one(client, r), requests))
+            todo = iter(range(len(requests)))
+            futures: dict[Future[tuple[LLMResult, float]], int] = {}
 
-    def _one(self, client: Any, request: LLMRequest) -> LLMResult:
+            def submit() -> None:
+                i = next(todo, None)
+                if i is not None:
+                    futures[pool.submit(self._one, client, endpoints, limiter, requests[i], budgets[i], i, on_send)] = i
+
+            for _ in range(2 * self.concurrency):
+                submit()
+            while futures:
+                done, _ = wait(futures, return_when=FIRST_COMPLETED)
+                for future in done:
+                    i = futures.pop(future)
+                    result, seconds = future.result()
+                    submit()
+                    yield Answered(i, result, seconds, self.concurrency)
+
+    def _budgets(self, requests: list[LLMRequest]) -> list[int]:
+        return [n + r.sampling.max_tokens for n, r in zip(self.count_tokens(requests), requests, strict=True)]
+
+    def _one(
+        self,
+        client: Any,
+        endpoints: Endpoints,
+        limiter: RateLimiter,
+        request: LLMRequest,
+        tokens: int,
+        index: int,
+        on_send: Callable[[list[int]], None],
+    ) -> tuple[LLMResult, float]:
         body = self.body(request)
         errors: list[str] = []
-        for attempt in range(self.max_retries + 1):
+        t0 = time.perf_counter()
+        attempt = 0
+        while True:
+            limiter.acquire(tokens)
+            url = endpoints.take()
             try:
-                result = self._post(client, body)
-                self.answered(1)
-                return result
+                on_send([index])
+                result = self._post(client, url, body, endpoints)
             except TransientError as exc:
+                endpoints.give_back(url, ok=False, down=exc.endpoint_down, pause=exc.retry_after)
                 errors.append(str(exc))
                 if attempt == self.max_retries:
                     break
-                delay = exc.retry_after if exc.retry_after is not None else self.backoff_seconds * 2**attempt
-                time.sleep(delay * (1 + 0.1 * random.random()))
+                attempt += 1
+                if exc.endpoint_down and endpoints.live() > 0:
+                    continue  # another endpoint carries it at once
+                if exc.retry_after is None:
+                    time.sleep(self.backoff_seconds * 2 ** (attempt - 1) * (1 + 0.1 * random.random()))
+                continue
+            except BaseException:
+                endpoints.give_back(url, ok=False)
+                raise
+            endpoints.give_back(url, ok=True)
+            self.answered(1)
+            return result, time.perf_counter() - t0
         self.answered(1)
-        return LLMResult(
-            "", "failed", prompt_tokens=0, completion_tokens=0, error=f"{len(errors)} attempts: {'; '.join(errors)}"
-        )
+        error = f"{len(errors)} attempts: {'; '.join(errors)}"
+        return LLMResult("", "failed", prompt_tokens=0, completion_tokens=0, error=error), time.perf_counter() - t0
 
-    def _post(self, client: Any, body: dict[str, Any]) -> LLMResult:
+    def _post(self, client: Any, url: str, body: dict[str, Any], endpoints: Endpoints) -> LLMResult:
         import httpx
 
-        headers = {}
-        key = os.environ.get(self.api_key_env)
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
         try:
-            response = client.post("/chat/completions", json=body, headers=headers)
+            response = client.post(f"{url}/chat/completions", json=body, headers=self.headers())
         except httpx.TimeoutException:
-            raise TransientError(f"timeout after {self.timeout_seconds:g} s") from None
+            raise TransientError(f"timeout after {self.timeout_seconds:g} s", endpoint_down=True) from None
         except httpx.TransportError as exc:
-            raise TransientError(f"connection failed ({type(exc).__name__})") from None
+            raise TransientError(f"connection failed ({type(exc).__name__})", endpoint_down=True) from None
         status = response.status_code
-        if status == 429 or status >= 500:
-            raise TransientError(f"http {status}", _seconds(response.headers.get("retry-after")))
+        pause = _rate_limit_pause(response.headers)
+        if status == 429:
+            raise TransientError(f"http {status}", _retry_after(response.headers) or pause or None)
+        if status >= 500:
+            raise TransientError(f"http {status}", _retry_after(response.headers), endpoint_down=True)
+        if pause:  # answered, and said its budget is spent: the next requests to it wait for the reset
+            endpoints.pause(url, pause)
         if status >= 400:  # the server's answer to this very request: stored, never retried
             return LLMResult("", f"rejected: http {status}: {response.text[:300]}", 0, 0)
         try:
-            data = response.json()
-            choice = data["choices"][0]
-            text = choice["message"]["content"] or ""
-            usage = data.get("usage") or {}
+            return parse_completion(response.json())
         except (ValueError, KeyError, IndexError, TypeError):
             raise TransientError(f"malformed response ({response.text[:60]!r})") from None
-        details = usage.get("prompt_tokens_details") or {}
-        return LLMResult(
-            text=text,
-            finish_reason=choice.get("finish_reason"),
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
-            cached_prompt_tokens=details.get("cached_tokens"),
-        )
+
+
+def parse_completion(data: Any) -> LLMResult:
+    """A chat completion's answer and usage (also one line of a Batch API output file's `response.body`)."""
+    choice = data["choices"][0]
+    text = choice["message"]["content"] or ""
+    usage = data.get("usage") or {}
+    details = usage.get("prompt_tokens_details") or {}
+    return LLMResult(
+        text=text,
+        finish_reason=choice.get("finish_reason"),
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or 0),
+        cached_prompt_tokens=details.get("cached_tokens"),
+    )
+
+
+def _retry_after(headers: Any) -> float | None:
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return float(ms) / 1000
+        except ValueError:
+            pass
+    return _seconds(headers.get("retry-after"))
+
+
+def _rate_limit_pause(headers: Any) -> float:
+    """Seconds to leave an endpoint alone when its x-ratelimit-remaining-* says the budget is spent."""
+    pause = 0.0
+    for kind in ("requests", "tokens"):
+        remaining = headers.get(f"x-ratelimit-remaining-{kind}")
+        if remaining is not None and remaining.strip() in ("0", "0.0"):
+            pause = max(pause, reset_seconds(headers.get(f"x-ratelimit-reset-{kind}")) or 1.0)
+    return pause
 
 
 def _seconds(value: str | None) -> float | None:

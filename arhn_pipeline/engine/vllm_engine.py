@@ -142,6 +142,15 @@ class VLLMEngine(LLMEngine):
             return f"smollm2-135m-instruct-q4_1@{manifest['source_sha256'][:12]}/{self._dtype[0]}"
         return f"{self.model}/{self._dtype[0]}"  # the dtype changes answers, so it is part of every call's key
 
+    def own_judge_rule(self) -> tuple[bool, str]:
+        from arhn_pipeline import embeddings
+
+        if embeddings.device() is None:
+            return True, "vLLM on a GPU"
+        if self.model == SMOLLM2:
+            return False, "the packaged SmolLM2 on CPU parses but does not judge"
+        return False, f"vLLM on CPU ({self.model}): too slow to judge at scale unless configured (judge=true)"
+
     def settings_metadata(self) -> dict[str, str]:
         dtype, why = self._dtype
         flags = cpu_flags()

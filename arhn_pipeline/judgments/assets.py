@@ -9,6 +9,7 @@ from pydantic import Field
 
 from arhn_pipeline import embeddings, faults, settings
 from arhn_pipeline.engine.base import LLMEngine
+from arhn_pipeline.engine.batch_api import set_stage
 from arhn_pipeline.engine.cache import CallStats
 from arhn_pipeline.engine.prompts import PromptTemplate, code_version
 from arhn_pipeline.judgments import core
@@ -40,22 +41,33 @@ class CascadeStage(dg.Config):
         description="llm: the model (default: the llm resource's); margin: the embedder; trained_judge: the judge's "
         "name (a trained_judge output, or a shipped judge such as dl19_dl20) or file",
     )
-    gpu_only: bool = Field(
-        default=False, description="skip this stage on a machine without a GPU (the run's metadata says so)"
+    needs_judge: bool = Field(
+        default=False,
+        description="llm: run this stage only when the engine is a judge worth asking (its `judge` setting, else "
+        "its rule: a served or hosted model or vLLM on a GPU yes, the packaged small CPU model no); the run's "
+        "metadata says which rule chose",
     )
     prompt: str | None = Field(default=None, description="llm: a prompt file (default: judgments/judge.prompt.yaml)")
     margin: float = Field(default=0.1, description="margin: flag negatives scoring >= (1 - margin) x the positive")
     passage_max_tokens: int = Field(default=128, description="llm: each passage is cut to this many tokens")
+    samples: int = Field(
+        default=1,
+        ge=1,
+        description="llm: answers per query (seeds 0..samples-1 at `temperature`); the majority verdict stands and "
+        "each negative's vote margin is stored (`arhn agreement` shows agreement by vote margin)",
+    )
+    temperature: float = Field(default=0.7, ge=0, description="llm, with samples > 1: the sampling temperature")
 
 
 class JudgmentsConfig(dg.Config):
     stages: list[CascadeStage] = Field(
         default_factory=lambda: [
             CascadeStage(name="trained_judge", kind="trained_judge"),
-            CascadeStage(name="llm_judge", kind="llm", gpu_only=True),
+            CascadeStage(name="llm_judge", kind="llm", needs_judge=True),
         ],
         description="the cascade, cheapest first; the default: the shipped trained judge on every query, then the "
-        "LLM judge on what it flagged where a GPU is present (the packaged CPU model parses but does not judge)",
+        "LLM judge on what it flagged where the engine is a judge worth asking (a served or hosted model, vLLM on a "
+        "GPU; the packaged CPU model parses but does not judge)",
     )
     batch_size: int = Field(default=64, description="LLM requests per engine call")
     max_unparsed_share: float = Field(default=0.05, description="the unparsed check fails above this share")
@@ -88,6 +100,7 @@ def _template(prompt: str | None) -> PromptTemplate:
 )
 def judgments(context: dg.AssetExecutionContext, config: JudgmentsConfig, duckdb: DuckDBStore, llm: LLMEngine):
     subset = context.partition_key
+    set_stage(subset, "judgments")  # a Batch API run records what to re-run when its batches finish
     faults.point("stage_start")  # a fault-injection point: the stages before this one are materialized
     with duckdb.get_connection() as conn:
         qs = core.QuerySet(load_pairs(conn, subset))
@@ -110,15 +123,18 @@ def judgments(context: dg.AssetExecutionContext, config: JudgmentsConfig, duckdb
             config.batch_size,
             stage.passage_max_tokens,
             log=context.log.info,
+            samples=stage.samples,
+            temperature=stage.temperature,
         )
         context.log.info(f"stage {stage.name}: {len(active)} queries judged by {engine.model_id()}")
         return results, engine.model_id(), stats
 
-    gpu = embeddings.device() is None
-    stages = [s for s in config.stages if gpu or not s.gpu_only]
+    ask, why = llm.judge_rule()
+    stages = [s for s in config.stages if ask or not s.needs_judge]
     skipped = [s.name for s in config.stages if s not in stages]
-    if skipped:
-        context.log.info(f"no GPU here: skipping the GPU-only stage(s) {skipped}")
+    needing = [s.name for s in config.stages if s.needs_judge]
+    rule = f"{'asked' if ask else 'skipped'} ({why})" if needing else "no stage needs a judge"
+    context.log.info(f"{subset}: stage(s) needing an LLM judge {needing or '-'}: {rule}")
     cascade = core.run_cascade(qs, stages, run_stage, subset)
     frame = pl.DataFrame(cascade.rows, schema=core.VERDICT_SCHEMA)
     llm_rows = frame.filter(pl.col("call_id").is_not_null()).unique("call_id")
@@ -132,7 +148,8 @@ def judgments(context: dg.AssetExecutionContext, config: JudgmentsConfig, duckdb
         metadata={
             **tables,
             "queries": len(qs.query),
-            "stages_skipped_without_gpu": ", ".join(skipped) or "none",
+            "stages_skipped": ", ".join(skipped) or "none",
+            "llm_judge_rule": rule,
             **{f"final_{v}": int(n) for v, n in final["verdict"].value_counts().sort("verdict").iter_rows()},
             "stages": dg.MetadataValue.md(
                 md_table(

@@ -4,8 +4,9 @@ flagged."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -182,8 +183,9 @@ class StageResult:
 
     verdict: Verdict
     scores: list[float] | None = None  # margin and scorer stages: each negative's score
-    call_id: str | None = None  # LLM stages -> llm_calls
+    call_id: str | None = None  # LLM stages -> llm_calls (with several samples: the first; notes name the rest)
     template_version: str | None = None
+    vote_margins: list[float] | None = None  # several samples: per negative, (top votes - runner-up) / samples
 
 
 class StageSpec(Protocol):
@@ -229,6 +231,55 @@ def run_trained_stage(qs: QuerySet, active: list[str], judge: Any) -> dict[str, 
     return out
 
 
+def judge_requests(
+    qs: QuerySet, active: list[str], template: PromptTemplate, llm: LLMEngine, passage_max_tokens: int
+) -> list[LLMRequest]:
+    """One request per query: its query, first positive and every negative, each cut to fit."""
+    requests = []
+    for qid in active:
+        n = len(qs.negatives[qid])
+        budget = llm.passage_budget(passage_max_tokens, n + 1, answer_budget(n))
+        cut = [llm.truncate(t, budget)[0] for _, t in qs.negatives[qid]]
+        positive = llm.truncate(qs.positive[qid], budget)[0]
+        requests.append(build_request(template, qs.query[qid], positive, cut))
+    return requests
+
+
+def sampled(requests: list[LLMRequest], samples: int, temperature: float) -> list[LLMRequest]:
+    """Each request `samples` times in a row (seeds 0..samples-1 at `temperature`); as they are when 1."""
+    if samples == 1:
+        return requests
+    return [
+        replace(r, sampling=replace(r.sampling, temperature=temperature, seed=k))
+        for r in requests
+        for k in range(samples)
+    ]
+
+
+def vote(verdicts: list[Verdict]) -> tuple[Verdict, list[float]]:
+    """The majority verdict of several samples, per negative, and each negative's vote margin: (votes for the
+    winner - votes for the runner-up) / samples; a sample that is no evidence votes for nothing. A tie is no
+    majority: `none` when a flag ties with `none` (no relabel without a majority), `worse` between the flags.
+    No evidence in any sample: the stage has no verdict (unparsed, margin 0)."""
+    samples = len(verdicts)
+    evidence = [v for v in verdicts if v.status.is_evidence]
+    n = len(verdicts[0].labels)
+    if not evidence:
+        return verdicts[0], [0.0] * n
+    labels: list[Label] = []
+    margins: list[float] = []
+    for i in range(n):
+        counts = Counter(v.labels[i] for v in evidence)
+        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], (NONE, WORSE, BETTER).index(kv[0])))
+        top, first = ranked[0]
+        second = ranked[1][1] if len(ranked) > 1 else 0
+        labels.append(top)
+        margins.append((first - second) / samples)
+    status = ParseStatus.PARSED if all(v.status == ParseStatus.PARSED for v in evidence) else ParseStatus.REPAIRED
+    note = f"majority of {samples} samples ({len(evidence)} with evidence)"
+    return Verdict(labels, status, note), margins
+
+
 def run_llm_stage(
     qs: QuerySet,
     active: list[str],
@@ -238,21 +289,26 @@ def run_llm_stage(
     batch_size: int,
     passage_max_tokens: int,
     log: Callable[[str], None] | None = None,
+    samples: int = 1,
+    temperature: float = 0.7,
 ) -> tuple[dict[str, StageResult], CallStats]:
-    requests = []
-    for qid in active:
-        n = len(qs.negatives[qid])
-        budget = llm.passage_budget(passage_max_tokens, n + 1, answer_budget(n))
-        cut = [llm.truncate(t, budget)[0] for _, t in qs.negatives[qid]]
-        positive = llm.truncate(qs.positive[qid], budget)[0]
-        requests.append(build_request(template, qs.query[qid], positive, cut))
+    """The LLM judge on each active query; with `samples` > 1 each query is asked that many times (at
+    `temperature`, seeds 0..samples-1) and the majority verdict stands, with its vote margins."""
+    requests = sampled(judge_requests(qs, active, template, llm, passage_max_tokens), samples, temperature)
     calls, stats = cached_generate(store, llm, requests, batch_size, log=log)
     verdicts = [parse_verdict(c.response, r.labels, r.data) for c, r in zip(calls, requests, strict=True)]
     verdicts = mark_degenerate([c.response for c in calls], verdicts)
-    return {
-        qid: StageResult(v, call_id=c.call_id, template_version=template.version)
-        for qid, c, v in zip(active, calls, verdicts, strict=True)
-    }, stats
+    out = {}
+    for j, qid in enumerate(active):
+        mine = slice(j * samples, (j + 1) * samples)
+        if samples == 1:
+            out[qid] = StageResult(verdicts[j], call_id=calls[j].call_id, template_version=template.version)
+            continue
+        verdict, margins = vote(verdicts[mine])
+        ids = [c.call_id for c in calls[mine]]
+        verdict = replace(verdict, notes=f"{verdict.notes}; calls {', '.join(ids)}")
+        out[qid] = StageResult(verdict, call_id=ids[0], template_version=template.version, vote_margins=margins)
+    return out, stats
 
 
 @dataclass
@@ -299,6 +355,7 @@ def run_cascade(
                         model=model_id,
                         template_version=r.template_version,
                         final=last or qid not in forwarded,
+                        vote_margin=r.vote_margins[i] if r.vote_margins else None,
                     )
                 )
         labels = [lab for q in active for lab in results[q].verdict.labels]
@@ -329,4 +386,5 @@ VERDICT_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
     "model": pl.String,
     "template_version": pl.String,
     "final": pl.Boolean,
+    "vote_margin": pl.Float64,
 }

@@ -4,8 +4,9 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from arhn_pipeline import embeddings, faults, scorers
+from arhn_pipeline import faults, scorers
 from arhn_pipeline.engine.base import LLMEngine
+from arhn_pipeline.engine.batch_api import set_stage
 from arhn_pipeline.engine.cache import CallStats
 from arhn_pipeline.engine.prompts import code_version
 from arhn_pipeline.llm_stage import llm_stage_asset, share_check
@@ -32,7 +33,8 @@ class RankingsConfig(dg.Config):
     ranker: Ranker = Field(
         default=Ranker.auto,
         description="llm: a listwise LLM ranking (ARHN); scorer: the candidates ordered by `scorer`'s scores; "
-        "auto: llm where a GPU is present, scorer elsewhere",
+        "auto: llm where the engine is a judge worth asking (a served or hosted model, vLLM on a GPU; see the "
+        "engine's `judge` setting), scorer elsewhere",
     )
     scorer: str = Field(
         default=scorers.DEFAULT_SCORER,
@@ -74,13 +76,16 @@ class RankingsConfig(dg.Config):
 )
 def rankings(context: dg.AssetExecutionContext, config: RankingsConfig, duckdb: DuckDBStore, llm: LLMEngine):
     subset = context.partition_key
+    set_stage(subset, "rankings")  # a Batch API run records what to re-run when its batches finish
     faults.point("stage_start")  # a fault-injection point: the stages before this one are materialized
     with duckdb.get_connection() as conn:
         pairs = load_pairs(conn, subset)
     stats = CallStats()
-    ranker = config.ranker
+    ranker, rule = config.ranker, "configured"
     if ranker == Ranker.auto:
-        ranker = Ranker.llm if embeddings.device() is None else Ranker.scorer
+        ask, why = llm.judge_rule()
+        ranker, rule = (Ranker.llm if ask else Ranker.scorer), f"auto -> {'llm' if ask else 'scorer'}: {why}"
+    context.log.info(f"{subset}: ranker {ranker} ({rule})")
     if ranker == Ranker.scorer:
         scorer = scorers.load(config.scorer)
         context.log.info(f"{subset}: ranking {pairs.height} candidates with {scorer.scorer_id}")
@@ -152,6 +157,7 @@ def rankings(context: dg.AssetExecutionContext, config: RankingsConfig, duckdb: 
         metadata={
             **tables,
             "ranker": str(ranker),
+            "ranker_chosen_by": rule,
             "queries": len(states),
             "windows": windows.height,
             **{f"windows_{s}": int(n) for s, n in windows["status"].value_counts().iter_rows()},

@@ -6,6 +6,7 @@ from pydantic import Field
 
 from arhn_pipeline import faults
 from arhn_pipeline.engine.base import LLMEngine, LLMRequest
+from arhn_pipeline.engine.batch_api import set_stage
 from arhn_pipeline.engine.cache import cached_generate
 from arhn_pipeline.engine.prompts import code_version
 from arhn_pipeline.llm_stage import llm_stage_asset, share_check
@@ -67,6 +68,7 @@ class SnippetsConfig(dg.Config):
 )
 def snippets(context: dg.AssetExecutionContext, config: SnippetsConfig, duckdb: DuckDBStore, llm: LLMEngine):
     subset = context.partition_key
+    set_stage(subset, "snippets")  # a Batch API run records what to re-run when its batches finish
     faults.point("stage_start")  # a fault-injection point: the stages before this one are materialized
     with duckdb.get_connection() as conn:
         pairs = load_pairs(conn, subset)
