@@ -9,8 +9,9 @@ logged or shown in metadata.
 - A window of `concurrency` requests is kept in flight across the stage's whole list (not batch by batch),
   and answers go to the call cache as they complete.
 - Several base URLs: each request goes to the live endpoint with the fewest requests in flight; one that stops
-  answering (connection refused, timeout, 5xx) is left out for a while (1 s, doubling to 60 s) and retried
-  later, while the others carry the stage.
+  answering (connection refused or dropped, a timeout) is left out for a while (`backoff_seconds`, doubling to
+  60 s) and tried again later, while the others carry the stage; with none answering for as long as a request's
+  retries would take, the remaining requests fail at once (the stage fails; a re-run asks exactly those).
 - Rate limits: `requests_per_minute` and `tokens_per_minute` (prompt plus max_tokens) are kept client-side; a
   429's `retry-after` pauses the endpoint that sent it, and `x-ratelimit-remaining-*` at 0 pauses it until
   `x-ratelimit-reset-*`.
@@ -51,7 +52,7 @@ class TransientError(Exception):
     def __init__(self, what: str, retry_after: float | None = None, endpoint_down: bool = False):
         super().__init__(what)
         self.retry_after = retry_after  # seconds the server asked to wait (Retry-After), if it said
-        self.endpoint_down = endpoint_down  # the endpoint did not answer at all (refused, timed out, 5xx)
+        self.endpoint_down = endpoint_down  # the endpoint did not answer at all (refused, dropped, timed out)
 
 
 def split_urls(value: str) -> list[str]:
@@ -117,10 +118,15 @@ class Endpoints:
     """The base URLs of a stage: which are live, how many requests each has in flight, and until when one that
     failed or asked to wait is left out."""
 
-    MIN_COOLDOWN, MAX_COOLDOWN = 1.0, 60.0
+    MAX_COOLDOWN = 60.0
 
-    def __init__(self, urls: list[str]):
+    def __init__(self, urls: list[str], min_cooldown: float, give_up_seconds: float):
         self.urls = urls
+        self.min_cooldown = min_cooldown
+        # with every endpoint left out and none answering for this long, requests fail at once (the stage
+        # then fails in bounded time; a re-run asks exactly those) instead of each waiting out the cooldowns
+        self.give_up_seconds = give_up_seconds
+        self.last_answer = time.monotonic()
         self.in_flight = dict.fromkeys(urls, 0)
         self.down_until = dict.fromkeys(urls, 0.0)
         self.failures = dict.fromkeys(urls, 0)
@@ -139,7 +145,9 @@ class Endpoints:
                     self.in_flight[url] += 1
                     self.sent[url] += 1
                     return url
-                wait_for = min(self.down_until.values()) - now
+                if now - self.last_answer > self.give_up_seconds:
+                    raise TransientError(f"no endpoint answered for {now - self.last_answer:.0f} s", endpoint_down=True)
+                wait_for = min(min(self.down_until.values()), self.last_answer + self.give_up_seconds + 0.01) - now
             time.sleep(max(0.01, wait_for))
 
     def give_back(self, url: str, ok: bool, down: bool = False, pause: float | None = None) -> None:
@@ -148,9 +156,10 @@ class Endpoints:
             now = time.monotonic()
             if ok:
                 self.failures[url] = 0
+                self.last_answer = now
             elif down:
                 self.failures[url] += 1
-                cooldown = min(self.MAX_COOLDOWN, self.MIN_COOLDOWN * 2 ** (self.failures[url] - 1))
+                cooldown = min(self.MAX_COOLDOWN, self.min_cooldown * 2 ** (self.failures[url] - 1))
                 self.down_until[url] = max(self.down_until[url], now + cooldown)
             if pause:
                 self.down_until[url] = max(self.down_until[url], now + pause)
@@ -321,7 +330,11 @@ class OpenAIEngine(LLMEngine):
 
         if not requests:
             return
-        endpoints = Endpoints(self.urls)
+        endpoints = Endpoints(
+            self.urls,
+            min_cooldown=self.backoff_seconds,
+            give_up_seconds=self.backoff_seconds * (2 ** (self.max_retries + 1) - 1),
+        )
         limiter = RateLimiter(self.requests_per_minute, self.tokens_per_minute)
         budgets = self._budgets(requests) if self.tokens_per_minute else [0] * len(requests)
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
@@ -366,7 +379,11 @@ class OpenAIEngine(LLMEngine):
         attempt = 0
         while True:
             limiter.acquire(tokens)
-            url = endpoints.take()
+            try:
+                url = endpoints.take()
+            except TransientError as exc:
+                errors.append(str(exc))
+                break
             try:
                 on_send([index])
                 result = self._post(client, url, body, endpoints)
@@ -404,8 +421,8 @@ class OpenAIEngine(LLMEngine):
         pause = _rate_limit_pause(response.headers)
         if status == 429:
             raise TransientError(f"http {status}", _retry_after(response.headers) or pause or None)
-        if status >= 500:
-            raise TransientError(f"http {status}", _retry_after(response.headers), endpoint_down=True)
+        if status >= 500:  # the server is up: this request is retried, the endpoint stays in
+            raise TransientError(f"http {status}", _retry_after(response.headers))
         if pause:  # answered, and said its budget is spent: the next requests to it wait for the reset
             endpoints.pause(url, pause)
         if status >= 400:  # the server's answer to this very request: stored, never retried
