@@ -126,16 +126,19 @@ def stage_estimates(
     from arhn_pipeline.rankings import core as rankings_core
     from arhn_pipeline.rankings.assets import RankingsConfig
     from arhn_pipeline.snippets import core as snippets_core
+    from arhn_pipeline.snippets.assets import SnippetsConfig
     from arhn_pipeline.vocab import Ranker
 
     def config(name: str, cls: Any) -> Any:
         return cls(**((ops.get(name) or {}).get("config") or {}))
 
     out = []
-    requests, _ = snippets_core.snippet_requests(
-        pairs, llm, snippets_core.PASSAGE_MAX_TOKENS, snippets_core.SNIPPET_MAX_TOKENS
-    )
-    out.append(estimate(store, llm, "snippets", requests))
+    snippets = config("snippets", SnippetsConfig)
+    if not snippets.skip:
+        requests, _ = snippets_core.snippet_requests(
+            pairs, llm, snippets.passage_max_tokens, snippets.snippet_max_tokens
+        )
+        out.append(estimate(store, llm, "snippets", requests))
     ranking = config("rankings", RankingsConfig)
     ask, _ = llm.judge_rule()
     if ranking.ranker == Ranker.llm or (ranking.ranker == Ranker.auto and ask):

@@ -170,3 +170,70 @@ def test_two_stage_cascade_sends_only_flagged_queries_to_stage_two(tmp_path, mon
     assert "ARHN: rankings not materialized" in meta["skipped"].value
     stages_table = result.asset_materializations_for_node("judgments")[0].metadata["stages"].value
     assert "| cheap | llm | 3 | 2 |" in stages_table and "| strong | llm | 2 | 2 |" in stages_table
+
+
+def test_the_majority_of_several_samples_stands_with_its_vote_margin():
+    P, U = core.ParseStatus.PARSED, core.ParseStatus.UNPARSED
+    B, W, N = core.BETTER, core.WORSE, core.NONE
+    verdict, margins = core.vote([core.Verdict([B, N], P), core.Verdict([B, W], P), core.Verdict([N, N], P)])
+    assert verdict.labels == [B, N] and margins == pytest.approx([1 / 3, 1 / 3])
+    verdict, margins = core.vote([core.Verdict([B], P), core.Verdict([N], P)])  # a tie is no majority to relabel
+    assert verdict.labels == [N] and margins == [0.0]
+    verdict, margins = core.vote([core.Verdict([W, B], P), core.Verdict([U, U], U)])  # no evidence abstains
+    assert verdict.labels == [W, B] and margins == [0.5, 0.5]
+    verdict, margins = core.vote([core.Verdict([U], U), core.Verdict([U], U)])
+    assert verdict.status == U and verdict.flagged and margins == [0.0]  # no evidence: sent on, never cleared
+
+
+@register_script("flags_first_on_seeds_0_1")
+def flags_first_on_seeds_0_1(req: LLMRequest) -> str:
+    return json.dumps({"better": [req.labels[0]] if req.sampling.seed in (0, 1) else [], "worse": []})
+
+
+def test_an_llm_stage_with_three_samples_asks_three_seeds_and_stores_the_vote(tmp_path, store):
+    import polars as pl
+
+    from arhn_pipeline.engine.scripted import ScriptedEngine
+
+    frame = pl.DataFrame(
+        {
+            "query_id": ["q1"] * 3,
+            "query": ["what do cows eat"] * 3,
+            "passage_id": ["p0", "n1", "n2"],
+            "role": ["positive", "negative", "negative"],
+            "passage": ["Cows eat grass.", "Cows graze on grass.", "Rain."],
+        }
+    )
+    qs = core.QuerySet(frame)
+    engine = ScriptedEngine(model="flags_first_on_seeds_0_1")
+    results, stats = core.run_llm_stage(
+        qs, ["q1"], core.DEFAULT_TEMPLATE, engine, store, 8, 64, samples=3, temperature=0.8
+    )
+    r = results["q1"]
+    assert stats.cache_misses == 3  # three seeds, three distinct calls
+    assert r.verdict.labels == [core.BETTER, core.NONE] and r.vote_margins == pytest.approx([1 / 3, 1.0])
+    assert r.verdict.notes.count(",") == 2 and r.call_id in r.verdict.notes  # every sample's call is named
+    again, stats = core.run_llm_stage(
+        qs, ["q1"], core.DEFAULT_TEMPLATE, engine, store, 8, 64, samples=3, temperature=0.8
+    )
+    assert stats.cache_misses == 0 and again["q1"].vote_margins == r.vote_margins
+
+
+def test_agreement_by_vote_margin_shows_whether_unanimous_verdicts_are_worth_more(db):
+    from arhn_pipeline import agreement
+
+    # unanimous verdicts all right, split ones all wrong
+    rows = [("u1", "better", 1.0, True), ("u2", "none", 1.0, False), ("s1", "better", 1 / 3, False)]
+    rows += [("s2", "none", 1 / 3, True)]
+    for pid, verdict, margin, _ in rows:
+        db.execute(
+            "INSERT INTO verdicts VALUES ('t', 1, 'llm_judge', 'q', ?, ?, NULL, 'parsed', NULL, 'c', 'm', 'v', true, ?)",
+            [pid, verdict, margin],
+        )
+    reference = {("q", pid): truth for pid, _, _, truth in rows}
+    table = {
+        row[0]: dict(zip(agreement.COLUMNS, row[1:], strict=True))
+        for row in agreement.by_vote_margin(db, "t", reference)
+    }
+    assert list(table) == ["stage:llm_judge margin 1.00", "stage:llm_judge margin 0.33"]
+    assert table["stage:llm_judge margin 1.00"]["f1"] == 1.0 and table["stage:llm_judge margin 0.33"]["f1"] == 0.0
