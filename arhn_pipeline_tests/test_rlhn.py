@@ -227,7 +227,8 @@ def test_agreement_by_vote_margin_shows_whether_unanimous_verdicts_are_worth_mor
     rows += [("s2", "none", 1 / 3, True)]
     for pid, verdict, margin, _ in rows:
         db.execute(
-            "INSERT INTO verdicts VALUES ('t', 1, 'llm_judge', 'q', ?, ?, NULL, 'parsed', NULL, 'c', 'm', 'v', true, ?)",
+            "INSERT INTO verdicts VALUES "
+            "('t', 1, 'llm_judge', 'q', ?, ?, NULL, 'parsed', NULL, 'c', 'm', 'v', true, ?)",
             [pid, verdict, margin],
         )
     reference = {("q", pid): truth for pid, _, _, truth in rows}
