@@ -163,6 +163,41 @@ def test_with_every_server_gone_the_calls_fail_and_a_rerun_asks_only_those(db, s
     assert again.record.answered == 7
 
 
+@pytest.mark.parametrize("how", ["endless", "huge", "trickle"])
+def test_a_server_that_never_stops_sending_costs_bounded_time_and_bytes(db, store, how):
+    """Each attempt ends within its deadline having read at most the cap; the call is a recorded failure."""
+    with FakeProvider(Behaviour(hostile=how)) as server:
+        eng = engine(server.url, max_retries=1, deadline_seconds=2.0, max_response_bytes=2**20, timeout_seconds=5)
+        t0 = time.monotonic()
+        with pytest.raises(EngineCallsFailed, match="1 of 1"):
+            cached_generate(store, eng, requests(1), batch_size=1)
+        seconds = time.monotonic() - t0
+        sent = server.record.bytes_sent
+    assert seconds < 2 * (2.0 + 1.5) + 1  # two attempts, each within its deadline (a trickle: plus one read)
+    assert sent < 2 * (2**20 + 16 * 2**20)  # what the cap read, and what the kernel's buffers took meanwhile
+    error = db.execute("SELECT error FROM llm_failures").fetchone()[0]
+    assert ("larger than 1,048,576 bytes" in error) if how != "trickle" else ("not complete after 2 s" in error)
+
+
+@pytest.mark.parametrize("value", ["-5", "nan", "inf", "1e9", "Wed, 21 Oct 2015 07:28:00 GMT", "soon"])
+def test_a_bad_retry_after_is_clamped_never_a_crash(db, store, value):
+    with FakeProvider(Behaviour(hostile=f"retry:{value}")) as server:
+        t0 = time.monotonic()
+        calls, _ = cached_generate(store, engine(server.url, max_wait_seconds=1.0), requests(1), batch_size=1)
+    assert calls[0].response == "answer to late" and time.monotonic() - t0 < 3
+
+
+def test_a_redirect_is_not_followed_and_the_key_goes_nowhere_else(db, store, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-not-for-elsewhere")
+    with FakeProvider(Behaviour(hostile="redirect")) as server:
+        with pytest.raises(EngineCallsFailed, match="1 of 1"):
+            cached_generate(store, engine(server.url, max_retries=1), requests(1), batch_size=1)
+    assert (
+        "redirect to 'http://127.0.0.1:9/steal' not followed"
+        in db.execute("SELECT error FROM llm_failures").fetchone()[0]
+    )
+
+
 # --- the Batch API ---
 
 

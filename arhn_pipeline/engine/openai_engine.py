@@ -25,6 +25,8 @@ logged or shown in metadata.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import random
 import re
@@ -208,7 +210,16 @@ class OpenAIEngine(LLMEngine):
     completion_window: str = Field(default="24h", description="batch mode: the provider's completion window")
     max_retries: int = Field(default=5, ge=0, description="attempts after the first, for transient failures")
     backoff_seconds: float = Field(default=1.0, ge=0, description="first retry delay; doubles each attempt")
-    timeout_seconds: float = Field(default=120.0, gt=0, description="per request")
+    timeout_seconds: float = Field(default=120.0, gt=0, description="per read of the connection (httpx's timeout)")
+    deadline_seconds: float = Field(
+        default=300.0, gt=0, description="per attempt, in all, whatever the server's pace (a body trickling in)"
+    )
+    max_response_bytes: int = Field(
+        default=8 * 2**20, gt=0, description="a response body larger than this is a failed attempt (never read whole)"
+    )
+    max_wait_seconds: float = Field(
+        default=300.0, ge=0, description="the longest a Retry-After or rate-limit reset is waited for (clamped)"
+    )
     structured: str = Field(
         default="json_schema",
         description="how answer constraints are sent: json_schema (response_format: OpenAI, vllm serve), vllm "
@@ -412,25 +423,50 @@ class OpenAIEngine(LLMEngine):
         import httpx
 
         try:
-            response = client.post(f"{url}/chat/completions", json=body, headers=self.headers())
+            with client.stream("POST", f"{url}/chat/completions", json=body, headers=self.headers()) as response:
+                status, headers = response.status_code, response.headers
+                raw = self._read_bounded(response)
         except httpx.TimeoutException:
             raise TransientError(f"timeout after {self.timeout_seconds:g} s", endpoint_down=True) from None
         except httpx.TransportError as exc:
             raise TransientError(f"connection failed ({type(exc).__name__})", endpoint_down=True) from None
-        status = response.status_code
-        pause = _rate_limit_pause(response.headers)
+        text = raw.decode("utf-8", errors="replace")
+        pause = self._clamp(_rate_limit_pause(headers))
         if status == 429:
-            raise TransientError(f"http {status}", _retry_after(response.headers) or pause or None)
+            raise TransientError(f"http {status}", self._clamp(_retry_after(headers)) or pause or None)
         if status >= 500:  # the server is up: this request is retried, the endpoint stays in
-            raise TransientError(f"http {status}", _retry_after(response.headers))
+            raise TransientError(f"http {status}", self._clamp(_retry_after(headers)))
+        if 300 <= status < 400:  # never followed: the key would go on to wherever it points
+            raise TransientError(f"http {status}: redirect to {headers.get('location', '?')[:100]!r} not followed")
         if pause:  # answered, and said its budget is spent: the next requests to it wait for the reset
             endpoints.pause(url, pause)
         if status >= 400:  # the server's answer to this very request: stored, never retried
-            return LLMResult("", f"rejected: http {status}: {response.text[:300]}", 0, 0)
+            return LLMResult("", f"rejected: http {status}: {text[:300]}", 0, 0)
         try:
-            return parse_completion(response.json())
+            return parse_completion(json.loads(text))
         except (ValueError, KeyError, IndexError, TypeError):
-            raise TransientError(f"malformed response ({response.text[:60]!r})") from None
+            raise TransientError(f"malformed response ({text[:60]!r})") from None
+
+    def _read_bounded(self, response: Any) -> bytes:
+        """The body, or a TransientError once it passes `max_response_bytes` or the attempt passes
+        `deadline_seconds` (each read is bounded by `timeout_seconds`; a body trickling in is not)."""
+        deadline = time.monotonic() + self.deadline_seconds
+        chunks, size = [], 0
+        for chunk in response.iter_bytes():  # decoded: a compressed bomb counts at its real size
+            size += len(chunk)
+            if size > self.max_response_bytes:
+                raise TransientError(f"response larger than {self.max_response_bytes:,} bytes: not read")
+            if time.monotonic() > deadline:
+                raise TransientError(f"response not complete after {self.deadline_seconds:g} s", endpoint_down=True)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _clamp(self, seconds: float | None) -> float | None:
+        """A wait the server asked for, made safe: None when absent or not a finite number >= 0, at most
+        `max_wait_seconds`."""
+        if seconds is None or not math.isfinite(seconds) or seconds < 0:
+            return None
+        return min(seconds, self.max_wait_seconds)
 
 
 def parse_completion(data: Any) -> LLMResult:
@@ -449,13 +485,24 @@ def parse_completion(data: Any) -> LLMResult:
 
 
 def _retry_after(headers: Any) -> float | None:
-    ms = headers.get("retry-after-ms")
-    if ms:
+    """Retry-After-Ms, else Retry-After in seconds or as an HTTP date; unclamped (see OpenAIEngine._clamp)."""
+    ms = _seconds(headers.get("retry-after-ms"))
+    if ms is not None:
+        return ms / 1000
+    value = headers.get("retry-after")
+    seconds = _seconds(value)
+    if seconds is None and value:
+        from email.utils import parsedate_to_datetime
+
         try:
-            return float(ms) / 1000
-        except ValueError:
-            pass
-    return _seconds(headers.get("retry-after"))
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is not None:
+            import datetime as dt
+
+            seconds = (when - dt.datetime.now(dt.UTC)).total_seconds()
+    return seconds
 
 
 def _rate_limit_pause(headers: Any) -> float:
@@ -469,7 +516,7 @@ def _rate_limit_pause(headers: Any) -> float:
 
 
 def _seconds(value: str | None) -> float | None:
-    """A Retry-After in seconds (the HTTP-date form is not used by the servers this talks to)."""
+    """A number of seconds as a header gives it (any float, inf and nan included: see OpenAIEngine._clamp)."""
     try:
         return float(value) if value else None
     except ValueError:

@@ -26,6 +26,9 @@ class Behaviour:
     remaining_zero_at: int = 0  # the Nth answer says x-ratelimit-remaining-requests: 0 (reset `reset`)
     reset: str = "1s"
     die_after: int | None = None  # after N answered chat requests the server closes every connection
+    # every chat request: endless (a body that never ends), huge (a 200 MB body), trickle (one byte a second),
+    # redirect (302 elsewhere); or 429 once with this Retry-After value ("retry:-5", "retry:nan", ...)
+    hostile: str | None = None
     # Batch API: what a batch does when polled the `polls_to_finish`-th time
     batch_end: str = "completed"  # the first batch: completed | expired | cancelled | failed
     later_batch_end: str | None = None  # the batches after it (None: as the first)
@@ -40,6 +43,7 @@ class Record:
     answered: int = 0
     max_in_flight: int = 0
     in_flight: int = 0
+    bytes_sent: int = 0  # of hostile bodies, until the client stopped reading
     auth: Counter = field(default_factory=Counter)
     submitted_ids: list[str] = field(default_factory=list)  # custom_ids of every batch line submitted
     batches: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -141,6 +145,8 @@ class FakeProvider:
             self.record.in_flight += 1
             self.record.max_in_flight = max(self.record.max_in_flight, self.record.in_flight)
         try:
+            if b.hostile:
+                return self.misbehave(h, b.hostile, n)
             if n < b.rate_limit_first:
                 return self.send(h, 429, b'{"error": "rate limited"}', headers={"Retry-After": b.retry_after})
             time.sleep(b.latency)
@@ -153,6 +159,43 @@ class FakeProvider:
         finally:
             with self.lock:
                 self.record.in_flight -= 1
+
+    def misbehave(self, h: BaseHTTPRequestHandler, how: str, n: int) -> None:
+        if how.startswith("retry:"):
+            if n == 0:
+                return self.send(h, 429, b"{}", headers={"Retry-After": how.split(":", 1)[1]})
+            with self.lock:
+                self.record.answered += 1
+            return self.send(h, 200, json.dumps(answer_body("late")).encode())
+        if how == "redirect":
+            return self.send(h, 302, b"", headers={"Location": "http://127.0.0.1:9/steal"})
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        if how == "huge":
+            h.send_header("Content-Length", str(200 * 2**20))
+        elif how == "trickle":
+            h.send_header("Content-Length", "100000")
+        else:
+            h.send_header("Transfer-Encoding", "chunked")
+        h.end_headers()
+        block = b"x" * 65536
+        try:
+            while not self.dead:
+                if how == "trickle":
+                    h.wfile.write(b"{")
+                    h.wfile.flush()
+                    self.record.bytes_sent += 1
+                    time.sleep(1)
+                elif how == "huge":
+                    h.wfile.write(block)
+                    self.record.bytes_sent += len(block)
+                    if self.record.bytes_sent >= 200 * 2**20:
+                        return
+                else:
+                    h.wfile.write(b"%x\r\n%s\r\n" % (len(block), block))
+                    self.record.bytes_sent += len(block)
+        except OSError:
+            h.close_connection = True  # the client stopped reading
 
     # --- Batch API ---
 
