@@ -238,3 +238,31 @@ def test_agreement_by_vote_margin_shows_whether_unanimous_verdicts_are_worth_mor
     }
     assert list(table) == ["stage:llm_judge margin 1.00", "stage:llm_judge margin 0.33"]
     assert table["stage:llm_judge margin 1.00"]["f1"] == 1.0 and table["stage:llm_judge margin 0.33"]["f1"] == 0.0
+
+
+def test_a_prompt_named_in_run_config_is_read_only_from_the_prompt_folders(tmp_path, monkeypatch):
+    from arhn_pipeline.engine.prompts import load_named
+
+    monkeypatch.delenv("ARHN_PROMPTS_DIR", raising=False)
+    base = core.DEFAULT_PROMPT.parent
+    assert load_named("judge.prompt.yaml", base).version == core.DEFAULT_TEMPLATE.version
+    secret = tmp_path / "secret.prompt.yaml"
+    secret.write_text('user: "{{ x }}"\nsecret: TOP-SECRET-LINE\n')
+    link = base / "zz-test-link.prompt.yaml"
+    for name in ["/etc/passwd", "../../../../etc/passwd", str(secret), "../rankings/../../pyproject.toml"]:
+        with pytest.raises(ValueError, match="prompt folders|stage's folder") as exc:
+            load_named(name, base)
+        assert "root:" not in str(exc.value) and "TOP-SECRET" not in str(exc.value)
+    link.symlink_to(secret)  # a symlink inside the folder to a file outside it
+    try:
+        with pytest.raises(ValueError, match="stage's folder"):
+            load_named(link.name, base)
+    finally:
+        link.unlink()
+    monkeypatch.setenv("ARHN_PROMPTS_DIR", str(tmp_path))  # a folder the operator allows, not run config
+    assert load_named(str(secret), base).user == "{{ x }}"
+    broken = tmp_path / "broken.prompt.yaml"
+    broken.write_text("user: [unclosed TOP-SECRET-LINE\n")
+    with pytest.raises(ValueError, match="not a YAML file") as exc:
+        load_named(str(broken), base)
+    assert "TOP-SECRET" not in str(exc.value)

@@ -101,7 +101,10 @@ class PromptTemplate:
     @classmethod
     def load(cls, path: Path) -> PromptTemplate:
         raw = path.read_bytes()
-        doc = yaml.safe_load(raw.decode("utf-8"))
+        try:  # an error names the file, never quotes it (a YAML error would show the line it choked on)
+            doc = yaml.safe_load(raw.decode("utf-8"))
+        except (UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise ValueError(f"prompt template {path}: not a YAML file ({type(exc).__name__})") from None
         if not isinstance(doc, dict) or "user" not in doc:
             raise ValueError(f"prompt template {path}: expected a YAML mapping with a `user` message")
         return cls(
@@ -118,6 +121,36 @@ class PromptTemplate:
 
     def render(self, **values) -> tuple[tuple[str, str], ...]:
         return tuple((role, tpl.render(**values).strip()) for role, tpl in self._compiled)
+
+
+PROMPTS_ENV = "ARHN_PROMPTS_DIR"
+
+
+def prompt_folders() -> list[Path]:
+    """Where a prompt named in run config may come from: the stages' own folders (next to their shipped
+    prompts) and the folder ARHN_PROMPTS_DIR names (set by whoever runs the code, never by run config)."""
+    import os
+
+    folders = sorted({p.parent for p in PACKAGE_ROOT.glob("*/*.prompt.yaml")})
+    extra = os.environ.get(PROMPTS_ENV)
+    return folders + ([Path(extra).resolve()] if extra else [])
+
+
+def load_named(name: str, base: Path) -> PromptTemplate:
+    """A template named in run config: relative to `base` (a stage's folder) or absolute, and only if the real
+    file (symlinks followed) lies inside one of `prompt_folders()` and ends in .prompt.yaml; anything else is
+    refused without being read."""
+    path = Path(name)
+    resolved = (path if path.is_absolute() else base / path).resolve()
+    allowed = prompt_folders()
+    if resolved.suffixes[-2:] != [".prompt", ".yaml"] or not any(resolved.is_relative_to(f) for f in allowed):
+        raise ValueError(
+            f"prompt {name!r}: a prompt must be a *.prompt.yaml file in a stage's folder or in {PROMPTS_ENV} "
+            f"({', '.join(str(f) for f in allowed)})"
+        )
+    if not resolved.is_file():
+        raise ValueError(f"prompt {name!r}: no such file in the prompt folders")
+    return PromptTemplate.load(resolved)
 
 
 def _display_name(path: Path) -> str:

@@ -11,7 +11,7 @@ from arhn_pipeline import embeddings, faults, settings
 from arhn_pipeline.engine.base import LLMEngine
 from arhn_pipeline.engine.batch_api import set_stage
 from arhn_pipeline.engine.cache import CallStats
-from arhn_pipeline.engine.prompts import PromptTemplate, code_version
+from arhn_pipeline.engine.prompts import PromptTemplate, code_version, load_named
 from arhn_pipeline.judgments import core
 from arhn_pipeline.llm_stage import llm_stage_asset, share_check
 from arhn_pipeline.markdown import md_table
@@ -47,7 +47,11 @@ class CascadeStage(dg.Config):
         "its rule: a served or hosted model or vLLM on a GPU yes, the packaged small CPU model no); the run's "
         "metadata says which rule chose",
     )
-    prompt: str | None = Field(default=None, description="llm: a prompt file (default: judgments/judge.prompt.yaml)")
+    prompt: str | None = Field(
+        default=None,
+        description="llm: a *.prompt.yaml file in judgments/ (relative) or in the folder ARHN_PROMPTS_DIR names "
+        "(default: judgments/judge.prompt.yaml)",
+    )
     margin: float = Field(default=0.1, description="margin: flag negatives scoring >= (1 - margin) x the positive")
     passage_max_tokens: int = Field(default=128, description="llm: each passage is cut to this many tokens")
     samples: int = Field(
@@ -79,8 +83,7 @@ class JudgmentsConfig(dg.Config):
 def _template(prompt: str | None) -> PromptTemplate:
     if not prompt:
         return core.DEFAULT_TEMPLATE
-    path = Path(prompt)
-    return PromptTemplate.load(path if path.is_absolute() else core.DEFAULT_PROMPT.parent / path)
+    return load_named(prompt, core.DEFAULT_PROMPT.parent)
 
 
 @llm_stage_asset(
