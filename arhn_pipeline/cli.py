@@ -167,25 +167,43 @@ def run(
     steps += [("compare_methods", None)]
     ops = _ops(config_file)
     _print_plan(registry, chosen, ops, prices=_prices(price_specs), budget=budget, yes=yes)
-    failed = None
+    from arhn_pipeline.terminal import TERMINAL_LOGGER, step_failures
+
+    failed: dict[str, tuple[str, str]] = {}  # partition (or "collection") -> (job, reason)
+    done: list[tuple[str, str]] = []
+    per_partition = {"gather_evidence", "decide"}
     with engine_session(), _stops_on_signal():  # one engine start-up for every partition's run
         for job_name, partition in steps:
+            if partition in failed or (job_name not in per_partition and failed):
+                continue  # a failed partition's later steps, and the collection-wide steps after any failure
             click.echo(f"== {job_name}" + (f" {partition}" if partition else ""))
             job = defs.resolve_job_def(job_name)
+            config = {**job_run_config(job, ops), "loggers": {TERMINAL_LOGGER: {}}}
             result = job.execute_in_process(
-                partition_key=partition, instance=instance, raise_on_error=False, run_config=job_run_config(job, ops)
+                partition_key=partition, instance=instance, raise_on_error=False, run_config=config
             )
-            if not result.success:
-                failed = f"{job_name} {partition or ''}".strip()
-                break
+            if result.success:
+                done.append((job_name, partition or "-"))
+                continue
+            steps_failed = step_failures(result) or [("run", "failed (see its log in the UI)")]
+            step, reason = steps_failed[0]
+            failed[partition or "collection"] = (f"{job_name} / {step}", reason)
+            click.echo(f"failed: {partition or job_name}: {job_name} step {step}: {reason}", err=True)
     click.echo(f"\nDuckDB file: {settings.db_path()}")
     if failed:
-        click.echo(f"failed: {failed} (its run log is in the Dagster UI)", err=True)
+        from arhn_pipeline.markdown import text_table
+
+        rows = [(p, "ok" if p not in failed else "failed", *failed.get(p, ("", ""))) for p in chosen]
+        if "collection" in failed:
+            rows.append(("collection", "failed", *failed["collection"]))
+        elif any(j not in per_partition for j, _ in steps):
+            rows.append(("collection", "not run", "", f"{len(failed)} partition(s) failed"))
+        click.echo("\n".join(text_table(["partition", "result", "job / step", "reason"], rows, max_cell=300)))
     click.echo(
         "Open the UI:  DAGSTER_HOME=$PWD/var/dagster .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000"
         "  (then http://127.0.0.1:3000)"
     )
-    example = _explain_example(chosen)
+    example = _explain_example([p for p in chosen if p not in failed])
     if example:
         click.echo(f"Audit a relabeled negative:  .venv/bin/arhn explain {example}")
     if failed:
@@ -263,8 +281,15 @@ def _db(read_only: bool = False):
 
 
 def _explain_example(subsets: list[str]) -> str | None:
+    import duckdb
 
-    with _db(read_only=True) as conn:
+    if not subsets or not settings.db_path().exists():
+        return None
+    try:
+        conn_cm = _db(read_only=True)
+    except duckdb.Error:  # a nicety: never a traceback at the end of a run
+        return None
+    with conn_cm as conn:
         row = conn.execute(
             "SELECT subset, query_id, passage_id FROM decisions WHERE subset IN (SELECT unnest(?::VARCHAR[])) "
             "AND action != 'keep' ORDER BY method = 'arhn:R+F' DESC, subset, query_id LIMIT 1",

@@ -171,3 +171,38 @@ def test_arhn_explain_tells_why_a_negative_was_relabeled(cli_env):
     assert "also appears in" in out
     whole = run([BIN / "arhn", "explain", "--subset", "sample_geo", "--query", "sample_geo-nile"], env)
     assert whole.count("negative #") == 10 and whole.count("positive #") == 1
+
+
+def test_arhn_run_goes_on_past_a_partition_that_fails_and_ends_with_a_table_not_a_traceback(cli_env, tmp_path):
+    """A device, a directory, a FIFO and a symlink loop as sources beside a good one: each is named for what it
+    is, the good partition is gathered and decided, the closing table lists the failed ones, exit status 1."""
+    os.mkfifo(tmp_path / "fifo.jsonl")
+    (tmp_path / "loop.jsonl").symlink_to(tmp_path / "loop.jsonl")
+    registry = tmp_path / "sources.yaml"
+    entries = {"devzero": "/dev/zero", "adir": str(tmp_path), "fifo": str(tmp_path / "fifo.jsonl")}
+    entries |= {"loop": str(tmp_path / "loop.jsonl"), "good": str(PROJECT / "data/samples/sample_geo.jsonl")}
+    registry.write_text(
+        "sources:\n" + "".join(f"  {k}:\n    format: bge\n    path: {v}\n" for k, v in entries.items()),
+        encoding="utf-8",
+    )
+    config = tmp_path / "run.yaml"
+    config.write_text(json.dumps({"ops": {"rankings": {"config": {"ranker": "llm"}}}}), encoding="utf-8")
+    env = dict(cli_env, ARHN_SOURCES=str(registry))
+    subsets = [arg for name in entries for arg in ("--subset", name)]
+    proc = subprocess.run(
+        [BIN / "arhn", "run", *subsets, "--no-train", "--config", config],
+        env=env,
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    table = proc.stdout[proc.stdout.index("partition   result") :]
+    assert "devzero     failed   gather_evidence / raw_triplets  source 'devzero': /dev/zero: a device" in table
+    assert "a directory, not a file" in table and "a FIFO (named pipe)" in table and "a symlink loop" in table
+    assert "good        ok" in table and "collection  not run" in table
+    for word in ("Traceback", "Stack Trace", "DEBUG", "STEP_FAILURE"):
+        assert word not in proc.stdout + proc.stderr
+    with duckdb.connect(env["ARHN_DB"], read_only=True) as conn:
+        assert conn.execute("SELECT count(*) FROM decisions WHERE subset = 'good'").fetchone()[0] > 0

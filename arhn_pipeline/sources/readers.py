@@ -8,10 +8,12 @@ quarantined line by line. Every line that cannot become a JSON value gets its ow
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import numpy as np
@@ -101,14 +103,41 @@ def iter_records(entry: SourceEntry, max_line_bytes: int = MAX_LINE_BYTES) -> It
         yield rec
 
 
+def not_a_regular_file(path: Path) -> str | None:
+    """What the path is when it is not a regular file (a directory, a FIFO, a device, a symlink loop, nothing),
+    or None. Never opens it: a FIFO or /dev/zero would block or never end."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode  # follows symlinks
+    except FileNotFoundError:
+        return "file not found" if not path.is_symlink() else "a symlink to nothing (file not found)"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symlink loop, not a file"
+        return f"cannot read it: {exc.strerror or exc}"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory, not a file (name a .jsonl file inside it)"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe), not a regular file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device, not a regular file"
+    if stat.S_ISSOCK(mode):
+        return "a socket, not a regular file"
+    return "not a regular file"
+
+
 def _open(entry: SourceEntry) -> IO[bytes]:
     """The file's bytes, gunzipped when it is gzip; a SourceError naming the file for anything that is not
     (possibly gzipped) UTF-8 text."""
     path = entry.path
     assert path is not None  # a file entry
     where = f"source {entry.name!r}: {entry.location}"
-    if not path.is_file():
-        raise SourceError(f"source {entry.name!r}: file not found: {entry.location}")
+    what = not_a_regular_file(path)
+    if what:
+        raise SourceError(f"{where}: {what}")
     try:
         fh: IO[bytes] = path.open("rb")
         head = fh.read(4)
