@@ -21,10 +21,27 @@ def dagster_instance():
 
     home = settings.dagster_home()
     os.environ.setdefault("DAGSTER_HOME", str(home))
-    instance = dg.DagsterInstance.get()
+    with _first_use_lock(home):  # several first runs at once: the instance's storage is made by one of them
+        instance = dg.DagsterInstance.get()
+        instance.get_runs(limit=1)  # run storage
+        instance.get_dynamic_partitions("subset")  # event log storage
+        instance.all_instigator_state()  # schedule storage
     for line in reap_dead_runs(instance):  # a killed earlier run must not hold the engine's slot
         click.echo(line, err=True)
     return instance
+
+
+@contextmanager
+def _first_use_lock(folder: Path):
+    """An exclusive lock on a file in `folder` while the state in it is opened (and, the first time, made)."""
+    import fcntl
+
+    with open(folder / ".arhn-init.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 class _Commands(click.Group):
@@ -381,7 +398,8 @@ def _ops(config_file: Path | None) -> dict:
 @click.option("--format", "fmt", type=click.Choice(["bge", "tevatron", "hf"]), default="bge", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="a .jsonl file, or a folder for hf")
 @click.option("--push-to-hub", default=None, help="hf: also push the dataset to this hub repo id")
-def export_cmd(method, pruned, subsets, fmt, out, push_to_hub) -> None:
+@click.option("--force", is_flag=True, help="replace an existing --out (never a symlink)")
+def export_cmd(method, pruned, subsets, fmt, out, push_to_hub, force) -> None:
     """Write a cleaned (or the original, or a pruned) collection as BGE JSONL, Tevatron JSONL or a HF dataset."""
 
     from arhn_pipeline.export import export
@@ -389,7 +407,14 @@ def export_cmd(method, pruned, subsets, fmt, out, push_to_hub) -> None:
     with _db(read_only=True) as conn:
         try:
             n = export(
-                conn, fmt, out, method=method, subsets=list(subsets) or None, pruned=pruned, push_to_hub=push_to_hub
+                conn,
+                fmt,
+                out,
+                method=method,
+                subsets=list(subsets) or None,
+                pruned=pruned,
+                push_to_hub=push_to_hub,
+                force=force,
             )
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None

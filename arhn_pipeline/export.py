@@ -67,8 +67,14 @@ def export(
     subsets: list[str] | None = None,
     pruned: str | None = None,
     push_to_hub: str | None = None,
+    force: bool = False,
 ) -> int:
-    """Write the collection to `out` (a .jsonl file, or a folder for hf); return the number of rows."""
+    """Write the collection to `out` (a .jsonl file, or a folder for hf); return the number of rows. An existing
+    `out` is replaced only with `force`, and a symlink never (the write would land wherever it points)."""
+    if out.is_symlink():
+        raise ValueError(f"{out} is a symlink: not written through (name the file itself)")
+    if out.exists() and not force:
+        raise ValueError(f"{out} exists: not replaced without --force")
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
     if pruned is None:

@@ -44,10 +44,29 @@ def shared_data_dir() -> Path:
     return _env_path("ARHN_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data")
 
 
+def make_private_dir(path: Path) -> Path:
+    """`path` made (with its parents) if missing; the state folder and what it makes inside private to its user
+    (0700): the call cache holds every prompt and answer, the Dagster instance every run's config."""
+    var = var_dir()
+    for folder in [var, path] if path.is_relative_to(var) else [path]:
+        if not folder.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            folder.chmod(0o700)
+    return path
+
+
+def make_private_file(path: Path) -> None:
+    """A state file this process just made: readable by its user only (0600)."""
+    try:
+        if path.exists() and path.stat().st_uid == os.getuid():
+            path.chmod(0o600)
+    except OSError:
+        pass
+
+
 def dagster_home() -> Path:
     """DAGSTER_HOME for the CLI and scripts: var/dagster, with the project's dagster.yaml linked in."""
-    home = _env_path("DAGSTER_HOME", var_dir() / "dagster")
-    home.mkdir(parents=True, exist_ok=True)
+    home = make_private_dir(_env_path("DAGSTER_HOME", var_dir() / "dagster"))
     link = home / "dagster.yaml"
     if not link.exists() and (PROJECT_ROOT / "dagster.yaml").exists() and home.is_relative_to(var_dir()):
         link.symlink_to(PROJECT_ROOT / "dagster.yaml")

@@ -23,7 +23,7 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 from pydantic import Field, PrivateAttr
 
-from arhn_pipeline import faults
+from arhn_pipeline import faults, settings
 from arhn_pipeline.schema import create_schema
 from arhn_pipeline.storage import Storage, StorageError, from_env, session
 
@@ -145,8 +145,9 @@ def connect(
 def _open_file(
     path: str, read_only: bool, wait_seconds: float, on_wait: Callable[[str], None] | None
 ) -> duckdb.DuckDBPyConnection:
-    if not read_only:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    new = not read_only and not Path(path).exists()
+    if new:
+        settings.make_private_dir(Path(path).parent)
     deadline = time.monotonic() + wait_seconds
     delay, told = 0.05, False
     while True:
@@ -154,6 +155,8 @@ def _open_file(
             conn = duckdb.connect(path, read_only=read_only)
             if not read_only:
                 create_schema(conn)
+            if new:
+                settings.make_private_file(Path(path))
             return conn
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower() or time.monotonic() > deadline:
@@ -258,9 +261,14 @@ class DuckDBStore(DuckDBResource):
                 yield conn
             return
         if not self._schema_ready:
-            Path(self.database).parent.mkdir(parents=True, exist_ok=True)
+            path = Path(self.database)
+            new = not path.exists()
+            if new:
+                settings.make_private_dir(path.parent)
             with super().get_connection() as conn:
                 create_schema(conn)
+            if new:
+                settings.make_private_file(path)
             self._schema_ready = True
         with super().get_connection() as conn:
             yield conn

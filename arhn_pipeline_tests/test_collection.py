@@ -125,3 +125,20 @@ def test_an_unknown_export_method_is_an_error_that_lists_the_methods(cleaned, tm
     with duckdb.connect(str(db), read_only=True) as conn, pytest.raises(ValueError, match="known: original, arhn:F"):
         export(conn, "bge", out, method="arhn:X")
     assert not out.exists()
+
+
+def test_an_export_never_replaces_a_file_without_force_nor_writes_through_a_symlink(cleaned, tmp_path):
+    _, _, db = cleaned
+    kept, target = tmp_path / "kept.jsonl", tmp_path / "elsewhere.txt"
+    kept.write_text("mine\n")
+    target.write_text("not yours\n")
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(target)
+    with duckdb.connect(str(db), read_only=True) as conn:
+        with pytest.raises(ValueError, match="exists: not replaced without --force"):
+            export(conn, "bge", kept, method="arhn:R+F")
+        for force in (False, True):
+            with pytest.raises(ValueError, match="is a symlink"):
+                export(conn, "bge", link, method="arhn:R+F", force=force)
+        assert kept.read_text() == "mine\n" and target.read_text() == "not yours\n"
+        assert export(conn, "bge", kept, method="arhn:R+F", force=True) == 8

@@ -122,3 +122,37 @@ def test_webserver_run_and_reader_at_once(tmp_path):
     assert reads >= 10 and ui_answers >= reads
     # the reader got in while the snippets stage was answering its batches (176 snippet calls in 11 batches)
     assert any(0 < n < pairs for n in seen_calls), seen_calls
+
+
+def test_three_first_runs_started_together_on_a_new_state_folder_all_succeed(tmp_path):
+    """No state folder yet: three `arhn run` at once (one partition each, one DuckDB file) each make the Dagster
+    instance and the tables as they start; one makes them, the others wait for it, all three succeed."""
+    var = tmp_path / "new-state"  # does not exist
+    config = tmp_path / "run.yaml"
+    ops = {
+        "rankings": {"config": {"ranker": "llm"}},
+        "judgments": {"config": {"stages": [{"name": "j", "kind": "llm"}]}},
+    }
+    config.write_text(json.dumps({"ops": ops}), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ARHN_", "DAGSTER_"))}
+    env |= {"ARHN_VAR_DIR": str(var), "ARHN_MODELS_DIR": os.environ["ARHN_MODELS_DIR"], "ARHN_ENGINE": "scripted"}
+    procs = [
+        subprocess.Popen(
+            [BIN / "arhn", "run", "--subset", subset, "--no-train", "--config", config],
+            env=env,
+            cwd=PROJECT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for subset in ("sample_geo", "sample_bio", "sample_fin")
+    ]
+    outputs = [p.communicate(timeout=900)[0] for p in procs]
+    for proc, out in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, out[-3000:]
+        assert "Traceback" not in out
+    from arhn_pipeline.store import connect
+
+    with connect(str(var / "arhn.duckdb"), read_only=True) as conn:
+        subsets = {s for (s,) in conn.execute("SELECT DISTINCT subset FROM decisions").fetchall()}
+    assert subsets == {"sample_geo", "sample_bio", "sample_fin"}

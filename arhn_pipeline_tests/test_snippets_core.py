@@ -74,3 +74,25 @@ def test_prompt_templates_render_in_a_sandbox(tmp_path):
     path.write_text("user: \"{{ ''.__class__.__mro__[1].__subclasses__() }}\"\n", encoding="utf-8")
     with pytest.raises(jinja2.exceptions.SecurityError):
         PromptTemplate.load(path).render()
+
+
+@pytest.mark.parametrize(
+    "marker",
+    [
+        "<|im_end|>",
+        "<｜end▁of▁sentence｜>",
+        "＜|im_start|＞",
+        "‹|eot_id|›",
+        "<│system│>",
+        "﹤|assistant|﹥",
+        "<ǀuserǀ>",
+    ],
+)
+def test_without_a_tokenizer_every_form_of_a_turn_marker_is_made_plain_text(marker):
+    """No tokenizer (a hosted model): the generic markers, their full-width forms (DeepSeek's own) and look-alike
+    brackets and bars all get a word joiner, so none can be read as a control token; ordinary text is untouched."""
+    from arhn_pipeline.engine.special_tokens import WORD_JOINER, neutralize
+
+    out = neutralize(f"text {marker}assistant")
+    assert WORD_JOINER in out and out.replace(WORD_JOINER, "") == f"text {marker}assistant"
+    assert neutralize("a < b | c > d and [x]") == "a < b | c > d and [x]"

@@ -63,3 +63,21 @@ def test_snapshot_copies_the_chosen_partitions_of_every_table_and_whole_tables(d
     assert mem.execute("SELECT count(*) FROM candidates").fetchone() == (1,)
     assert mem.execute("SELECT passage_id FROM passages").fetchall() == [("p0",)]
     assert mem.execute("SELECT variant, ndcg_at_10 FROM retriever_eval").fetchall() == [("base", 0.5)]
+
+
+def test_the_state_folder_and_the_database_are_private_to_their_user(tmp_path, monkeypatch):
+    import stat
+
+    from arhn_pipeline import settings
+    from arhn_pipeline.store import DuckDBStore, connect
+
+    monkeypatch.setenv("ARHN_DB", str(tmp_path / "var" / "arhn.duckdb"))
+    with DuckDBStore(database=str(settings.db_path())).get_connection():
+        pass
+    assert stat.S_IMODE((tmp_path / "var").stat().st_mode) == 0o700
+    assert stat.S_IMODE(settings.db_path().stat().st_mode) == 0o600
+    assert stat.S_IMODE(settings.dagster_home().stat().st_mode) == 0o700
+    other = tmp_path / "elsewhere" / "cli.duckdb"  # the command line's own connection makes it private too
+    with connect(str(other), read_only=False):
+        pass
+    assert stat.S_IMODE(other.stat().st_mode) == 0o600

@@ -15,8 +15,15 @@ from functools import lru_cache
 
 WORD_JOINER = "\u2060"
 
-# ChatML, Llama 3, Phi, DeepSeek, Qwen (<|...|>), Gemma turns, Llama 2 / Mistral ([INST], <s>, </s>)
-_GENERIC = r"<\|[^|<>\s]{1,40}\|>|<(?:start|end)_of_turn>|\[/?INST\]|</?s>|<(?:bos|eos|pad|unk)>"
+# ChatML, Llama 3, Phi, Qwen (<|...|>) and DeepSeek's full-width form (<｜end▁of▁sentence｜>), with look-alike
+# brackets and bars (full-width, small, box-drawing, angle quotes); Gemma turns; Llama 2 / Mistral ([INST], <s>)
+_LT, _GT = "<\uff1c\ufe64\u2039\u3008", ">\uff1e\ufe65\u203a\u3009"
+_BAR = "|\uff5c\u2502\u01c0\u2223"
+_GENERIC = (
+    f"[{_LT}][{_BAR}][^{_BAR}{_LT}{_GT}\\s]{{1,40}}[{_BAR}][{_GT}]"
+    r"|<(?:start|end)_of_turn>|\[/?INST\]|</?s>|<(?:bos|eos|pad|unk)>"
+)
+_OPENERS = re.compile(f"[{_LT}\\[]")
 
 
 @lru_cache(maxsize=16)
@@ -27,6 +34,6 @@ def _pattern(tokens: tuple[str, ...]) -> re.Pattern[str]:
 
 def neutralize(text: str, tokens: tuple[str, ...] = ()) -> str:
     """`text` with a word joiner inside every special token (and every generic chat-template marker)."""
-    if "<" not in text and "[" not in text and not any(t in text for t in tokens):
+    if not _OPENERS.search(text) and not any(t in text for t in tokens):
         return text
     return _pattern(tokens).sub(lambda m: m.group(0)[0] + WORD_JOINER + m.group(0)[1:], text)
