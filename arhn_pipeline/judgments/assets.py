@@ -138,7 +138,8 @@ def judgments(context: dg.AssetExecutionContext, config: JudgmentsConfig, duckdb
     needing = [s.name for s in config.stages if s.needs_judge]
     rule = f"{'asked' if ask else 'skipped'} ({why})" if needing else "no stage needs a judge"
     context.log.info(f"{subset}: stage(s) needing an LLM judge {needing or '-'}: {rule}")
-    cascade = core.run_cascade(qs, stages, run_stage, subset)
+    with embeddings.reporting(context.log.info):
+        cascade = core.run_cascade(qs, stages, run_stage, subset)
     frame = pl.DataFrame(cascade.rows, schema=core.VERDICT_SCHEMA)
     llm_rows = frame.filter(pl.col("call_id").is_not_null()).unique("call_id")
     with duckdb.get_connection() as conn, transaction(conn):

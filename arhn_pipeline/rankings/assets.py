@@ -4,7 +4,7 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from arhn_pipeline import faults, scorers
+from arhn_pipeline import embeddings, faults, scorers
 from arhn_pipeline.engine.base import LLMEngine
 from arhn_pipeline.engine.batch_api import set_stage
 from arhn_pipeline.engine.cache import CallStats
@@ -89,7 +89,9 @@ def rankings(context: dg.AssetExecutionContext, config: RankingsConfig, duckdb: 
     if ranker == Ranker.scorer:
         scorer = scorers.load(config.scorer)
         context.log.info(f"{subset}: ranking {pairs.height} candidates with {scorer.scorer_id}")
-        states = core.rank_by_scores(pairs, scorer.score_pairs(pairs), scorer.scorer_id)
+        with embeddings.reporting(context.log.info):
+            scores = scorer.score_pairs(pairs)
+        states = core.rank_by_scores(pairs, scores, scorer.scorer_id)
         model, version = scorer.scorer_id, "scorer"
     else:
         plan = core.RankingPlan(
