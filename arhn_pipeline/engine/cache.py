@@ -149,18 +149,40 @@ STORE_EVERY = 64
 STORE_SECONDS = 2.0
 
 
+class CallSession:
+    """Consecutive `cached_generate` calls whose requests follow from the answers before them (a ranking's window
+    steps: window k shows the order window k-1 gave). After a call whose every request was new, the next call's
+    requests follow from answers that were not stored before, so they are not looked up; and answers are stored
+    across calls (at most STORE_EVERY or STORE_SECONDS at a time, and the rest when the session ends), so a step
+    costs no database round trip of its own. A kill loses at most the answers not yet stored: they are asked
+    again."""
+
+    def __init__(self) -> None:
+        self.saver: _Saver | None = None
+        self.last_store = time.monotonic()
+        self.previous_all_new = False
+
+    def __enter__(self) -> CallSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.saver is not None:
+            self.saver.flush()
+
+
 def cached_generate(
     store: CallStore,
     engine: LLMEngine,
     requests: list[LLMRequest],
     batch_size: int = 256,
     log: Callable[[str], None] | None = None,
+    session: CallSession | None = None,
 ) -> tuple[list[StoredCall], CallStats]:
     """Answer `requests` (in order) from the call store, sending only missing keys to the engine."""
     model = engine.model_id()
     requests = [engine.with_defaults(r) for r in requests]
     keys = [r.cache_key(model) for r in requests]
-    stored = store.lookup_calls(keys)
+    stored = {} if session is not None and session.previous_all_new else store.lookup_calls(keys)
     stats = CallStats(requests=len(requests))
     todo: dict[str, LLMRequest] = {}
     for key, req in zip(keys, requests, strict=True):
@@ -171,11 +193,19 @@ def cached_generate(
     pending = list(todo.items())
     stage = requests[0].template.split("/")[0] if requests else "llm"
     failures: list[tuple[str, str, str, str, str]] = []
+    if session is not None:
+        session.previous_all_new = bool(requests) and stats.cache_hits == 0
     with Progress(stage, len(pending), stats.cache_hits, log) as progress, engine.reporting(progress.answered):
         if pending:
-            answer = _answer_by_batch_api if getattr(engine, "uses_batch_api", False) else _answer
-            answer(store, engine, model, pending, batch_size, stats, stored, progress, failures)
+            batch_api = getattr(engine, "uses_batch_api", False)
+            if batch_api or session is None:
+                answer = _answer_by_batch_api if batch_api else _answer
+                answer(store, engine, model, pending, batch_size, stats, stored, progress, failures)
+            else:
+                _answer_in_session(session, store, engine, model, pending, batch_size, stats, stored, failures)
     if failures:
+        if session is not None and session.saver is not None:
+            session.saver.flush()  # every answer that came is stored before the stage fails
         store.store_failures(failures)
         kinds = sorted({f[4].rsplit("; ", 1)[-1] for f in failures})
         raise EngineCallsFailed(
@@ -205,12 +235,39 @@ def _answer(
     for answer in engine.stream([req for _, req in pending], batch_size, lambda ix: _trace(pending[i][0] for i in ix)):
         key, req = pending[answer.index]
         saver.add(key, req, answer)
+        done += 1
         if answer.ends_batch or len(saver.buffer) >= STORE_EVERY or time.monotonic() - last >= STORE_SECONDS:
-            done += saver.flush()
+            saver.flush()
             last = time.monotonic()
             progress.settle(done)
-    done += saver.flush()
+    saver.flush()
     progress.settle(done)
+    stats.engine_seconds += time.perf_counter() - t0
+
+
+def _answer_in_session(
+    session: CallSession,
+    store: CallStore,
+    engine: LLMEngine,
+    model: str,
+    pending: list[tuple[str, LLMRequest]],
+    batch_size: int,
+    stats: CallStats,
+    stored: dict[str, StoredCall],
+    failures: list[tuple[str, str, str, str, str]],
+) -> None:
+    """As `_answer`, with the session's saver: stored when it holds STORE_EVERY or STORE_SECONDS have passed."""
+    t0 = time.perf_counter()
+    if session.saver is None:
+        session.saver = _Saver(store, engine, model, stats, stored, failures)
+    saver = session.saver
+    saver.bind(stats, stored, failures)
+    for answer in engine.stream([req for _, req in pending], batch_size, lambda ix: _trace(pending[i][0] for i in ix)):
+        key, req = pending[answer.index]
+        saver.add(key, req, answer)
+        if len(saver.buffer) >= STORE_EVERY or time.monotonic() - session.last_store >= STORE_SECONDS:
+            saver.flush()
+            session.last_store = time.monotonic()
     stats.engine_seconds += time.perf_counter() - t0
 
 
@@ -235,7 +292,8 @@ def _answer_by_batch_api(
 
 
 class _Saver:
-    """Answers waiting to be stored, and the store of them in one short transaction."""
+    """Answers waiting to be stored, and the store of them in one short transaction. Each answer counts (the
+    answers handed back, the token totals, the failures) when it comes; the store only writes."""
 
     def __init__(
         self,
@@ -246,26 +304,39 @@ class _Saver:
         stored: dict[str, StoredCall],
         failures: list[tuple[str, str, str, str, str]],
     ):
-        self.store, self.engine, self.model, self.stats = store, engine, model, stats
-        self.stored, self.failures = stored, failures
+        self.store, self.engine, self.model = store, engine, model
+        self.bind(stats, stored, failures)
         self.buffer: list[tuple[str, LLMRequest, Answered]] = []
 
+    def bind(
+        self, stats: CallStats, stored: dict[str, StoredCall], failures: list[tuple[str, str, str, str, str]]
+    ) -> None:
+        """Count the next answers into these (a session's saver serves one call after another)."""
+        self.stats, self.stored, self.failures = stats, stored, failures
+
     def add(self, key: str, req: LLMRequest, answer: Answered) -> None:
+        res = answer.result
+        if res.error is not None:
+            self.failures.append((key, self.model, self.engine.engine_name, req.template, res.error))
+            return
         self.buffer.append((key, req, answer))
+        self.stored[key] = StoredCall(key, res.text, res.finish_reason)
+        self.stats.prompt_tokens += res.prompt_tokens
+        self.stats.completion_tokens += res.completion_tokens
+        self.stats.cached_prompt_tokens += res.cached_prompt_tokens or 0
 
     def flush(self) -> int:
-        """Store what came; returns how many calls that settles (answered or failed)."""
+        """Store what came; returns how many answers that was."""
         chunk, self.buffer = self.buffer, []
         if not chunk:
             return 0
         faults.point("llm_batch")
-        name = self.engine.engine_name
         repeated = self.store.store_calls(
             [
                 CallRecord(
                     call_id=key,
                     model=self.model,
-                    engine=name,
+                    engine=self.engine.engine_name,
                     template=req.template,
                     template_version=req.template_version,
                     messages=req.chat(),
@@ -280,21 +351,9 @@ class _Saver:
                     batch_size=a.share,
                 )
                 for key, req, a in chunk
-                if a.result.error is None
             ]
-        )
-        self.failures.extend(
-            (key, self.model, name, req.template, a.result.error) for key, req, a in chunk if a.result.error is not None
         )
         if repeated:  # another run stored these first: its answer is the one on record, and the one used
             self.stats.asked_twice += len(repeated)
             self.stored.update(self.store.lookup_calls(repeated))
-        for key, _, a in chunk:
-            res = a.result
-            if res.error is not None or key in repeated:
-                continue
-            self.stored[key] = StoredCall(key, res.text, res.finish_reason)
-            self.stats.prompt_tokens += res.prompt_tokens
-            self.stats.completion_tokens += res.completion_tokens
-            self.stats.cached_prompt_tokens += res.cached_prompt_tokens or 0
         return len(chunk)

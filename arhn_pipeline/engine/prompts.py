@@ -38,7 +38,7 @@ _LABEL_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
 
 def passage_labels(texts: list[str], n: int) -> tuple[str, ...]:
     seed = hashlib.sha256("\x1f".join(texts).encode("utf-8", errors="surrogatepass")).digest()
-    labels: list[str] = []
+    labels: dict[str, None] = {}  # ordered, with a set's lookup: a query of 5,000 negatives stays linear
     counter = 0
     while len(labels) < n:
         block = hashlib.sha256(seed + counter.to_bytes(4, "big")).digest()
@@ -46,7 +46,7 @@ def passage_labels(texts: list[str], n: int) -> tuple[str, ...]:
         for i in range(0, len(block) - 3, 4):
             label = "".join(_LABEL_ALPHABET[b % len(_LABEL_ALPHABET)] for b in block[i : i + 4])
             if label not in labels and not label.isdigit() and len(labels) < n:
-                labels.append(label)
+                labels[label] = None
     return tuple(labels)
 
 

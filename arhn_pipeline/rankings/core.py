@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import polars as pl
 
 from arhn_pipeline.engine.base import LLMEngine, LLMRequest, Sampling, Structured
-from arhn_pipeline.engine.cache import CallStats, CallStore, cached_generate
+from arhn_pipeline.engine.cache import CallSession, CallStats, CallStore, cached_generate
 from arhn_pipeline.engine.prompts import PromptTemplate, passage_labels, planted, shown_labels
 from arhn_pipeline.vocab import ParseStatus
 
@@ -245,18 +245,20 @@ class RankingPlan:
 def rank_partition(
     plan: RankingPlan, llm: LLMEngine, store: CallStore, batch_size: int, log: Callable[[str], None] | None = None
 ) -> tuple[dict[str, QueryRanking], CallStats]:
-    """Rank every query's candidate set; window k of every query goes to the engine in one batch."""
+    """Rank every query's candidate set; window k of every query goes to the engine in one batch. One call
+    session spans the steps: a wide query's hundreds of window steps cost no database round trip each."""
     states = plan.states
     total = CallStats()
-    for step in range(plan.steps):
-        active, requests = plan.requests(step)
-        calls, stats = cached_generate(store, llm, requests, batch_size, log=log)
-        total.add(stats)
-        spans = [plan.spans[qid][step] for qid in active]
-        perms = [parse_permutation(c.response, r.labels, r.data) for c, r in zip(calls, requests, strict=True)]
-        perms = mark_degenerate([c.response for c in calls], perms)
-        for qid, call, span, perm in zip(active, calls, spans, perms, strict=True):
-            states[qid].apply(span, perm, call.call_id)
+    with CallSession() as session:
+        for step in range(plan.steps):
+            active, requests = plan.requests(step)
+            calls, stats = cached_generate(store, llm, requests, batch_size, log=log, session=session)
+            total.add(stats)
+            spans = [plan.spans[qid][step] for qid in active]
+            perms = [parse_permutation(c.response, r.labels, r.data) for c, r in zip(calls, requests, strict=True)]
+            perms = mark_degenerate([c.response for c in calls], perms)
+            for qid, call, span, perm in zip(active, calls, spans, perms, strict=True):
+                states[qid].apply(span, perm, call.call_id)
     return states, total
 
 
