@@ -26,6 +26,7 @@ from pydantic import Field, PrivateAttr
 from arhn_pipeline import faults, settings
 from arhn_pipeline.schema import create_schema
 from arhn_pipeline.storage import Storage, StorageError, from_env, session
+from arhn_pipeline.vocab import BATCH_COLLECTED
 
 PARTITIONED_TABLES = ("queries", "candidates", "quarantine")  # written by raw_triplets
 
@@ -351,17 +352,15 @@ class DuckDBStore(DuckDBResource):
                 [batch_id, endpoint, model, template, partition, asset, file_id, call_ids],
             )
 
-    def open_batches(self, call_ids: Iterable[str]) -> list[Any]:
-        """The batches not yet collected that carry any of these calls."""
-        from arhn_pipeline.engine.batch_api import COLLECTED, OpenBatch
-
+    def open_batches(self, call_ids: Iterable[str]) -> list[tuple[str, str, list[str]]]:
+        """(batch id, endpoint, call ids) of the batches not yet collected that carry any of these calls."""
         with self.get_connection() as conn:
             rows = conn.execute(
                 "SELECT batch_id, endpoint, call_ids FROM llm_batches WHERE status != ? "
                 "AND len(list_intersect(call_ids, ?)) > 0 ORDER BY submitted_at",
-                [COLLECTED, list(call_ids)],
+                [BATCH_COLLECTED, list(call_ids)],
             ).fetchall()
-        return [OpenBatch(*r) for r in rows]
+        return [(r[0], r[1], list(r[2])) for r in rows]
 
     def set_batch_status(self, batch_id: str, status: str, counts: dict[str, Any] | None = None) -> None:
         with self.get_connection() as conn:

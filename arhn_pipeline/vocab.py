@@ -88,3 +88,6 @@ class NegativeRule(StrEnum):
 
 class Preset(StrEnum):
     rlhn7 = "rlhn7"  # the seven BGE-collection sub-datasets RLHN keeps
+
+
+BATCH_COLLECTED = "collected"  # llm_batches.status once a batch's answers are stored (else the provider's status)

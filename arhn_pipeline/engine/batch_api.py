@@ -30,13 +30,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from arhn_pipeline.engine.base import Answered, LLMRequest, LLMResult
+from arhn_pipeline.vocab import BATCH_COLLECTED
 
 if TYPE_CHECKING:
     from arhn_pipeline.engine.openai_engine import OpenAIEngine
 
 # A batch in one of these states will not change any more.
 FINISHED = ("completed", "failed", "expired", "cancelled")
-COLLECTED = "collected"
+COLLECTED = BATCH_COLLECTED
 
 # The partition and asset whose stage is running (set by the LLM stages), recorded with each batch so that the
 # sensor knows what to re-run.
@@ -72,7 +73,7 @@ class BatchStore(Protocol):
         call_ids: list[str],
     ) -> None: ...
 
-    def open_batches(self, call_ids: Iterable[str]) -> list[OpenBatch]: ...
+    def open_batches(self, call_ids: Iterable[str]) -> list[tuple[str, str, list[str]]]: ...
 
     def set_batch_status(self, batch_id: str, status: str, counts: dict[str, Any] | None = None) -> None: ...
 
@@ -190,7 +191,7 @@ def answer(
     requests = dict(pending)
     providers = {url: Provider(engine, url) for url in engine.urls}
     try:
-        open_batches = {b.batch_id: b for b in store.open_batches(requests)}
+        open_batches = {row[0]: OpenBatch(*row) for row in store.open_batches(requests)}
         covered = {k for b in open_batches.values() for k in b.call_ids}
         fresh = [k for k in requests if k not in covered]
         open_batches.update(_submit(store, engine, providers, requests, fresh, trace))

@@ -143,9 +143,9 @@ class VLLMEngine(LLMEngine):
         return f"{self.model}/{self._dtype[0]}"  # the dtype changes answers, so it is part of every call's key
 
     def own_judge_rule(self) -> tuple[bool, str]:
-        from arhn_pipeline import embeddings
+        import torch
 
-        if embeddings.device() is None:
+        if torch.cuda.is_available():
             return True, "vLLM on a GPU"
         if self.model == SMOLLM2:
             return False, "the packaged SmolLM2 on CPU parses but does not judge"
