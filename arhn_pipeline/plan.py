@@ -120,7 +120,7 @@ def stage_estimates(
 ) -> list[Any]:
     """Every LLM stage of one partition as the run config `ops` would run it: snippets, the LLM ranker where
     the ranker is (or `auto` chooses) the LLM, and each LLM stage of the cascade with the queries it reaches."""
-    from arhn_pipeline.engine.estimate import estimate, forwarded_share, seconds_per_request
+    from arhn_pipeline.engine.estimate import Estimate, estimate, forwarded_share, seconds_per_request
     from arhn_pipeline.judgments import core as judgments_core
     from arhn_pipeline.judgments.assets import JudgmentsConfig, _template
     from arhn_pipeline.rankings import core as rankings_core
@@ -132,16 +132,24 @@ def stage_estimates(
     def config(name: str, cls: Any) -> Any:
         return cls(**((ops.get(name) or {}).get("config") or {}))
 
+    def not_asked(stage: str, reason: str) -> Estimate:
+        return Estimate(stage, llm.model_id(), 0, 0, 0, 0, None, f"not asked: {reason}")
+
     out = []
     snippets = config("snippets", SnippetsConfig)
-    if not snippets.skip:
+    if snippets.skip:
+        out.append(not_asked("snippets", "skip is set"))
+    else:
         requests, _ = snippets_core.snippet_requests(
             pairs, llm, snippets.passage_max_tokens, snippets.snippet_max_tokens
         )
         out.append(estimate(store, llm, "snippets", requests))
     ranking = config("rankings", RankingsConfig)
-    ask, _ = llm.judge_rule()
-    if ranking.ranker == Ranker.llm or (ranking.ranker == Ranker.auto and ask):
+    ask, why = llm.judge_rule()
+
+    if ranking.ranker == Ranker.scorer or (ranking.ranker == Ranker.auto and not ask):
+        out.append(not_asked("rankings", f"ranked by {ranking.scorer}" + ("" if ask else f" ({why})")))
+    else:
         ranked = rankings_core.RankingPlan(
             pairs,
             llm,
@@ -157,7 +165,10 @@ def stage_estimates(
         out.append(e)
     qs = judgments_core.QuerySet(pairs)
     for index, stage in enumerate(config("judgments", JudgmentsConfig).stages):
-        if stage.kind != "llm" or (stage.needs_judge and not ask):
+        if stage.kind != "llm":
+            continue
+        if stage.needs_judge and not ask:
+            out.append(not_asked(f"judgments:{stage.name}", why))
             continue
         engine = llm.for_model(stage.model)
         reached, how = forwarded_share(conn, subset, index, stage.name)

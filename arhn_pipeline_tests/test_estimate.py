@@ -58,14 +58,17 @@ def test_every_llm_stage_is_counted_and_the_judge_at_the_share_that_reaches_it(d
     verdict_rows(db, "sample_geo", set(qids[:5]), qids)
     judge = stages(db)["judgments:llm_judge"]
     assert judge.requests == 5 and judge.reach.startswith("the 5 of 16 queries")
-    # with no judge engine, neither the LLM ranker nor the LLM judge is counted
+    # with no judge engine, neither the LLM ranker nor the LLM judge is asked: each row says so and why
     llm = ScriptedEngine(model="constant_no", judge=False)
-    assert set(stages(None)) == {"snippets"}
-    # skipping snippets leaves them out
+    rows = stages(None)
+    assert rows["snippets"].requests == pairs_count
+    for name in ("rankings", "judgments:llm_judge"):
+        assert rows[name].requests == 0 and rows[name].reach.startswith("not asked:") and "judge" in rows[name].reach
+    # skipping snippets asks nothing of them; a configured LLM ranker is asked whatever the rule
     skip = {"snippets": {"config": {"skip": True}}, "rankings": {"config": {"ranker": "llm"}}}
-    assert {e.stage for e in plan.stage_estimates(None, plan.ReadOnlyCalls(None), llm, "g", pairs, skip)} == {
-        "rankings"
-    }
+    rows = {e.stage: e for e in plan.stage_estimates(None, plan.ReadOnlyCalls(None), llm, "g", pairs, skip)}
+    assert rows["snippets"].requests == 0 and rows["snippets"].reach == "not asked: skip is set"
+    assert rows["rankings"].requests == queries
 
 
 def test_dollars_follow_the_prices_and_the_batch_discount():

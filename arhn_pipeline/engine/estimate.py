@@ -170,7 +170,7 @@ def table(
         cost = e.dollars(price, discount)
         total = None if total is None or cost is None else total + cost
         time_text = "-"
-        if e.seconds_per_request is not None:
+        if e.seconds_per_request is not None and e.to_send:
             seconds += e.seconds_per_request * e.to_send
             time_text = f"{e.seconds_per_request * e.to_send / 60:.1f} min"
         rows.append(
