@@ -76,3 +76,30 @@ def test_sparse_features_are_dot_products_of_term_weights():
     want = [[q @ n0, q @ pos, n0 @ pos, q @ n0 - q @ pos], [q @ n1, q @ pos, n1 @ pos, q @ n1 - q @ pos]]
     assert x.shape == (2, len(core.FEATURES)) and np.allclose(x, want, rtol=1e-5)
     assert x[0, 0] > x[1, 0] > -1e-9  # the French city shares more terms with the query than the fruit
+
+
+def test_a_long_embedding_reports_its_progress_and_gives_the_same_vectors(monkeypatch):
+    """More than one chunk of texts: done / total and the time left are logged (a wide partition's minutes of
+    embedding are never silent), and chunking changes no vector."""
+
+    class Counting:
+        max_seq_length = 8
+
+        def encode(self, texts, **_kw):
+            return (
+                np.array([[len(t), 1.0] for t in texts])
+                / np.linalg.norm([[len(t), 1.0] for t in texts], axis=1)[:, None]
+            )
+
+    monkeypatch.setenv("ARHN_PROGRESS_SECONDS", "0")
+    monkeypatch.setattr(embeddings, "CHUNK", 100)
+    texts = [f"text number {i}" for i in range(250)]
+    lines: list[str] = []
+    model = Counting()
+    with embeddings.reporting(lines.append):
+        index, vecs = embeddings.encode_unique(model, texts, query=False)
+    assert [line.split(": ")[1].split(",")[0] for line in lines] == ["100/250 texts", "200/250 texts", "250/250 texts"]
+    assert "left" in lines[0] and vecs.shape == (250, 2)
+    np.testing.assert_allclose(vecs[index["text number 7"]], model.encode(["text number 7"])[0])
+    embeddings.encode_unique(model, [f"other {i}" for i in range(250)], query=False)  # outside a stage
+    assert len(lines) == 3  # the reporting ended with its block
