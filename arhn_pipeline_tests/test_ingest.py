@@ -153,7 +153,7 @@ def test_staged_rows_leave_no_file_behind_and_a_killed_ingests_are_removed(tmp_p
 
 
 def test_missing_file_is_a_clear_error(tmp_path, db):
-    with pytest.raises(SourceError, match=r"source 't': file not found: .*nope\.jsonl"):
+    with pytest.raises(SourceError, match=r"source 't': .*nope\.jsonl: file not found"):
         ingest(db, "t", entry(tmp_path / "nope.jsonl"))
 
 
