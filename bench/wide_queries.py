@@ -27,7 +27,7 @@ WIDTHS = [15, 150, 1500, 5000]
 
 
 def write_partition(path: Path, width: int, pairs: int) -> None:
-    queries = max(1, pairs // (width + 1))
+    queries = max(1, round(pairs / (width + 1)))  # the same number of pairs at every width, as near as whole queries go
     with path.open("w") as fh:
         for q in range(queries):
             row = {
@@ -88,7 +88,7 @@ def main() -> None:
                 )
                 assert result.success, stage
                 figures[stage] = time.perf_counter() - t0
-            pairs = (args.pairs // (width + 1)) * (width + 1)
+            pairs = max(1, round(args.pairs / (width + 1))) * (width + 1)
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             rows.append((width, pairs, figures, peak))
             print(

@@ -147,13 +147,14 @@ def _trace(keys: Iterable[str]) -> None:
 # answers at most this many at once and at least this often.
 STORE_EVERY = 64
 STORE_SECONDS = 2.0
+SESSION_STORE_EVERY = 1024  # a session's steps come fast: by time, mostly (a kill loses at most STORE_SECONDS)
 
 
 class CallSession:
     """Consecutive `cached_generate` calls whose requests follow from the answers before them (a ranking's window
     steps: window k shows the order window k-1 gave). After a call whose every request was new, the next call's
     requests follow from answers that were not stored before, so they are not looked up; and answers are stored
-    across calls (at most STORE_EVERY or STORE_SECONDS at a time, and the rest when the session ends), so a step
+    across calls (every STORE_SECONDS or SESSION_STORE_EVERY answers, and the rest when the session ends), so a step
     costs no database round trip of its own. A kill loses at most the answers not yet stored: they are asked
     again."""
 
@@ -256,7 +257,8 @@ def _answer_in_session(
     stored: dict[str, StoredCall],
     failures: list[tuple[str, str, str, str, str]],
 ) -> None:
-    """As `_answer`, with the session's saver: stored when it holds STORE_EVERY or STORE_SECONDS have passed."""
+    """As `_answer`, with the session's saver: stored when it holds SESSION_STORE_EVERY or STORE_SECONDS have
+    passed."""
     t0 = time.perf_counter()
     if session.saver is None:
         session.saver = _Saver(store, engine, model, stats, stored, failures)
@@ -265,7 +267,7 @@ def _answer_in_session(
     for answer in engine.stream([req for _, req in pending], batch_size, lambda ix: _trace(pending[i][0] for i in ix)):
         key, req = pending[answer.index]
         saver.add(key, req, answer)
-        if len(saver.buffer) >= STORE_EVERY or time.monotonic() - session.last_store >= STORE_SECONDS:
+        if len(saver.buffer) >= SESSION_STORE_EVERY or time.monotonic() - session.last_store >= STORE_SECONDS:
             saver.flush()
             session.last_store = time.monotonic()
     stats.engine_seconds += time.perf_counter() - t0
