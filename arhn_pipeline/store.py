@@ -13,7 +13,7 @@ import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -295,7 +295,7 @@ class DuckDBStore(DuckDBResource):
         frame = pl.DataFrame(
             [
                 {
-                    **asdict(r),
+                    **vars(r),  # a shallow copy: asdict would deep-copy every message list
                     "messages": json.dumps(r.messages, ensure_ascii=False),
                     "sampling": json.dumps(r.sampling),
                     "structured": json.dumps(r.structured) if r.structured is not None else None,
