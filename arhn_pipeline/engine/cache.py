@@ -160,7 +160,6 @@ class CallSession:
 
     def __init__(self) -> None:
         self.saver: _Saver | None = None
-        self.last_store = time.monotonic()
         self.previous_all_new = False
 
     def __enter__(self) -> CallSession:
@@ -198,12 +197,18 @@ def cached_generate(
         session.previous_all_new = bool(requests) and stats.cache_hits == 0
     with Progress(stage, len(pending), stats.cache_hits, log) as progress, engine.reporting(progress.answered):
         if pending:
-            batch_api = getattr(engine, "uses_batch_api", False)
-            if batch_api or session is None:
-                answer = _answer_by_batch_api if batch_api else _answer
-                answer(store, engine, model, pending, batch_size, stats, stored, progress, failures)
+            t0 = time.perf_counter()
+            saver = _saver(session, store, engine, model)
+            saver.bind(stats, stored, failures)
+            if getattr(engine, "uses_batch_api", False):
+                from arhn_pipeline.engine import batch_api
+
+                batch_api.answer(store, engine, pending, saver, progress, _trace)  # type: ignore[arg-type]
             else:
-                _answer_in_session(session, store, engine, model, pending, batch_size, stats, stored, failures)
+                _answer(engine, pending, batch_size, saver, progress)
+            if session is None:
+                saver.flush()
+            stats.engine_seconds += time.perf_counter() - t0
     if failures:
         if session is not None and session.saver is not None:
             session.saver.flush()  # every answer that came is stored before the stage fails
@@ -217,98 +222,52 @@ def cached_generate(
     return [stored[k] for k in keys], stats
 
 
+def _saver(session: CallSession | None, store: CallStore, engine: LLMEngine, model: str) -> _Saver:
+    """This call's saver: its own (each engine batch stored as it ends, a stream every STORE_EVERY or
+    STORE_SECONDS), or the session's, kept across calls (every SESSION_STORE_EVERY or STORE_SECONDS)."""
+    if session is None:
+        return _Saver(store, engine, model, STORE_EVERY, at_batch_end=True)
+    if session.saver is None:
+        session.saver = _Saver(store, engine, model, SESSION_STORE_EVERY, at_batch_end=False)
+    return session.saver
+
+
 def _answer(
-    store: CallStore,
     engine: LLMEngine,
-    model: str,
     pending: list[tuple[str, LLMRequest]],
     batch_size: int,
-    stats: CallStats,
-    stored: dict[str, StoredCall],
+    saver: _Saver,
     progress: Progress,
-    failures: list[tuple[str, str, str, str, str]],
 ) -> None:
-    """Stream the pending requests through the engine and store the answers as they come, a few at a time."""
-    t0 = time.perf_counter()
-    saver = _Saver(store, engine, model, stats, stored, failures)
+    """Stream the pending requests through the engine; the saver stores the answers as they come."""
     done = 0
-    last = time.monotonic()
     for answer in engine.stream([req for _, req in pending], batch_size, lambda ix: _trace(pending[i][0] for i in ix)):
         key, req = pending[answer.index]
         saver.add(key, req, answer)
         done += 1
-        if answer.ends_batch or len(saver.buffer) >= STORE_EVERY or time.monotonic() - last >= STORE_SECONDS:
+        if saver.due(answer.ends_batch):
             saver.flush()
-            last = time.monotonic()
             progress.settle(done)
-    saver.flush()
     progress.settle(done)
-    stats.engine_seconds += time.perf_counter() - t0
-
-
-def _answer_in_session(
-    session: CallSession,
-    store: CallStore,
-    engine: LLMEngine,
-    model: str,
-    pending: list[tuple[str, LLMRequest]],
-    batch_size: int,
-    stats: CallStats,
-    stored: dict[str, StoredCall],
-    failures: list[tuple[str, str, str, str, str]],
-) -> None:
-    """As `_answer`, with the session's saver: stored when it holds SESSION_STORE_EVERY or STORE_SECONDS have
-    passed."""
-    t0 = time.perf_counter()
-    if session.saver is None:
-        session.saver = _Saver(store, engine, model, stats, stored, failures)
-    saver = session.saver
-    saver.bind(stats, stored, failures)
-    for answer in engine.stream([req for _, req in pending], batch_size, lambda ix: _trace(pending[i][0] for i in ix)):
-        key, req = pending[answer.index]
-        saver.add(key, req, answer)
-        if len(saver.buffer) >= SESSION_STORE_EVERY or time.monotonic() - session.last_store >= STORE_SECONDS:
-            saver.flush()
-            session.last_store = time.monotonic()
-    stats.engine_seconds += time.perf_counter() - t0
-
-
-def _answer_by_batch_api(
-    store: CallStore,
-    engine: LLMEngine,
-    model: str,
-    pending: list[tuple[str, LLMRequest]],
-    batch_size: int,
-    stats: CallStats,
-    stored: dict[str, StoredCall],
-    progress: Progress,
-    failures: list[tuple[str, str, str, str, str]],
-) -> None:
-    """The provider's Batch API: submitted, recorded, collected (engine/batch_api.py)."""
-    from arhn_pipeline.engine import batch_api
-
-    t0 = time.perf_counter()
-    saver = _Saver(store, engine, model, stats, stored, failures)
-    batch_api.answer(store, engine, pending, saver, progress, _trace)  # type: ignore[arg-type]
-    stats.engine_seconds += time.perf_counter() - t0
 
 
 class _Saver:
     """Answers waiting to be stored, and the store of them in one short transaction. Each answer counts (the
     answers handed back, the token totals, the failures) when it comes; the store only writes."""
 
-    def __init__(
-        self,
-        store: CallStore,
-        engine: LLMEngine,
-        model: str,
-        stats: CallStats,
-        stored: dict[str, StoredCall],
-        failures: list[tuple[str, str, str, str, str]],
-    ):
+    def __init__(self, store: CallStore, engine: LLMEngine, model: str, every: int, at_batch_end: bool):
         self.store, self.engine, self.model = store, engine, model
-        self.bind(stats, stored, failures)
+        self.every, self.at_batch_end = every, at_batch_end
         self.buffer: list[tuple[str, LLMRequest, Answered]] = []
+        self.last_store = time.monotonic()
+
+    def due(self, ends_batch: bool) -> bool:
+        """Whether what came should be stored now."""
+        return (
+            (ends_batch and self.at_batch_end)
+            or len(self.buffer) >= self.every
+            or time.monotonic() - self.last_store >= STORE_SECONDS
+        )
 
     def bind(
         self, stats: CallStats, stored: dict[str, StoredCall], failures: list[tuple[str, str, str, str, str]]
@@ -330,6 +289,7 @@ class _Saver:
     def flush(self) -> int:
         """Store what came; returns how many answers that was."""
         chunk, self.buffer = self.buffer, []
+        self.last_store = time.monotonic()
         if not chunk:
             return 0
         faults.point("llm_batch")
