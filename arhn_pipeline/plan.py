@@ -123,7 +123,6 @@ def stage_estimates(
     from arhn_pipeline.engine.estimate import Estimate, estimate, forwarded_share, seconds_per_request
     from arhn_pipeline.judgments import core as judgments_core
     from arhn_pipeline.judgments.assets import JudgmentsConfig, _template
-    from arhn_pipeline.rankings import core as rankings_core
     from arhn_pipeline.rankings.assets import RankingsConfig
     from arhn_pipeline.snippets import core as snippets_core
     from arhn_pipeline.snippets.assets import SnippetsConfig
@@ -145,29 +144,24 @@ def stage_estimates(
         )
         out.append(estimate(store, llm, "snippets", requests))
     ranking = config("rankings", RankingsConfig)
-    ask, why = llm.judge_rule()
-
-    if ranking.ranker == Ranker.scorer or (ranking.ranker == Ranker.auto and not ask):
-        out.append(not_asked("rankings", f"ranked by {ranking.scorer}" + ("" if ask else f" ({why})")))
-    else:
-        ranked = rankings_core.RankingPlan(
-            pairs,
-            llm,
-            window_size=ranking.window_size,
-            stride=ranking.stride,
-            shuffle=ranking.shuffle,
-            passage_max_tokens=ranking.passage_max_tokens,
+    ranker, rule = ranking.chosen_ranker(llm)
+    if ranker == Ranker.scorer:
+        out.append(
+            not_asked("rankings", f"ranked by {ranking.scorer}" + ("" if rule == "configured" else f" ({rule})"))
         )
+    else:
+        ranked = ranking.plan(pairs, llm)
         requests = [r for step in range(ranked.steps) for r in ranked.requests(step)[1]]
         e = estimate(store, llm, "rankings", requests)
         if ranked.steps > 1:
             e.reach = "windows after the first from the starting order"
         out.append(e)
+    ask, why = llm.judge_rule()
     qs = judgments_core.QuerySet(pairs)
     for index, stage in enumerate(config("judgments", JudgmentsConfig).stages):
         if stage.kind != "llm":
             continue
-        if stage.needs_judge and not ask:
+        if not stage.runs_with(ask):
             out.append(not_asked(f"judgments:{stage.name}", why))
             continue
         engine = llm.for_model(stage.model)

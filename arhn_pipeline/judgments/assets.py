@@ -62,6 +62,10 @@ class CascadeStage(dg.Config):
     )
     temperature: float = Field(default=0.7, ge=0, description="llm, with samples > 1: the sampling temperature")
 
+    def runs_with(self, engine_is_judge: bool) -> bool:
+        """Whether this stage runs with an engine that is (or is not) a judge worth asking."""
+        return engine_is_judge or not self.needs_judge
+
 
 class JudgmentsConfig(dg.Config):
     stages: list[CascadeStage] = Field(
@@ -133,7 +137,7 @@ def judgments(context: dg.AssetExecutionContext, config: JudgmentsConfig, duckdb
         return results, engine.model_id(), stats
 
     ask, why = llm.judge_rule()
-    stages = [s for s in config.stages if ask or not s.needs_judge]
+    stages = [s for s in config.stages if s.runs_with(ask)]
     skipped = [s.name for s in config.stages if s not in stages]
     needing = [s.name for s in config.stages if s.needs_judge]
     rule = f"{'asked' if ask else 'skipped'} ({why})" if needing else "no stage needs a judge"

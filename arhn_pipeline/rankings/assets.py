@@ -55,6 +55,23 @@ class RankingsConfig(dg.Config):
         default=0.2, description="the check of echoed (order shown repeated) or degenerate windows fails above this"
     )
 
+    def chosen_ranker(self, llm: LLMEngine) -> tuple[Ranker, str]:
+        """The ranker this config uses with this engine (`auto`: the engine's judge rule), and why."""
+        if self.ranker != Ranker.auto:
+            return self.ranker, "configured"
+        ask, why = llm.judge_rule()
+        return (Ranker.llm if ask else Ranker.scorer), f"auto -> {'llm' if ask else 'scorer'}: {why}"
+
+    def plan(self, pairs: pl.DataFrame, llm: LLMEngine) -> core.RankingPlan:
+        return core.RankingPlan(
+            pairs,
+            llm,
+            window_size=self.window_size,
+            stride=self.stride,
+            shuffle=self.shuffle,
+            passage_max_tokens=self.passage_max_tokens,
+        )
+
 
 @llm_stage_asset(
     name="rankings",
@@ -81,10 +98,7 @@ def rankings(context: dg.AssetExecutionContext, config: RankingsConfig, duckdb: 
     with duckdb.get_connection() as conn:
         pairs = load_pairs(conn, subset)
     stats = CallStats()
-    ranker, rule = config.ranker, "configured"
-    if ranker == Ranker.auto:
-        ask, why = llm.judge_rule()
-        ranker, rule = (Ranker.llm if ask else Ranker.scorer), f"auto -> {'llm' if ask else 'scorer'}: {why}"
+    ranker, rule = config.chosen_ranker(llm)
     context.log.info(f"{subset}: ranker {ranker} ({rule})")
     if ranker == Ranker.scorer:
         scorer = scorers.load(config.scorer)
@@ -94,15 +108,9 @@ def rankings(context: dg.AssetExecutionContext, config: RankingsConfig, duckdb: 
         states = core.rank_by_scores(pairs, scores, scorer.scorer_id)
         model, version = scorer.scorer_id, "scorer"
     else:
-        plan = core.RankingPlan(
-            pairs,
-            llm,
-            window_size=config.window_size,
-            stride=config.stride,
-            shuffle=config.shuffle,
-            passage_max_tokens=config.passage_max_tokens,
+        states, stats = core.rank_partition(
+            config.plan(pairs, llm), llm, duckdb, config.batch_size, log=context.log.info
         )
-        states, stats = core.rank_partition(plan, llm, duckdb, config.batch_size, log=context.log.info)
         model, version = llm.model_id(), core.TEMPLATE.version
     roles = dict(zip(zip(pairs["query_id"], pairs["passage_id"], strict=True), pairs["role"], strict=True))
     rank_rows, window_rows = [], []
