@@ -101,6 +101,17 @@ def sources_sync() -> None:
         click.echo(f"partitions no longer in the registry (history kept): {orphaned}")
 
 
+def run_config_option(help_text: str):
+    """`--config FILE`: a run config YAML, read by `_ops`."""
+    return click.option(
+        "--config",
+        "config_file",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        default=None,
+        help=help_text,
+    )
+
+
 PRICE_HELP = (
     "dollars per million input and output tokens: IN,OUT for every model, or MODEL=IN,OUT (repeat it; "
     "ARHN_PRICES holds the same, separated by spaces)"
@@ -122,12 +133,8 @@ DEFAULT_VARIANTS = ("original", "arhn_RF", "rlhn_rlhn")
     multiple=True,
     help=f"training variants (default: {', '.join(DEFAULT_VARIANTS)}; `all`: every one)",
 )
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=None,
-    help="run config YAML ({ops: {ASSET: {config: {...}}}}), as the Launchpad takes it; each job gets its assets' part",
+@run_config_option(
+    "run config YAML ({ops: {ASSET: {config: {...}}}}), as the Launchpad takes it; each job gets its assets' part"
 )
 @click.option("--price", "price_specs", multiple=True, help=PRICE_HELP)
 @click.option(
@@ -357,13 +364,7 @@ def _estimate_table(registry, chosen: list[str], ops: dict, prices: dict, llm) -
 
 @main.command()
 @click.option("--subset", "subsets", multiple=True, help="partition(s); default: the registry's default run")
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=None,
-    help="the run config the run will use (its rankings and judgments parts)",
-)
+@run_config_option("the run config the run will use (its snippets, rankings and judgments parts)")
 @click.option("--price", "price_specs", multiple=True, help=PRICE_HELP)
 def estimate(subsets: tuple[str, ...], config_file: Path | None, price_specs: tuple[str, ...]) -> None:
     """Requests, tokens, dollars and time of every LLM stage (snippets, the LLM ranker, the cascade's LLM
