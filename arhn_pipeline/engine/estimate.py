@@ -146,17 +146,6 @@ def forwarded_share(
     return None, f"every query: an upper bound (no flag rate measured for {stage_name}'s stage before)"
 
 
-def seconds_per_request(conn: duckdb.DuckDBPyConnection | None, model: str) -> float | None:
-    """The engine's measured throughput for this model: engine seconds per request over its stored calls."""
-    if conn is None:
-        return None
-    row = conn.execute(
-        "SELECT avg(batch_seconds / batch_size), count(*) FROM llm_calls WHERE model = ? AND batch_size > 0",
-        [model],
-    ).fetchone()
-    return float(row[0]) if row and row[0] is not None and row[1] >= 20 else None
-
-
 def table(
     estimates: list[tuple[str, Estimate]], prices: dict[str | None, Price], discount: float
 ) -> tuple[list[str], list[tuple[Any, ...]], float | None]:
