@@ -161,14 +161,17 @@ class Endpoints:
                 self.last_answer = now
             elif down:
                 self.failures[url] += 1
-                cooldown = min(self.MAX_COOLDOWN, self.min_cooldown * 2 ** (self.failures[url] - 1))
-                self.down_until[url] = max(self.down_until[url], now + cooldown)
+                self._leave_out(url, min(self.MAX_COOLDOWN, self.min_cooldown * 2 ** (self.failures[url] - 1)))
             if pause:
-                self.down_until[url] = max(self.down_until[url], now + pause)
+                self._leave_out(url, pause)
 
     def pause(self, url: str, seconds: float) -> None:
         with self._lock:
-            self.down_until[url] = max(self.down_until[url], time.monotonic() + seconds)
+            self._leave_out(url, seconds)
+
+    def _leave_out(self, url: str, seconds: float) -> None:
+        """No request goes to `url` for `seconds` from now (a longer leave already set stands); under the lock."""
+        self.down_until[url] = max(self.down_until[url], time.monotonic() + seconds)
 
     def live(self) -> int:
         now = time.monotonic()
