@@ -206,8 +206,9 @@ def cached_generate(
                 batch_api.answer(store, engine, pending, saver, progress, _trace)  # type: ignore[arg-type]
             else:
                 _answer(engine, pending, batch_size, saver, progress)
-            if session is None:
+            if session is None:  # a session's steps report when their answers are stored, not each step
                 saver.flush()
+                progress.settle(len(pending))
             stats.engine_seconds += time.perf_counter() - t0
     if failures:
         if session is not None and session.saver is not None:
@@ -248,7 +249,6 @@ def _answer(
         if saver.due(answer.ends_batch):
             saver.flush()
             progress.settle(done)
-    progress.settle(done)
 
 
 class _Saver:
