@@ -7,7 +7,10 @@ once: what is measured is the pipeline's own work per pair, not a model's).
     .venv/bin/python bench/wide_queries.py --pairs 30000
 
 Prints seconds per 1,000 pairs of each stage at each width, the ratio to the narrowest (goal: within 1.5x) and
-the peak RSS of the process (one process runs all widths, narrowest first: the peak can only grow).
+the peak RSS of the process (one process runs all widths, narrowest first: the peak can only grow). The ranker
+also per 1,000 window slots (candidates shown to the LLM, summed over requests): with windows of 20 and a stride
+of 10, a query wider than one window shows each candidate about twice. That is the sliding-window method's
+own work (RankGPT's), which a served model pays in prompt tokens; the pipeline's work is linear in the slots.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ def main() -> None:
 
         from arhn_pipeline.definitions import build_defs
         from arhn_pipeline.engine.scripted import ScriptedEngine
+        from arhn_pipeline.rankings.core import STRIDE, WINDOW_SIZE, windows
 
         defs = build_defs(llm=ScriptedEngine(model="constant_no"))
         instance = dg.DagsterInstance.ephemeral()
@@ -88,9 +92,11 @@ def main() -> None:
                 )
                 assert result.success, stage
                 figures[stage] = time.perf_counter() - t0
-            pairs = max(1, round(args.pairs / (width + 1))) * (width + 1)
+            queries = max(1, round(args.pairs / (width + 1)))
+            pairs = queries * (width + 1)
+            slots = queries * sum(end - start for start, end in windows(width + 1, WINDOW_SIZE, STRIDE))
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            rows.append((width, pairs, figures, peak))
+            rows.append((width, pairs, figures, peak, slots))
             print(
                 f"width {width}: {pairs} pairs, " + ", ".join(f"{s} {t:.1f} s" for s, t in figures.items()), flush=True
             )
@@ -98,14 +104,16 @@ def main() -> None:
     print(
         f"\nseconds per 1,000 pairs (ratio to {base[0]} negatives a query); scripted engine, {args.pairs} pairs a width"
     )
-    print("| negatives a query | pairs | judgments | rankings | relabeled | peak RSS |")
-    print("|---|---|---|---|---|---|")
-    for width, pairs, figures, peak in rows:
+    print("| negatives a query | pairs | judgments | rankings | relabeled | window slots | rankings / 1k slots | peak RSS |")
+    print("|---|---|---|---|---|---|---|---|")
+    for width, pairs, figures, peak, slots in rows:
         cells = []
         for stage in ("judgments", "rankings", "relabeled"):
             per = figures[stage] / pairs * 1000
             ref = base[2][stage] / base[1] * 1000
             cells.append(f"{per:.2f} ({per / ref:.2f}x)")
+        per_slot, ref_slot = figures["rankings"] / slots * 1000, base[2]["rankings"] / base[4] * 1000
+        cells += [f"{slots:,}", f"{per_slot:.2f} ({per_slot / ref_slot:.2f}x)"]
         print(f"| {width} | {pairs} | {' | '.join(cells)} | {peak:.0f} MiB |")
 
 
