@@ -104,7 +104,7 @@ def main() -> None:
     print(
         f"\nseconds per 1,000 pairs (ratio to {base[0]} negatives a query); scripted engine, {args.pairs} pairs a width"
     )
-    print("| negatives a query | pairs | judgments | rankings | relabeled | window slots | rankings / 1k slots | peak RSS |")
+    print("| negatives a query | pairs | judgments | rankings | relabeled | window slots | per 1k slots | peak |")
     print("|---|---|---|---|---|---|---|---|")
     for width, pairs, figures, peak, slots in rows:
         cells = []
