@@ -6,6 +6,7 @@ import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -538,12 +539,26 @@ def train_judge(train_on: tuple[str, ...], name: str, out: Path | None, embedder
         click.echo(f"  {key}: {value}")
 
 
+def _relabeled_default(name: str) -> Any:
+    from arhn_pipeline.relabel.config import RelabeledConfig
+
+    return RelabeledConfig.model_fields[name].default
+
+
 @main.command()
 @click.option("--subset", "subsets", multiple=True, help="partitions to show (default: every qualified partition)")
-@click.option("--min-kappa", default=0.2, show_default=True, help="the gate's threshold (relabeled's min_kappa)")
-def qualify(subsets: tuple[str, ...], min_kappa: float) -> None:
-    """The qualification table: per partition, each judge's agreement with every other reference entry, and
-    whether the gate applies or withholds its decisions."""
+@click.option(
+    "--min-kappa", default=_relabeled_default("min_kappa"), show_default=True, help="the gate's threshold (relabeled's)"
+)
+@click.option(
+    "--min-reviews",
+    default=_relabeled_default("min_reviews"),
+    show_default=True,
+    help="reviewed negatives from which a partition's own reviews qualify its judges (relabeled's)",
+)
+def qualify(subsets: tuple[str, ...], min_kappa: float, min_reviews: int) -> None:
+    """The qualification table: per partition, each judge's agreement with the other reference entries and the
+    partition's own reviews (with 95% intervals), and whether the gate applies or withholds its decisions."""
     from arhn_pipeline.qualify.core import gate_verdicts
 
     with _db(read_only=True) as conn:
@@ -554,15 +569,48 @@ def qualify(subsets: tuple[str, ...], min_kappa: float) -> None:
         ).pl()
     if frame.is_empty():
         raise click.ClickException("no qualification stored: materialize judge_qualification (arhn run does)")
-    cols = ["method", "reference", "pairs", "precision", "recall", "f1", "kappa"]
     for (subset,), rows in frame.group_by("subset", maintain_order=True):
-        click.echo(f"\n{subset}: judges scored on the other reference entries")
-        click.echo("  ".join(f"{c:>16}" for c in cols))
-        for row in rows.select(cols).iter_rows():
-            click.echo("  ".join(f"{v:>16}" for v in row))
+        click.echo(f"\n{subset}: judges scored on the other reference entries and this partition's reviews")
+        table = [
+            (r["method"], r["reference"], r["pairs"], f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}",
+             f"{r['kappa']:.3f}", _interval(r["kappa_low"], r["kappa_high"]),
+             "-" if not r["reviewers_items"] else f"{r['reviewers_kappa']:.2f} on {r['reviewers_items']}")
+            for r in rows.iter_rows(named=True)
+        ]  # fmt: skip
+        headers = ["method", "reference", "pairs", "precision", "recall", "F1", "kappa", "95% interval", "reviewers"]
+        click.echo(text_table(headers, table))
         judges = dict(rows.select("method", "judge").unique(maintain_order=True).iter_rows())
-        for verdict in gate_verdicts(rows, judges, min_kappa).values():
+        for verdict in gate_verdicts(rows, judges, min_kappa, min_reviews).values():
             click.echo(f"  gate {verdict.method:14} {verdict.reason}")
+
+
+def _interval(low: float | None, high: float | None) -> str:
+    return "-" if low is None or high is None else f"{low:.2f} to {high:.2f}"
+
+
+def text_table(headers: list[str], rows: list[tuple[Any, ...]] | list[list[Any]]) -> str:
+    """Columns aligned for a terminal: numbers to the right, text to the left."""
+    cells = [[str(h) for h in headers]] + [[str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    numeric = [all(_is_number(r[i]) for r in cells[1:]) for i in range(len(headers))]
+    out = []
+    for n, row in enumerate(cells):
+        out.append(
+            "  ".join(
+                v.rjust(w) if num and n else v.ljust(w) for v, w, num in zip(row, widths, numeric, strict=True)
+            ).rstrip()
+        )
+        if n == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text.replace(",", ""))
+    except ValueError:
+        return text == "-"
+    return True
 
 
 @main.command()

@@ -245,7 +245,7 @@ CREATE TABLE IF NOT EXISTS judge_qualification (
     subset        VARCHAR NOT NULL,     -- the partition whose decisions this qualifies (never its own reference)
     method        VARCHAR NOT NULL,
     judge         VARCHAR NOT NULL,
-    reference     VARCHAR NOT NULL,     -- a registry entry with a `reference`
+    reference     VARCHAR NOT NULL,     -- a registry entry with a `reference`, or reviews:<the partition itself>
     reference_format VARCHAR NOT NULL,
     pairs         INTEGER NOT NULL,     -- labelled negatives with a prediction
     no_prediction INTEGER NOT NULL,     -- labelled negatives whose evidence could not be read
@@ -257,6 +257,37 @@ CREATE TABLE IF NOT EXISTS judge_qualification (
     recall        DOUBLE NOT NULL,
     f1            DOUBLE NOT NULL,
     kappa         DOUBLE NOT NULL
+);
+-- The candidates drawn for a person to review, per partition: a stratified random sample (review/core.py), in
+-- the order they are shown; each stratum's size and how many were drawn from it give the estimate's weights.
+CREATE TABLE IF NOT EXISTS review_items (
+    subset        VARCHAR NOT NULL,
+    sample_id     VARCHAR NOT NULL,     -- the draw: hash of (subset, seed, size)
+    item          INTEGER NOT NULL,     -- the order shown
+    query_id      VARCHAR NOT NULL,
+    passage_id    VARCHAR NOT NULL,
+    stratum       VARCHAR NOT NULL,     -- the methods that change the negative, and the first-stage score band
+    stratum_size  INTEGER NOT NULL,     -- the partition's negatives in the stratum
+    stratum_drawn INTEGER NOT NULL,
+    inclusion_probability DOUBLE NOT NULL,
+    seed          INTEGER NOT NULL,
+    drawn_at      TIMESTAMP NOT NULL
+);
+-- Every answer a person gave about a candidate; append-only (a changed answer is a new row; a reviewer's latest
+-- answer stands). A reference for the partition it was drawn from (qualify/core.py).
+CREATE TABLE IF NOT EXISTS reviews (
+    review_id     VARCHAR PRIMARY KEY,  -- hash of (subset, query, passage, reviewer, answer, answered_at)
+    subset        VARCHAR NOT NULL,
+    query_id      VARCHAR NOT NULL,
+    passage_id    VARCHAR NOT NULL,
+    reviewer      VARCHAR NOT NULL,
+    answer        VARCHAR NOT NULL,     -- as_well | less_well | no | cannot_tell
+    shown_at      TIMESTAMP,
+    answered_at   TIMESTAMP NOT NULL,
+    stratum       VARCHAR,              -- the sampling stratum, and its weight when answered (N_h / n_h)
+    weight        DOUBLE,
+    shown         JSON,                 -- what the page showed: blind or not, texts' hashes, decisions revealed after
+    origin        VARCHAR NOT NULL      -- page | import:<file>
 );
 -- The cleaned collection per method, in BGE shape: kept and relabeled positives, kept negatives.
 CREATE OR REPLACE VIEW cleaned_triplets AS
@@ -306,6 +337,11 @@ ALTER TABLE decisions ADD COLUMN IF NOT EXISTS proposed_action VARCHAR;
 ALTER TABLE decisions ADD COLUMN IF NOT EXISTS proposed_rule VARCHAR;
 ALTER TABLE decisions ADD COLUMN IF NOT EXISTS gate VARCHAR;
 ALTER TABLE verdicts ADD COLUMN IF NOT EXISTS vote_margin DOUBLE;
+ALTER TABLE judge_qualification ADD COLUMN IF NOT EXISTS kappa_low DOUBLE;
+ALTER TABLE judge_qualification ADD COLUMN IF NOT EXISTS kappa_high DOUBLE;
+ALTER TABLE judge_qualification ADD COLUMN IF NOT EXISTS reviewers_items INTEGER;
+ALTER TABLE judge_qualification ADD COLUMN IF NOT EXISTS reviewers_kappa DOUBLE;
+ALTER TABLE judge_qualification ADD COLUMN IF NOT EXISTS covered DOUBLE;
 """
 # Columns that lost their NOT NULL after their first release: (table, column).
 NOW_NULLABLE = (("snippets", "call_id"),)

@@ -93,7 +93,9 @@ def entries_for(tmp_path) -> dict:
 def test_an_oracle_qualifies_on_a_labelled_entry_and_its_decisions_are_applied(tmp_path, monkeypatch):
     results, conn = pipeline(tmp_path, monkeypatch, "quiz_oracle", entries_for(tmp_path))
     gate = dict(conn.execute("SELECT DISTINCT method, gate FROM decisions WHERE subset = 'toy'").fetchall())
-    assert gate["arhn:R"] == "applied: kappa 1.000 >= 0.2 on 60 labelled negatives of labelled"
+    assert gate["arhn:R"] == (
+        "applied: kappa 1.000 (95% interval 1.000 to 1.000), lower end >= 0.2, on 60 labelled negatives of labelled"
+    )
     relabeled = conn.execute(
         "SELECT count(*) FROM decisions d JOIN passages p USING (passage_id) "
         "WHERE subset = 'toy' AND method = 'arhn:R' AND action = 'to_positive' AND p.text LIKE 'FN_%'"
@@ -118,7 +120,7 @@ def test_a_judge_at_chance_is_withheld_visibly(tmp_path, monkeypatch):
     proposed = [r for r in rows if r[2] != "keep"]
     assert proposed, "the coin proposes relabels"
     assert all(r[0] == "keep" and r[1] == "withheld_unqualified_judge" for r in proposed)
-    kappa = float(re.search(r"kappa (-?[\d.]+) < 0.2", rows[0][3]).group(1))
+    kappa = float(re.search(r"kappa (-?[\d.]+) \(95% interval [-\d. to]+\) < 0.2", rows[0][3]).group(1))
     assert kappa < 0.2
     toy_decide = results[-2]  # decide toy (then decide labelled)
     meta = toy_decide.asset_materializations_for_node("relabeled")[0].metadata
@@ -143,9 +145,11 @@ def test_an_echoed_ranking_is_no_evidence(tmp_path, monkeypatch):
 
 
 def test_the_classic_decision_paths_are_applied_once_the_oracle_qualifies(tmp_path, monkeypatch):
+    # ten copies of the two queries: two alone are 7 labelled negatives, whose kappa interval reaches below 0
+    copies = [dict(q, query_id=f"{q['query_id']}_{i}") for i in range(10) for q in (Q1, Q2)]
     entries = {
         "toy": {"format": "bge", "path": str(write_jsonl(tmp_path / "toy.jsonl", [Q1, Q2]))},
-        "labelled": labelled_entry(tmp_path, "labelled", [Q1, Q2], {"NEG_ABOVE", "NEG_FILTER"}),
+        "labelled": labelled_entry(tmp_path, "labelled", copies, {"NEG_ABOVE", "NEG_FILTER"}),
     }
     _, conn = pipeline(tmp_path, monkeypatch, "arhn_oracle", entries)
     applied = dict(

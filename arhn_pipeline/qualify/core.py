@@ -1,7 +1,10 @@
 """The qualification gate without Dagster. A judge (a method with the models, prompts and settings behind its
 evidence) is scored against every registry entry that has a reference, other than the partition it would
-clean; its decisions are applied only when its pooled Cohen's kappa there reaches `min_kappa`. A judge that
-no reference has measured is not qualified."""
+clean, and against the partition's own reviews (review/: a person's answers on a stratified sample, weighted
+to the whole partition). With at least `min_reviews` reviewed negatives, the partition's reviews decide;
+otherwise the registry's references, pooled. Either way a judge's decisions are applied only when the lower
+end of the 95% interval of its Cohen's kappa reaches `min_kappa` (the point estimate is shown beside it). A
+judge that nothing has measured is not qualified."""
 
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ import polars as pl
 from arhn_pipeline import agreement as ag
 from arhn_pipeline import shards
 from arhn_pipeline.relabel import decisions as dec
+from arhn_pipeline.review import core as review_core
+from arhn_pipeline.review import data as review_data
 from arhn_pipeline.sources.registry import SourceEntry
 from arhn_pipeline.vocab import Action
 
@@ -36,7 +41,13 @@ QUALIFICATION_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
     "recall": pl.Float64,
     "f1": pl.Float64,
     "kappa": pl.Float64,
+    "kappa_low": pl.Float64,  # the 95% interval: analytic for a reference, a stratified bootstrap for reviews
+    "kappa_high": pl.Float64,
+    "reviewers_items": pl.Int64,  # reviews: items two reviewers answered, and their kappa (the human ceiling)
+    "reviewers_kappa": pl.Float64,
+    "covered": pl.Float64,  # reviews: share of the partition's negatives in the strata reviewed
 }
+REVIEWS = "reviews"
 
 
 @dataclass(frozen=True)
@@ -89,6 +100,7 @@ def qualify(
         predicted = ag.decision_predictions(theirs.frame)
         for method in same:
             s = ag.scores(predicted.get(method, {}), ref)
+            interval = review_core.analytic_interval(s["tp"], s["fp"], s["fn"], s["tn"])
             rows.append(
                 dict(
                     subset=subset,
@@ -98,10 +110,56 @@ def qualify(
                     reference_format=entry.reference.format,
                     **{k: s[k] for k in ("pairs", "no_prediction", "tp", "fp", "fn", "tn")},
                     **{k: float(s[k]) for k in ("precision", "recall", "f1", "kappa")},
+                    kappa_low=interval[0] if interval else None,
+                    kappa_high=interval[1] if interval else None,
                 )
             )
         outcomes.append(ReferenceOutcome(name, True, f"scored {len(same)} method(s)"))
+    review_rows, outcome = reviewed(conn, subset, own)
+    rows += review_rows
+    outcomes.append(outcome)
     return pl.DataFrame(rows, schema=QUALIFICATION_SCHEMA), outcomes
+
+
+def reviewed(
+    conn: duckdb.DuckDBPyConnection, subset: str, own: dec.PartitionDecisions
+) -> tuple[list[dict[str, Any]], ReferenceOutcome]:
+    """The partition's own reviews as a reference: each method's weighted estimate on the whole partition."""
+    name = f"{REVIEWS}:{subset}"
+    predicted = ag.decision_predictions(own.frame)
+    measured = review_data.measure(conn, subset, {m: predicted.get(m, {}) for m in own.methods})
+    if measured is None:
+        return [], ReferenceOutcome(name, False, f"no reviews of this partition (arhn review --subset {subset})")
+    rows = []
+    for method, e in measured.estimates.items():
+        rows.append(
+            dict(
+                subset=subset,
+                method=method,
+                judge=own.judges[method],
+                reference=name,
+                reference_format=REVIEWS,
+                pairs=e.reviewed,
+                no_prediction=e.no_prediction,
+                **e.counts,
+                precision=e.precision,
+                recall=e.recall,
+                f1=e.f1,
+                kappa=e.kappa,
+                kappa_low=e.kappa_low,
+                kappa_high=e.kappa_high,
+                reviewers_items=measured.agreement.items,
+                reviewers_kappa=measured.agreement.kappa,
+                covered=e.covered,
+            )
+        )
+    who = ", ".join(measured.reviewers)
+    return rows, ReferenceOutcome(
+        name,
+        True,
+        f"{max((e.reviewed for e in measured.estimates.values()), default=0)} reviewed negatives of "
+        f"{measured.sample} drawn, by {who} (reviews {measured.version})",
+    )
 
 
 def _decide_entry(
@@ -143,36 +201,85 @@ def judges_trained_on(conn: duckdb.DuckDBPyConnection, subset: str) -> dict[str,
     return out
 
 
+MIN_REVIEWS = 30
+
+
 @dataclass(frozen=True)
 class GateVerdict:
     method: str
     qualified: bool
-    kappa: float | None  # pooled over the references; None when no reference measured the judge
+    kappa: float | None  # the partition's reviews, or pooled over the references; None when nothing measured it
     pairs: int
     references: list[str]
     reason: str
+    kappa_low: float | None = None  # the 95% interval
+    kappa_high: float | None = None
+    needs: int | None = None  # about how many more reviews would settle a straddling interval
+
+    @property
+    def interval(self) -> str:
+        if self.kappa_low is None or self.kappa_high is None:
+            return "-"
+        return f"{self.kappa_low:.2f} to {self.kappa_high:.2f}"
 
 
-def gate_verdicts(qualification: pl.DataFrame, judges: Mapping[str, str], min_kappa: float) -> dict[str, GateVerdict]:
-    """Per method: pool the confusion counts of the rows measured for its judge, and compare kappa."""
+def gate_verdicts(
+    qualification: pl.DataFrame, judges: Mapping[str, str], min_kappa: float, min_reviews: int = MIN_REVIEWS
+) -> dict[str, GateVerdict]:
+    """Per method: the partition's reviews when it has at least `min_reviews` reviewed negatives, else the
+    confusion counts of the references pooled; applied when the interval's lower end reaches `min_kappa`."""
     out = {}
     for method, judge in judges.items():
         rows = qualification.filter((pl.col("method") == method) & (pl.col("judge") == judge))
+        own = rows.filter(pl.col("reference_format") == REVIEWS)
+        rows = rows.filter(pl.col("reference_format") != REVIEWS)
+        note = ""
+        if own.height:
+            r = own.row(0, named=True)
+            if r["pairs"] >= min_reviews:
+                out[method] = _reviews_verdict(method, r, min_kappa)
+                continue
+            note = f" (the partition's {r['pairs']} reviewed negatives are fewer than min_reviews {min_reviews})"
         refs = rows["reference"].to_list()
         counts = {k: int(rows[k].sum()) for k in ("tp", "fp", "fn", "tn")}
         pooled = ag.metrics(**counts)
         pairs = int(pooled["pairs"])
         if not pairs:
-            out[method] = GateVerdict(method, False, None, 0, refs, "withheld: no reference entry measured this judge")
+            why = "withheld: no reference entry measured this judge, and no reviews of this partition"
+            out[method] = GateVerdict(method, False, None, 0, refs, why + note)
             continue
         kappa = float(pooled["kappa"])
-        where = ", ".join(refs)
-        if kappa >= min_kappa:
-            reason = f"applied: kappa {kappa:.3f} >= {min_kappa} on {pairs} labelled negatives of {where}"
-        else:
-            reason = f"withheld: kappa {kappa:.3f} < {min_kappa} on {pairs} labelled negatives of {where}"
-        out[method] = GateVerdict(method, kappa >= min_kappa, kappa, pairs, refs, reason)
+        low, high = review_core.analytic_interval(**counts) or (kappa, kappa)
+        where = f"{pairs} labelled negatives of {', '.join(refs)}"
+        out[method] = GateVerdict(
+            method, low >= min_kappa, kappa, pairs, refs, _reason(kappa, low, high, min_kappa, where, None) + note,
+            low, high,
+        )  # fmt: skip
     return out
+
+
+def _reviews_verdict(method: str, r: dict[str, Any], min_kappa: float) -> GateVerdict:
+    kappa, low, high = r["kappa"], r["kappa_low"], r["kappa_high"]
+    low = kappa if low is None else low
+    high = kappa if high is None else high
+    needs = review_core.more_reviews(kappa, low, r["pairs"], min_kappa)
+    where = f"{r['pairs']} reviewed negatives of this partition, weighted to all of it"
+    if r["reviewers_items"]:
+        where += f"; two reviewers agree at kappa {r['reviewers_kappa']:.2f} on {r['reviewers_items']} items"
+    return GateVerdict(
+        method, low >= min_kappa, kappa, r["pairs"], [r["reference"]],
+        _reason(kappa, low, high, min_kappa, where, needs), low, high, needs,
+    )  # fmt: skip
+
+
+def _reason(kappa: float, low: float, high: float, min_kappa: float, where: str, needs: int | None) -> str:
+    figure = f"kappa {kappa:.3f} (95% interval {low:.3f} to {high:.3f})"
+    if low >= min_kappa:
+        return f"applied: {figure}, lower end >= {min_kappa}, on {where}"
+    if kappa > min_kappa:
+        more = f"; needs about {needs} more reviews" if needs else ""
+        return f"withheld: {figure} straddles {min_kappa}, on {where}{more}"
+    return f"withheld: {figure} < {min_kappa}, on {where}"
 
 
 # A combined method's decisions are gated rule by rule by the method that makes that rule alone, when it is
@@ -210,8 +317,18 @@ def withheld_methods(gated: pl.DataFrame, verdicts: Mapping[str, GateVerdict]) -
     return [m for m, v in verdicts.items() if m in with_withheld_rows or (not v.qualified and m not in COMPONENTS)]
 
 
+SUMMARY_HEADERS = ["method", "qualified", "kappa", "95% interval", "labelled negatives", "reason"]
+
+
 def summary_rows(verdicts: Iterable[GateVerdict]) -> list[tuple[Any, ...]]:
     return [
-        (v.method, "yes" if v.qualified else "no", "-" if v.kappa is None else f"{v.kappa:.3f}", v.pairs, v.reason)
+        (
+            v.method,
+            "yes" if v.qualified else "no",
+            "-" if v.kappa is None else f"{v.kappa:.3f}",
+            v.interval,
+            v.pairs,
+            v.reason,
+        )  # fmt: skip
         for v in verdicts
     ]

@@ -74,7 +74,7 @@ def relabeled(context: dg.AssetExecutionContext, config: RelabeledConfig, duckdb
         registry = load_registry()
         references = {name: e for name, e in registry.items() if e.reference is not None}
         measured, _ = qualify.qualify(conn, subset, proposed, references, config)
-        verdicts = qualify.gate_verdicts(measured, proposed.judges, config.min_kappa)
+        verdicts = qualify.gate_verdicts(measured, proposed.judges, config.min_kappa, config.min_reviews)
         decisions = qualify.apply_gate(proposed.frame, verdicts)
         methods = proposed.methods
         replace_partition(conn, "decisions", subset, decisions, methods=methods)
@@ -89,11 +89,7 @@ def relabeled(context: dg.AssetExecutionContext, config: RelabeledConfig, duckdb
         (context.log.info if v.qualified else context.log.warning)(f"{v.method}: {v.reason}")
     summary = decisions.group_by("method", "action", "rule").len().sort("method", "action", "rule")
     withheld = qualify.withheld_methods(decisions, verdicts)
-    gate_table = dg.MetadataValue.md(
-        md_table(
-            ["method", "qualified", "kappa", "labelled negatives", "reason"], qualify.summary_rows(verdicts.values())
-        )
-    )
+    gate_table = dg.MetadataValue.md(md_table(qualify.SUMMARY_HEADERS, qualify.summary_rows(verdicts.values())))
     negatives = decisions.filter(pl.col("role") == "negative")
     changed = negatives.group_by("method").agg(
         applied=(pl.col("action") != "keep").mean(), proposed=(pl.col("proposed_action") != "keep").mean()

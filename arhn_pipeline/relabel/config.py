@@ -29,6 +29,13 @@ class DecisionConfig(dg.Config):
 class RelabeledConfig(DecisionConfig):
     min_kappa: float = Field(
         default=0.2,
-        description="the qualification gate: a method's changes are applied only when its Cohen's kappa against "
-        "the reference entries (other than this partition) reaches this; otherwise they are withheld",
+        description="the qualification gate: a method's changes are applied only when the lower end of the 95% "
+        "interval of its Cohen's kappa (on the partition's reviews, else the other reference entries) reaches this; "
+        "otherwise they are withheld",
+    )
+    min_reviews: int = Field(
+        default=30,
+        ge=1,
+        description="reviewed negatives of the partition (arhn review) from which its reviews, not the other "
+        "reference entries, qualify its judges",
     )
