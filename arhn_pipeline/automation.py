@@ -38,8 +38,25 @@ RERUN_WHEN_STALE = (
 ).with_label("materialized, and its prompt/code changed or an upstream partition is requested with it")
 
 
+# A partition's reviews (the `reviews` source, observed by the review page) are a reference for its own judges:
+# a new data version requests the assets that read them, for that partition (and what depends on them, above).
+REVIEWS = dg.AssetKey("reviews")
+REVIEWED = (
+    AC.any_deps_match(AC.newly_updated()).allow(dg.AssetSelection.assets(REVIEWS)) & ~AC.missing() & ~AC.in_progress()
+).with_label("materialized, and the partition's reviews changed")
+
+
 def with_automation(assets: Sequence[Any]) -> list[Any]:
-    return [a.with_attributes(automation_condition=RERUN_WHEN_STALE) for a in assets]
+    out = []
+    for a in assets:
+        if isinstance(a, dg.SourceAsset):  # an observable source (reviews) is observed, never materialized
+            out.append(a)
+            continue
+        reads_reviews = REVIEWS in a.dependency_keys
+        out.append(
+            a.with_attributes(automation_condition=RERUN_WHEN_STALE | REVIEWED if reads_reviews else RERUN_WHEN_STALE)
+        )
+    return out
 
 
 automation_sensor = dg.AutomationConditionSensorDefinition(

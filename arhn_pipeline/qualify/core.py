@@ -41,7 +41,7 @@ QUALIFICATION_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
     "recall": pl.Float64,
     "f1": pl.Float64,
     "kappa": pl.Float64,
-    "kappa_low": pl.Float64,  # the 95% interval: analytic for a reference, a stratified bootstrap for reviews
+    "kappa_low": pl.Float64,  # the 95% interval (review/core.py kappa_interval)
     "kappa_high": pl.Float64,
     "reviewers_items": pl.Int64,  # reviews: items two reviewers answered, and their kappa (the human ceiling)
     "reviewers_kappa": pl.Float64,
@@ -100,7 +100,7 @@ def qualify(
         predicted = ag.decision_predictions(theirs.frame)
         for method in same:
             s = ag.scores(predicted.get(method, {}), ref)
-            interval = review_core.analytic_interval(s["tp"], s["fp"], s["fn"], s["tn"])
+            interval = review_core.counts_interval(s["tp"], s["fp"], s["fn"], s["tn"])
             rows.append(
                 dict(
                     subset=subset,
@@ -249,7 +249,7 @@ def gate_verdicts(
             out[method] = GateVerdict(method, False, None, 0, refs, why + note)
             continue
         kappa = float(pooled["kappa"])
-        low, high = review_core.analytic_interval(**counts) or (kappa, kappa)
+        low, high = review_core.counts_interval(**counts) or (kappa, kappa)
         where = f"{pairs} labelled negatives of {', '.join(refs)}"
         out[method] = GateVerdict(
             method, low >= min_kappa, kappa, pairs, refs, _reason(kappa, low, high, min_kappa, where, None) + note,

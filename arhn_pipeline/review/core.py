@@ -11,8 +11,11 @@ The estimate: a reviewed item of stratum h stands for N_h / m_h negatives of the
 stratum's negatives, m_h: its reviewed items with an answer and a prediction: within a stratum the reviewed
 items are a simple random sample). Confusion counts are summed with those weights, and precision, recall, F1
 and Cohen's kappa computed from them estimate the figures on every negative of the partition (of the strata
-reviewed at all: `covered` says which share that is). The 95% interval is a stratified bootstrap: items are
-drawn again with replacement within each stratum, B times, and the 2.5 / 97.5 percentiles of kappa taken.
+reviewed at all: `covered` says which share that is). The 95% interval (`kappa_interval`): within each stratum
+and prediction, the rate of false negatives is drawn from its Jeffreys posterior, the partition's table made
+from the strata's sizes, and kappa's 2.5 / 97.5 percentiles taken over 1,000 draws. A stratum's items share
+one decision of each method (the strata are made of the methods' decisions), so for a method the only unknown
+is that rate. Unlike a bootstrap over items, the interval is not zero-width when every reviewed item agreed.
 
 Answers: `as_well` (answers the query as well as the positive) and `less_well` (answers it, less well) are
 false negatives, as RLHN counts both its "better" and "worse"; `no` is a true negative; `cannot_tell` is
@@ -213,7 +216,7 @@ def more_reviews(kappa: float, low: float | None, reviewed: int, min_kappa: floa
 
 
 def _kappa(w: np.ndarray, p: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Cohen's kappa from weighted 0/1 predictions and labels, along the last axis."""
+    """Cohen's kappa from weighted predictions and labels (0/1, or label probabilities), along the last axis."""
     n = w.sum(axis=-1)
     tp = (w * p * y).sum(axis=-1)
     tn = (w * (1 - p) * (1 - y)).sum(axis=-1)
@@ -225,15 +228,68 @@ def _kappa(w: np.ndarray, p: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.nan_to_num(kappa)
 
 
+def kappa_interval(
+    groups: list[tuple[float, float, int, int]], draws: int = BOOTSTRAP, seed: int = BOOTSTRAP_SEED
+) -> tuple[float, float] | None:
+    """A 95% interval for kappa on a population made of groups (share of the population, the detector's
+    prediction 0/1, false negatives among the group's labelled items, labelled items): each group's rate of
+    false negatives is drawn from its Jeffreys posterior Beta(k + 1/2, m - k + 1/2), and kappa computed on the
+    population's table, `draws` times; the 2.5 / 97.5 percentiles. Never zero-width because every labelled
+    item agreed (two false negatives among 150 say little), and it reads a stratified sample as what it is."""
+    groups = [g for g in groups if g[0] > 0]
+    if not any(g[3] for g in groups):
+        return None
+    rng = np.random.default_rng(seed)
+    w = np.array([g[0] for g in groups])
+    p = np.array([g[1] for g in groups])
+    theta = np.stack([rng.beta(k + 0.5, m - k + 0.5, size=draws) for _, _, k, m in groups], axis=1)
+    ks = _kappa(np.broadcast_to(w, theta.shape), np.broadcast_to(p, theta.shape), theta)
+    low, high = np.percentile(ks, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def _groups(
+    items: pl.DataFrame, rows: Mapping[str, list[tuple[float, float]]], sizes: Mapping[str, int], pred: Mapping
+) -> list[tuple[float, float, int, int]]:
+    """The interval's groups: per stratum and prediction, its share of the partition (the stratum's size times
+    the share of its drawn items with that prediction: known for every drawn item, reviewed or not), and the
+    false negatives among its reviewed items. A group nobody reviewed yet enters with no labels (its rate
+    anywhere in 0..1), so the interval stays wide until every stratum has been reviewed."""
+    total = sum(sizes.values())
+    drawn: dict[tuple[str, float], int] = {}
+    per_stratum: dict[str, int] = {}
+    for qid, pid, stratum in items.select("query_id", "passage_id", "stratum").iter_rows():
+        value = pred.get((qid, pid))
+        if value is None:
+            continue
+        drawn[(stratum, float(value))] = drawn.get((stratum, float(value)), 0) + 1
+        per_stratum[stratum] = per_stratum.get(stratum, 0) + 1
+    groups = []
+    for (stratum, value), n in drawn.items():
+        labels = [b for a, b in rows.get(stratum, []) if a == value]
+        share = sizes[stratum] / total * n / per_stratum[stratum]
+        groups.append((share, value, int(sum(labels)), len(labels)))
+    return groups
+
+
+def counts_interval(tp: int, fp: int, fn: int, tn: int) -> tuple[float, float] | None:
+    """The interval of `kappa_interval` for a reference labelled in full (the flagged and the kept)."""
+    n = tp + fp + fn + tn
+    if n < 2:
+        return None
+    return kappa_interval([((tp + fp) / n, 1.0, tp, tp + fp), ((fn + tn) / n, 0.0, fn, fn + tn)])
+
+
 def estimate(
     items: pl.DataFrame,
     answers: Mapping[Key, str],
     pred: Mapping[Key, bool | None],
-    bootstrap: int = BOOTSTRAP,
+    draws: int = BOOTSTRAP,
     seed: int = BOOTSTRAP_SEED,
 ) -> Estimate:
     """The weighted estimate on the whole partition from the reviewed items of its sample (`items`: the
-    sample's rows with `stratum` and `stratum_size`)."""
+    sample's rows with `stratum` and `stratum_size`), and its 95% interval (`kappa_interval`, one group per
+    stratum and prediction; a stratum's share of each prediction as among its reviewed items)."""
     rows: dict[str, list[tuple[float, float]]] = {}
     sizes: dict[str, int] = dict(items.select("stratum", "stratum_size").unique().iter_rows())
     cannot, missing = 0, 0
@@ -256,43 +312,20 @@ def estimate(
     w = np.concatenate([np.full(len(r), sizes[h] / len(r)) for h, r in rows.items()])
     p = np.concatenate([np.array([a for a, _ in r]) for r in rows.values()])
     y = np.concatenate([np.array([b for _, b in r]) for r in rows.values()])
-    tp, fp = float((w * p * y).sum()), float((w * p * (1 - y)).sum())
-    fn = float((w * (1 - p) * y).sum())
+    q, n = 1 - p, 1 - y
+    tp, fp, fn = float((w * p * y).sum()), float((w * p * n).sum()), float((w * q * y).sum())
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     kappa = float(_kappa(w, p, y))
-    low = high = None
-    if bootstrap and len(p) >= 2:
-        rng = np.random.default_rng(seed)
-        draws_p, draws_y, draws_w = [], [], []
-        for h, r in rows.items():
-            arr = np.array(r)
-            picks = rng.integers(0, len(r), size=(bootstrap, len(r)))
-            draws_p.append(arr[picks, 0])
-            draws_y.append(arr[picks, 1])
-            draws_w.append(np.full((bootstrap, len(r)), sizes[h] / len(r)))
-        ks = _kappa(np.concatenate(draws_w, axis=1), np.concatenate(draws_p, axis=1), np.concatenate(draws_y, axis=1))
-        low, high = (float(v) for v in np.percentile(ks, [2.5, 97.5]))
-    q, n = 1 - p, 1 - y
+    covered_size = sum(sizes[h] for h in rows)
+    interval = kappa_interval(_groups(items, rows, sizes, pred), draws, seed) if draws else None
     raw = dict(tp=int((p * y).sum()), fp=int((p * n).sum()), fn=int((q * y).sum()), tn=int((q * n).sum()))
-    covered = sum(sizes[h] for h in rows) / total if total else 0.0
-    return Estimate(len(p), cannot, missing, raw, precision, recall, f1, kappa, low, high, covered)
-
-
-def analytic_interval(tp: float, fp: float, fn: float, tn: float) -> tuple[float, float] | None:
-    """A 95% interval for Cohen's kappa of unweighted counts (the large-sample standard error of Fleiss, Cohen
-    and Everitt's simplest form, sqrt(po (1 - po) / (n (1 - pe)^2))): for references labelled in full."""
-    n = tp + fp + fn + tn
-    if n < 2:
-        return None
-    po = (tp + tn) / n
-    pe = ((tp + fp) * (tp + fn) + (fn + tn) * (fp + tn)) / (n * n)
-    if pe >= 1:
-        return None
-    kappa = (po - pe) / (1 - pe)
-    se = math.sqrt(po * (1 - po) / (n * (1 - pe) ** 2))
-    return kappa - 1.96 * se, kappa + 1.96 * se
+    return Estimate(
+        len(p), cannot, missing, raw, precision, recall, f1, kappa,
+        interval[0] if interval else None, interval[1] if interval else None,
+        covered_size / total if total else 0.0,
+    )  # fmt: skip
 
 
 # --- JSONL in and out ---
