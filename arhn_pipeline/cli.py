@@ -567,8 +567,17 @@ def qualify(subsets: tuple[str, ...], min_kappa: float, min_reviews: int) -> Non
             "ORDER BY subset, method, reference",
             [not subsets, list(subsets)],
         ).pl()
-    if frame.is_empty():
+        unmeasured = conn.execute(  # decided, and nothing measured their judges: the gate stored with them
+            "SELECT subset, method, any_value(gate) FROM decisions WHERE (? OR subset IN (SELECT unnest(?::VARCHAR[])))"
+            " AND subset NOT IN (SELECT subset FROM judge_qualification) GROUP BY ALL ORDER BY ALL",
+            [not subsets, list(subsets)],
+        ).fetchall()
+    if frame.is_empty() and not unmeasured:
         raise click.ClickException("no qualification stored: materialize judge_qualification (arhn run does)")
+    for subset in sorted({s for s, _, _ in unmeasured}):
+        click.echo(f"\n{subset}: no reference entry and no reviews measured its judges (arhn review --subset {subset})")
+        for _, method, gate in (r for r in unmeasured if r[0] == subset):
+            click.echo(f"  gate {method:14} {gate}")
     for (subset,), rows in frame.group_by("subset", maintain_order=True):
         click.echo(f"\n{subset}: judges scored on the other reference entries and this partition's reviews")
         table = [

@@ -143,3 +143,23 @@ def test_relabeled_alone_after_a_prompt_edit_records_the_versions_of_its_evidenc
         assert not any(core.TEMPLATE.version in v for v in versions)
         resolver = get_stale_status_resolver(instance, list(edited.assets))
         assert resolver.get_status(dg.AssetKey("snippets"), "a") == StaleStatus.STALE
+
+
+def test_new_reviews_of_a_partition_request_its_qualification_and_decisions_only(materialized):
+    """The review page reports the `reviews` source's new data version: that partition's judge_qualification
+    and relabeled are requested (nothing else, no other partition); the same version again requests nothing."""
+    from arhn_pipeline.review import assets as review_assets
+
+    defs, instance = materialized
+    settled = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    assert settled.total_requested == 0
+    review_assets.report(instance, "a", "3-abcdef01")
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=settled.cursor)
+    by_asset = {
+        key.to_user_string(): set(result.get_requested_partitions(key))
+        for key in defs.resolve_asset_graph().get_all_asset_keys()
+        if result.get_num_requested(key)
+    }
+    assert by_asset == {"judge_qualification": {"a"}, "relabeled": {"a"}}
+    after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
+    assert after.total_requested == 0
