@@ -499,7 +499,14 @@ def compare(subsets: tuple[str, ...], detectors: tuple[str, ...], csv_path: Path
 
 
 @main.command("train-judge")
-@click.option("--train-on", "train_on", multiple=True, required=True, help="a registry entry with a `reference`")
+@click.option(
+    "--train-on",
+    "train_on",
+    multiple=True,
+    required=True,
+    help="a registry entry with a `reference`; NAME:reviews (a partition's reviews, training half of its queries); "
+    "NAME:verdicts:STAGE (a cascade stage's stored verdicts, e.g. a hosted LLM's on a sample)",
+)
 @click.option("--name", default="trained", show_default=True, help="the judge's name (var/judges/NAME.json)")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="write the judge file here instead")
 @click.option(
@@ -510,7 +517,9 @@ def compare(subsets: tuple[str, ...], detectors: tuple[str, ...], csv_path: Path
     "splade-tiny; a SPLADE model by name as sparse:NAME)",
 )
 def train_judge(train_on: tuple[str, ...], name: str, out: Path | None, embedders: tuple[str, ...]) -> None:
-    """Fit a false-negative judge on the labelled negatives of registry entries (ingesting them if needed)."""
+    """Fit a false-negative judge on labelled negatives: registry entries' references (ingesting them if needed),
+    a partition's reviews, or a strong judge's stored verdicts. Trained on NAME:reviews, the judge is qualified on
+    NAME only by the reviews of the other half of its queries."""
     from arhn_pipeline.raw_triplets.ingest import ingest
     from arhn_pipeline.sources.registry import load_registry
     from arhn_pipeline.store import snapshot
@@ -519,14 +528,15 @@ def train_judge(train_on: tuple[str, ...], name: str, out: Path | None, embedder
 
     registry = load_registry()
     with _db() as conn:
-        for entry_name in train_on:
+        for entry_name in (spec for spec in train_on if ":" not in spec):
             if (
                 entry_name in registry
                 and not conn.execute("SELECT count(*) FROM queries WHERE subset = ?", [entry_name]).fetchone()[0]
             ):
                 click.echo(f"ingesting {entry_name} first")
                 ingest(conn, entry_name, registry[entry_name])
-        conn = snapshot(conn, train_on)  # embedding takes minutes: the file is let go of first
+        # embedding takes minutes: the file is let go of first
+        conn = snapshot(conn, sorted({spec.split(":", 1)[0] for spec in train_on}))
     try:
         judge, path = train(conn, name, list(train_on), list(embedders) or list(DEFAULT_EMBEDDERS))
     except ValueError as exc:

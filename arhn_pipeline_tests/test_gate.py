@@ -238,3 +238,64 @@ def test_a_combined_method_is_gated_rule_by_rule():
     assert gated["action"].to_list() == ["to_positive", "keep", "to_positive", "keep"]
     assert gated["gate"].to_list()[:2] == ["applied: kappa 0.740", "withheld: kappa -0.070"]
     assert withheld_methods(gated, verdicts) == ["arhn:R+F", "arhn:F"]
+
+
+def test_a_judge_trained_on_a_partitions_reviews_is_qualified_there_only_on_the_held_out_half(tmp_path, monkeypatch):
+    """A source with no reference: its reviews (every item of its sample answered as the quiz's truth) train a
+    judge (real MiniLM embeddings) on the training half of the queries; the partition's qualification by its
+    reviews then reads only the other half, and says so."""
+    from arhn_pipeline.relabel.config import RelabeledConfig
+    from arhn_pipeline.review import core as review_core
+    from arhn_pipeline.review import data as review_data
+    from arhn_pipeline.store import DuckDBStore
+    from arhn_pipeline.trained_judge.training import train
+
+    monkeypatch.setenv("ARHN_JUDGES_DIR", str(tmp_path / "judges"))
+    entries = {"mine": {"format": "bge", "path": str(write_jsonl(tmp_path / "mine.jsonl", quiz(24)))}}
+    monkeypatch.setenv("ARHN_SOURCES", str(write_registry(tmp_path / "sources.yaml", entries)))
+    defs = build_defs(engine("constant_no"))
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("subset", ["mine"])
+    ingest = [a for a in defs.assets if a.key.to_user_string() == "raw_triplets"]
+    assert dg.materialize(ingest, partition_key="mine", instance=instance, resources=defs.resources).success
+    store = DuckDBStore(database=str(tmp_path / "arhn.duckdb"))
+    with store.get_connection() as conn:
+        review_data.ensure_sample(conn, "mine", 120, 0, RelabeledConfig())
+        texts = dict(conn.execute("SELECT passage_id, text FROM passages").fetchall())
+        drawn = review_data.items(conn, "mine")
+        review_data.record(
+            conn,
+            [
+                dict(subset="mine", query_id=q, passage_id=p, reviewer="ann",
+                     answered_at=f"2026-12-07T10:{i // 60:02}:{i % 60:02}",
+                     answer="as_well" if texts[p].startswith("FN_") else "no")
+                for i, (q, p) in enumerate(drawn.select("query_id", "passage_id").rows())
+            ],
+            origin="test",
+        )  # fmt: skip
+        judge, _ = train(conn, "mine_judge", ["mine:reviews"], ["all-MiniLM-L6-v2"])
+    assert "training half" in judge.trained_on["mine:reviews"]
+    halves = {review_core.train_half(q) for q in drawn["query_id"].to_list()}
+    assert halves == {True, False}
+    assert judge.labelled == sum(review_core.train_half(q) for q in drawn["query_id"].to_list())
+    config = {
+        "ops": {
+            "rankings": {"config": {"ranker": "llm"}},
+            "judgments": {"config": {"stages": [{"name": "judge", "kind": "trained_judge", "model": "mine_judge"}]}},
+            "judge_qualification": {"config": {"arhn_methods": []}},
+            "relabeled": {"config": {"arhn_methods": [], "min_reviews": 20}},
+        }
+    }
+    results = gather_then_decide(defs, instance, ["mine"], run_config=config)
+    conn = duckdb.connect(str(tmp_path / "arhn.duckdb"), read_only=True)
+    pairs = conn.execute(
+        "SELECT DISTINCT reference, pairs FROM judge_qualification WHERE subset = 'mine' AND method = 'rlhn:rlhn'"
+    ).fetchall()
+    held_out = sum(not review_core.train_half(q) for q in drawn["query_id"].to_list())
+    assert pairs == [("reviews:mine", held_out)]
+    meta = results[-1].asset_materializations_for_node("judge_qualification")[0].metadata
+    assert "only the held-out half of the queries (judge mine_judge trained on the other half)" in (
+        meta["reference_entries"].value
+    )
+    gate = conn.execute("SELECT DISTINCT gate FROM decisions WHERE subset = 'mine' AND method = 'rlhn:rlhn'").fetchone()
+    assert f"on {held_out} reviewed negatives of this partition" in gate[0]

@@ -180,3 +180,23 @@ def test_reviews_round_trip_through_jsonl_and_a_bad_line_is_set_aside_with_its_r
 def test_a_bad_review_line_names_the_file_line_and_field(bad):
     with pytest.raises(core.ReviewFileError, match=r"f.jsonl line 7"):
         core.parse_review_line("f.jsonl", 7, bad)
+
+
+def test_a_strong_judges_stored_verdicts_are_labels_to_train_on_and_unparsed_ones_are_not(db):
+    from arhn_pipeline.trained_judge.training import labelled
+
+    db.execute(
+        "INSERT INTO verdicts (subset, stage_index, stage, query_id, passage_id, verdict, status, model, final) VALUES "
+        "('s', 1, 'gpt', 'q', 'p1', 'better', 'parsed', 'm', true), ('s', 1, 'gpt', 'q', 'p2', 'worse', 'parsed', 'm', "
+        "true), ('s', 1, 'gpt', 'q', 'p3', 'none', 'parsed', 'm', true), ('s', 1, 'gpt', 'q', 'p4', 'unparsed', "
+        "'unparsed', 'm', true), ('s', 0, 'cheap', 'q', 'p5', 'better', 'parsed', 'm', false)"
+    )
+    subset, labels, fingerprint = labelled(db, "s:verdicts:gpt")
+    assert subset == "s" and fingerprint.startswith("verdicts ")
+    assert labels == {("q", "p1"): True, ("q", "p2"): True, ("q", "p3"): False}
+    with pytest.raises(ValueError, match="no verdicts of stage 'nope'"):
+        labelled(db, "s:verdicts:nope")
+    with pytest.raises(ValueError, match="no reviews of 's' in the training half"):
+        labelled(db, "s:reviews")
+    with pytest.raises(ValueError, match="NAME, NAME:reviews or NAME:verdicts:STAGE"):
+        labelled(db, "s:what")

@@ -127,7 +127,9 @@ def reviewed(
     """The partition's own reviews as a reference: each method's weighted estimate on the whole partition."""
     name = f"{REVIEWS}:{subset}"
     predicted = ag.decision_predictions(own.frame)
-    measured = review_data.measure(conn, subset, {m: predicted.get(m, {}) for m in own.methods})
+    trained = judges_trained_on(conn, subset).get(f"{subset}:{REVIEWS}")
+    held_out = (lambda q: not review_core.train_half(q)) if trained else None
+    measured = review_data.measure(conn, subset, {m: predicted.get(m, {}) for m in own.methods}, held_out)
     if measured is None:
         return [], ReferenceOutcome(name, False, f"no reviews of this partition (arhn review --subset {subset})")
     rows = []
@@ -154,12 +156,12 @@ def reviewed(
             )
         )
     who = ", ".join(measured.reviewers)
+    note = f"; only the held-out half of the queries ({trained} trained on the other half)" if trained else ""
+    reviewed_items = max((e.reviewed for e in measured.estimates.values()), default=0)
     return rows, ReferenceOutcome(
-        name,
-        True,
-        f"{max((e.reviewed for e in measured.estimates.values()), default=0)} reviewed negatives of "
-        f"{measured.sample} drawn, by {who} (reviews {measured.version})",
-    )
+        name, True, f"{reviewed_items} reviewed negatives of {measured.sample} drawn, by {who} (reviews "
+        f"{measured.version}){note}"
+    )  # fmt: skip
 
 
 def _decide_entry(

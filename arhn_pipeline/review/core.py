@@ -55,6 +55,12 @@ def is_false_negative(answer: str) -> bool | None:
     return ANSWERS[answer][1]
 
 
+def train_half(query_id: str) -> bool:
+    """Whether a query's reviews may train a judge (`arhn train-judge --train-on NAME:reviews`); the other
+    half qualifies it. Split by query, so that no query's candidates are on both sides."""
+    return hashlib.sha256(f"split|{query_id}".encode()).digest()[0] % 2 == 0
+
+
 # --- the sample ---
 
 

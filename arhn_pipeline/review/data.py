@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -274,11 +274,18 @@ def version(conn: duckdb.DuckDBPyConnection, subset: str) -> str:
 
 
 def measure(
-    conn: duckdb.DuckDBPyConnection, subset: str, predicted: Mapping[str, Mapping[core.Key, bool | None]]
+    conn: duckdb.DuckDBPyConnection,
+    subset: str,
+    predicted: Mapping[str, Mapping[core.Key, bool | None]],
+    queries: Callable[[str], bool] | None = None,
 ) -> Measured | None:
-    """Each detector's weighted estimate on the partition from its reviews, or None when it has none."""
+    """Each detector's weighted estimate on the partition from its reviews, or None when it has none; with
+    `queries`, only the sample's items of the queries it accepts (a held-out half)."""
     drawn = items(conn, subset)
     given = reviews(conn, subset)
+    if queries is not None:
+        drawn = drawn.filter(pl.col("query_id").map_elements(queries, return_dtype=pl.Boolean))
+        given = given.filter(pl.col("query_id").map_elements(queries, return_dtype=pl.Boolean))
     if drawn.is_empty() or given.is_empty():
         return None
     answers = core.labels(given)
