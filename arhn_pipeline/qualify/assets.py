@@ -23,8 +23,9 @@ EVIDENCE = ("snippets", "rankings", "judgments")
     kinds={"duckdb"},
     group_name="relabel",
     description="Each judge behind this partition's decisions (method, models, prompts, settings), scored against "
-    "every registry entry with a reference except this partition: precision, recall, F1 and Cohen's kappa of the "
-    "decisions the same judge made there. `relabeled` applies a method only when its pooled kappa qualifies.",
+    "every registry entry with a reference except this partition, and against this partition's own reviews (arhn "
+    "review; weighted to the whole partition): precision, recall, F1 and Cohen's kappa with a 95% interval. "
+    "`relabeled` applies a method only when the interval's lower end reaches min_kappa.",
 )
 def judge_qualification(context: dg.AssetExecutionContext, config: DecisionConfig, duckdb: DuckDBStore):
     subset = context.partition_key
@@ -37,23 +38,49 @@ def judge_qualification(context: dg.AssetExecutionContext, config: DecisionConfi
         replace_partition(conn, "judge_qualification", subset, rows)
         tables = table_metadata(conn, "judge_qualification", subset)
     pooled = core.gate_verdicts(rows, own.judges, min_kappa=0.0)
-    shown = rows.select("method", "reference", "pairs", "precision", "recall", "f1", "kappa").sort(
-        "method", "reference"
-    )
+    shown = rows.sort("method", "reference").select(
+        "method", "reference", "pairs", "precision", "recall", "f1", "kappa", "kappa_low", "kappa_high",
+        "reviewers_items", "reviewers_kappa",
+    )  # fmt: skip
     return dg.MaterializeResult(
         metadata={
             **tables,
             "references_used": sum(o.used for o in outcomes),
+            "reviewed_negatives": int(rows.filter(rows["reference_format"] == core.REVIEWS)["pairs"].max() or 0),
             "by_reference": dg.MetadataValue.md(
                 md_table(
-                    ["method", "reference", "labelled negatives", "precision", "recall", "F1", "kappa"], shown.rows()
-                )
+                    [
+                        "method",
+                        "reference",
+                        "labelled negatives",
+                        "precision",
+                        "recall",
+                        "F1",
+                        "kappa",
+                        "95% interval",
+                        "two reviewers agree (kappa, items)",
+                    ],
+                    [
+                        (
+                            m,
+                            ref,
+                            n,
+                            round(p, 3),
+                            round(r, 3),
+                            round(f, 3),
+                            round(k, 3),
+                            _interval(lo, hi),
+                            "-" if not items else f"{rk:.2f} on {items}",
+                        )
+                        for m, ref, n, p, r, f, k, lo, hi, items, rk in shown.rows()
+                    ],
+                )  # fmt: skip
             ),
             "pooled_kappa": dg.MetadataValue.md(
                 md_table(
-                    ["method", "judge", "pooled kappa", "labelled negatives"],
+                    ["method", "judge", "kappa (reviews, else the references)", "95% interval", "labelled negatives"],
                     [
-                        (m, own.judges[m], "-" if v.kappa is None else f"{v.kappa:.3f}", v.pairs)
+                        (m, own.judges[m], "-" if v.kappa is None else f"{v.kappa:.3f}", v.interval, v.pairs)
                         for m, v in pooled.items()
                     ],
                 )
@@ -64,3 +91,7 @@ def judge_qualification(context: dg.AssetExecutionContext, config: DecisionConfi
             "judges": dg.MetadataValue.md(md_table(["judge", "made of"], list(own.judge_descriptions.items()))),
         }
     )
+
+
+def _interval(low: float | None, high: float | None) -> str:
+    return "-" if low is None or high is None else f"{low:.2f} to {high:.2f}"
