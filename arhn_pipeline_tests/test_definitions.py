@@ -24,7 +24,9 @@ def test_definitions_load_with_every_asset_check_job_and_sensor(defs):
         "trained_reranker",
         "reranker_eval",
         "method_comparison",
+        "reviews",
     }
+    assert graph.get(dg.AssetKey("reviews")).is_observable  # a source: observed by the review page, never made
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
     assert checks >= {
         ("raw_triplets", "quarantine_share"),
@@ -48,13 +50,13 @@ def test_definitions_load_with_every_asset_check_job_and_sensor(defs):
         name = key.to_user_string()
         expected = (
             subset_partitions
-            if name in per_subset
+            if name in per_subset | {"reviews"}
             else variant_partitions
             if name in ("trained_retriever", "trained_reranker")
             else None
         )
         assert graph.get(key).partitions_def == expected
-        assert graph.get(key).automation_condition is not None
+        assert (graph.get(key).automation_condition is not None) == (name != "reviews")
     assert defs.resolve_sensor_def("prompt_change_automation").default_status == dg.DefaultSensorStatus.RUNNING
     assert defs.resolve_schedule_def("nightly_refresh").default_status == dg.DefaultScheduleStatus.STOPPED
     pools = [set(graph.get(dg.AssetKey(n)).pools) for n in ("snippets", "rankings", "judgments")]
