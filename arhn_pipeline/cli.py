@@ -11,38 +11,8 @@ from typing import Any
 import click
 
 from arhn_pipeline import settings, storage
-
-
-def dagster_instance():
-    """The persistent Dagster instance the UI reads: DAGSTER_HOME, by default var/dagster with the
-    project's dagster.yaml linked in."""
-    import dagster as dg
-
-    from arhn_pipeline.runs import reap_dead_runs
-
-    home = settings.dagster_home()
-    os.environ.setdefault("DAGSTER_HOME", str(home))
-    with _first_use_lock(home):  # several first runs at once: the instance's storage is made by one of them
-        instance = dg.DagsterInstance.get()
-        instance.get_runs(limit=1)  # run storage
-        instance.get_dynamic_partitions("subset")  # event log storage
-        instance.all_instigator_state()  # schedule storage
-    for line in reap_dead_runs(instance):  # a killed earlier run must not hold the engine's slot
-        click.echo(line, err=True)
-    return instance
-
-
-@contextmanager
-def _first_use_lock(folder: Path):
-    """An exclusive lock on a file in `folder` while the state in it is opened (and, the first time, made)."""
-    import fcntl
-
-    with open(folder / ".arhn-init.lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+from arhn_pipeline.console import dagster_instance, text_table
+from arhn_pipeline.console import open_db as _db
 
 
 class _Commands(click.Group):
@@ -293,16 +263,6 @@ def _print_plan(registry, chosen: list[str], ops: dict, prices: dict, budget: fl
             conn.close()
     for line in plan.lines(plans, per_request, engine_start=llm.engine_name == "vllm"):
         click.echo(line)
-
-
-def _db(read_only: bool = False):
-    """The pipeline's DuckDB file; waits (and says so) while a run is writing to it."""
-    from arhn_pipeline.store import connect
-
-    path = settings.db_path()
-    if read_only and not path.exists():
-        raise click.ClickException(f"no pipeline database at {path} yet: run `arhn run` (or materialize in the UI)")
-    return connect(str(path), read_only=read_only, on_wait=lambda m: click.echo(m, err=True))
 
 
 def _explain_example(subsets: list[str]) -> str | None:
@@ -569,7 +529,7 @@ def _relabeled_default(name: str) -> Any:
 def qualify(subsets: tuple[str, ...], min_kappa: float, min_reviews: int) -> None:
     """The qualification table: per partition, each judge's agreement with the other reference entries and the
     partition's own reviews (with 95% intervals), and whether the gate applies or withholds its decisions."""
-    from arhn_pipeline.qualify.core import gate_verdicts
+    from arhn_pipeline.qualify.core import gate_verdicts, interval_text
 
     with _db(read_only=True) as conn:
         frame = conn.execute(
@@ -592,7 +552,7 @@ def qualify(subsets: tuple[str, ...], min_kappa: float, min_reviews: int) -> Non
         click.echo(f"\n{subset}: judges scored on the other reference entries and this partition's reviews")
         table = [
             (r["method"], r["reference"], r["pairs"], f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}",
-             f"{r['kappa']:.3f}", _interval(r["kappa_low"], r["kappa_high"]),
+             f"{r['kappa']:.3f}", interval_text(r["kappa_low"], r["kappa_high"]),
              "-" if not r["reviewers_items"] else f"{r['reviewers_kappa']:.2f} on {r['reviewers_items']}")
             for r in rows.iter_rows(named=True)
         ]  # fmt: skip
@@ -601,35 +561,6 @@ def qualify(subsets: tuple[str, ...], min_kappa: float, min_reviews: int) -> Non
         judges = dict(rows.select("method", "judge").unique(maintain_order=True).iter_rows())
         for verdict in gate_verdicts(rows, judges, min_kappa, min_reviews).values():
             click.echo(f"  gate {verdict.method:14} {verdict.reason}")
-
-
-def _interval(low: float | None, high: float | None) -> str:
-    return "-" if low is None or high is None else f"{low:.2f} to {high:.2f}"
-
-
-def text_table(headers: list[str], rows: list[tuple[Any, ...]] | list[list[Any]]) -> str:
-    """Columns aligned for a terminal: numbers to the right, text to the left."""
-    cells = [[str(h) for h in headers]] + [[str(v) for v in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    numeric = [all(_is_number(r[i]) for r in cells[1:]) for i in range(len(headers))]
-    out = []
-    for n, row in enumerate(cells):
-        out.append(
-            "  ".join(
-                v.rjust(w) if num and n else v.ljust(w) for v, w, num in zip(row, widths, numeric, strict=True)
-            ).rstrip()
-        )
-        if n == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return "\n".join(out)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text.replace(",", ""))
-    except ValueError:
-        return text == "-"
-    return True
 
 
 @main.command()

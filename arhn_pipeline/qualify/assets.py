@@ -69,7 +69,7 @@ def judge_qualification(context: dg.AssetExecutionContext, config: DecisionConfi
                             round(r, 3),
                             round(f, 3),
                             round(k, 3),
-                            _interval(lo, hi),
+                            core.interval_text(lo, hi),
                             "-" if not items else f"{rk:.2f} on {items}",
                         )
                         for m, ref, n, p, r, f, k, lo, hi, items, rk in shown.rows()
@@ -91,7 +91,3 @@ def judge_qualification(context: dg.AssetExecutionContext, config: DecisionConfi
             "judges": dg.MetadataValue.md(md_table(["judge", "made of"], list(own.judge_descriptions.items()))),
         }
     )
-
-
-def _interval(low: float | None, high: float | None) -> str:
-    return "-" if low is None or high is None else f"{low:.2f} to {high:.2f}"

@@ -220,9 +220,11 @@ class GateVerdict:
 
     @property
     def interval(self) -> str:
-        if self.kappa_low is None or self.kappa_high is None:
-            return "-"
-        return f"{self.kappa_low:.2f} to {self.kappa_high:.2f}"
+        return interval_text(self.kappa_low, self.kappa_high)
+
+
+def interval_text(low: float | None, high: float | None) -> str:
+    return "-" if low is None or high is None else f"{low:.2f} to {high:.2f}"
 
 
 def gate_verdicts(

@@ -47,7 +47,7 @@ def review(
     sample is stratified by what each method decided and the judge's score band, so the reviews estimate each
     method's precision, recall and Cohen's kappa on the WHOLE partition with a 95% interval; the gate
     (`relabeled`) applies a method on this partition when the interval's lower end reaches min_kappa."""
-    from arhn_pipeline.cli import _db
+    from arhn_pipeline.console import open_db as _db
 
     if export_to is not None:
         if export_to.is_symlink() or export_to.exists():
@@ -92,7 +92,8 @@ def _serve(
 ) -> None:
     from urllib.parse import quote
 
-    from arhn_pipeline.cli import _db, dagster_instance
+    from arhn_pipeline.console import dagster_instance
+    from arhn_pipeline.console import open_db as _db
     from arhn_pipeline.relabel.config import RelabeledConfig
     from arhn_pipeline.review import assets, page
 
@@ -151,7 +152,8 @@ def _report_all(added: int) -> None:
     """After an import: every partition with reviews tells Dagster its reviews' version."""
     if not added:
         return
-    from arhn_pipeline.cli import _db, dagster_instance
+    from arhn_pipeline.console import dagster_instance
+    from arhn_pipeline.console import open_db as _db
     from arhn_pipeline.review import assets
 
     instance = dagster_instance()
@@ -162,7 +164,8 @@ def _report_all(added: int) -> None:
 
 
 def _print_status(subset: str) -> None:
-    from arhn_pipeline.cli import _db, text_table
+    from arhn_pipeline.console import open_db as _db
+    from arhn_pipeline.console import text_table
     from arhn_pipeline.qualify import core as qualify
     from arhn_pipeline.relabel.config import RelabeledConfig
 
@@ -180,13 +183,12 @@ def _print_status(subset: str) -> None:
     table = []
     for r in rows:
         v = verdicts[r["method"]]
-        low, high = r["kappa_low"], r["kappa_high"]
         gate = "applied" if v.qualified else (f"needs ~{v.needs} more" if v.needs else "withheld")
         if r["pairs"] < config.min_reviews:
             gate = f"fewer than {config.min_reviews} reviews"
         table.append(
             (r["method"], r["pairs"], f"{r['precision']:.2f}", f"{r['recall']:.2f}", f"{r['kappa']:.2f}",
-             "-" if low is None else f"{low:.2f} to {high:.2f}", f"{r['covered']:.0%}", gate)
+             qualify.interval_text(r["kappa_low"], r["kappa_high"]), f"{r['covered']:.0%}", gate)
         )  # fmt: skip
     click.echo(
         text_table(["method", "reviewed", "precision", "recall", "kappa", "95% interval", "covered", "gate"], table)
