@@ -38,6 +38,7 @@ def judge_qualification(context: dg.AssetExecutionContext, config: DecisionConfi
         replace_partition(conn, "judge_qualification", subset, rows)
         tables = table_metadata(conn, "judge_qualification", subset)
     pooled = core.gate_verdicts(rows, own.judges, min_kappa=0.0)
+    reviewed = rows.filter(rows["reference_format"] == core.REVIEWS)
     shown = rows.sort("method", "reference").select(
         "method", "reference", "pairs", "precision", "recall", "f1", "kappa", "kappa_low", "kappa_high",
         "reviewers_items", "reviewers_kappa",
@@ -46,7 +47,7 @@ def judge_qualification(context: dg.AssetExecutionContext, config: DecisionConfi
         metadata={
             **tables,
             "references_used": sum(o.used for o in outcomes),
-            "reviewed_negatives": int(rows.filter(rows["reference_format"] == core.REVIEWS)["pairs"].max() or 0),
+            "reviewed_negatives": max(reviewed["pairs"].to_list(), default=0),
             "by_reference": dg.MetadataValue.md(
                 md_table(
                     [

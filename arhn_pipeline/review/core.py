@@ -278,12 +278,14 @@ def _groups(
     return groups
 
 
-def counts_interval(tp: int, fp: int, fn: int, tn: int) -> tuple[float, float] | None:
+def counts_interval(tp: float, fp: float, fn: float, tn: float) -> tuple[float, float] | None:
     """The interval of `kappa_interval` for a reference labelled in full (the flagged and the kept)."""
     n = tp + fp + fn + tn
     if n < 2:
         return None
-    return kappa_interval([((tp + fp) / n, 1.0, tp, tp + fp), ((fn + tn) / n, 0.0, fn, fn + tn)])
+    return kappa_interval(
+        [((tp + fp) / n, 1.0, round(tp), round(tp + fp)), ((fn + tn) / n, 0.0, round(fn), round(fn + tn))]
+    )
 
 
 def estimate(
