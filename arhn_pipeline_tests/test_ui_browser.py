@@ -31,12 +31,14 @@ def webserver(tmp_path):
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(PROJECT / "dagster.yaml", home / "dagster.yaml")
-    # the sample oracle judges the sample partitions from their planted labels, so relabeling happens
+    # the sample oracle judges the sample partitions from their planted labels (as the LLM ranker and the
+    # cascade's LLM judge: ARHN_LLM_JUDGE=1), so relabeling happens
     env = dict(
         os.environ,
         DAGSTER_HOME=str(home),
         ARHN_ENGINE="scripted",
         ARHN_SCRIPT="sample_oracle",
+        ARHN_LLM_JUDGE="1",
         ARHN_DB=str(tmp_path / "ui.duckdb"),
     )
     subprocess.run([BIN / "arhn", "sources", "sync"], env=env, cwd=PROJECT, check=True, capture_output=True)
@@ -153,7 +155,7 @@ def test_launch_a_partition_from_the_ui_and_read_the_audit_table(webserver):
             page.get_by_text("relabeled_examples").wait_for(timeout=30_000)
             # the small Markdown tables (the qualification gate) show on the page, the large ones (the rules, the
             # audit examples) behind their [Show Markdown] buttons
-            page.get_by_text("applied: kappa").first.wait_for(timeout=30_000)
+            page.get_by_text("labelled negatives of sample_bio").first.wait_for(timeout=30_000)
             gate = page.locator("body").inner_text()
             texts = []
             buttons = page.get_by_text("[Show Markdown]")
@@ -168,6 +170,6 @@ def test_launch_a_partition_from_the_ui_and_read_the_audit_table(webserver):
             audit = next(t for t in texts if "full evidence" in t)
         finally:
             browser.close()
-    assert "labelled negatives of sample_bio" in gate and "qualification_gate" in gate
+    assert "labelled negatives of sample_bio" in gate and "qualification_gate" in gate and "applied" in gate
     assert "full evidence" in audit and "arhn explain --subset sample_geo --query sample_geo-" in audit
     assert "to_positive" in audit

@@ -321,18 +321,20 @@ def withheld_methods(gated: pl.DataFrame, verdicts: Mapping[str, GateVerdict]) -
     return [m for m, v in verdicts.items() if m in with_withheld_rows or (not v.qualified and m not in COMPONENTS)]
 
 
-SUMMARY_HEADERS = ["method", "qualified", "kappa", "95% interval", "labelled negatives", "reason"]
+SUMMARY_HEADERS = ["method", "gate", "kappa", "95% interval", "measured on"]
 
 
 def summary_rows(verdicts: Iterable[GateVerdict]) -> list[tuple[Any, ...]]:
-    return [
-        (
-            v.method,
-            "yes" if v.qualified else "no",
-            "-" if v.kappa is None else f"{v.kappa:.3f}",
-            v.interval,
-            v.pairs,
-            v.reason,
-        )  # fmt: skip
-        for v in verdicts
-    ]
+    """The gate in a few words per method (the whole reason is in each decision's `gate` column): compact
+    enough for the UI to show inline."""
+    rows = []
+    for v in verdicts:
+        gate = "applied" if v.qualified else "withheld" + (f" (needs ~{v.needs} more reviews)" if v.needs else "")
+        if v.kappa is None:
+            where = "nothing: no reference, no reviews"
+        elif v.references and v.references[0].startswith(f"{REVIEWS}:"):
+            where = f"{v.pairs} reviewed negatives of this partition"
+        else:
+            where = f"{v.pairs} labelled negatives of {', '.join(v.references)}"
+        rows.append((v.method, gate, "-" if v.kappa is None else f"{v.kappa:.3f}", v.interval, where))
+    return rows
