@@ -74,7 +74,9 @@ def load(name: str = DEFAULT_EMBEDDER) -> Any:
     from sentence_transformers import SentenceTransformer, SparseEncoder
 
     cls = SparseEncoder if is_sparse(name) else SentenceTransformer
-    return cls(model_location(name), device=device())
+    model = cls(model_location(name), device=device())
+    model._arhn_name = name  # noqa: SLF001 (the name its stored vectors are kept under: vector_store.py)
+    return model
 
 
 # Vectors already computed in this process, per (model, role, sequence length): one run's stages embed the same
@@ -100,7 +102,10 @@ def reporting(log: Callable[[str], None]) -> Iterator[None]:
         _REPORT.reset(token)
 
 
-def _encode_chunked(model: Any, texts: list[str], query: bool, sparse: bool) -> list[Any]:
+def _encode_chunked(
+    model: Any, texts: list[str], query: bool, sparse: bool, done: Callable[[list[str], list[Any]], None] | None = None
+) -> list[Any]:
+    """Vectors of `texts`, CHUNK at a time; `done` gets each chunk's texts and vectors as it is finished."""
     log = _REPORT.get()
     every = float(os.environ.get("ARHN_PROGRESS_SECONDS", "30"))
     t0 = last = time.monotonic()
@@ -109,7 +114,10 @@ def _encode_chunked(model: Any, texts: list[str], query: bool, sparse: bool) -> 
     label = getattr(name, "base_model", None) or type(model).__name__
     for start in range(0, len(texts), CHUNK):
         part = texts[start : start + CHUNK]
-        out += list(_encode_sparse(model, part, query) if sparse else _encode_dense(model, part, query))
+        vectors = list(_encode_sparse(model, part, query) if sparse else _encode_dense(model, part, query))
+        if done is not None:
+            done(part, vectors)
+        out += vectors
         now = time.monotonic()
         if log is not None and len(texts) > CHUNK and (now - last >= every or len(out) == len(texts)):
             rate = len(out) / (now - t0)
@@ -132,8 +140,13 @@ def encode_unique(model: Any, texts: list[str], query: bool) -> tuple[dict[str, 
     memo = _MEMO.setdefault((id(model), query, int(getattr(model, "max_seq_length", 0) or 0)), {})
     found = {t: memo[t] for t in unique if t in memo}
     todo = [t for t in unique if t not in found]
+    shelf = _shelf(model, query, sparse)
+    if todo and shelf is not None:
+        stored = shelf.get(todo)
+        found.update(stored)
+        todo = [t for t in todo if t not in stored]
     if todo:
-        vecs = _encode_chunked(model, todo, query, sparse)
+        vecs = _encode_chunked(model, todo, query, sparse, shelf.put if shelf is not None else None)
         found.update(zip(todo, vecs, strict=True))
         if sum(len(m) for m in _MEMO.values()) + len(todo) > MEMO_MAX_VECTORS:
             for m in _MEMO.values():
@@ -147,6 +160,20 @@ def encode_unique(model: Any, texts: list[str], query: bool) -> tuple[dict[str, 
 
         return index, (sp.vstack(rows, format="csr") if rows else sp.csr_matrix((0, 0), dtype=np.float32))
     return index, (np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32))
+
+
+def _shelf(model: Any, query: bool, sparse: bool) -> Any:
+    """Where this model's vectors are kept across processes (vector_store.py), when it was loaded by name."""
+    from arhn_pipeline import vector_store
+
+    name = getattr(model, "_arhn_name", None)
+    if name is None or not vector_store.enabled():
+        return None
+    try:
+        precision = str(next(model.parameters()).dtype).removeprefix("torch.")
+    except (StopIteration, AttributeError, TypeError):
+        precision = "unknown"
+    return vector_store.Shelf.of(name, query, int(getattr(model, "max_seq_length", 0) or 0), precision, sparse)
 
 
 def _is_sparse_model(model: Any) -> bool:

@@ -35,6 +35,11 @@ def judges_dir() -> Path:
     return _env_path("ARHN_JUDGES_DIR", var_dir() / "judges")
 
 
+def embeddings_dir() -> Path:
+    """Vectors and term weights already computed, per model (vector_store.py)."""
+    return _env_path("ARHN_EMBEDDINGS_DIR", var_dir() / "embeddings")
+
+
 def sources_file() -> Path:
     return _env_path("ARHN_SOURCES", PROJECT_ROOT / "sources.yaml")
 
