@@ -67,14 +67,33 @@ def device() -> str | None:
     return None if torch.cuda.is_available() else "cpu"
 
 
+def dtype() -> str:
+    """The embedders' precision: ARHN_EMBED_DTYPE = float32 (the default), bfloat16, or auto (bfloat16 on a GPU
+    or where the CPU computes it natively, as the LLM's dtype is chosen; float32 elsewhere)."""
+    configured = os.environ.get("ARHN_EMBED_DTYPE", "float32")
+    if configured != "auto":
+        return configured
+    import torch
+
+    from arhn_pipeline.engine.vllm_engine import choose_dtype, cpu_flags
+
+    return choose_dtype("auto", torch.cuda.is_available(), cpu_flags())[0]
+
+
+def load(name: str = DEFAULT_EMBEDDER) -> Any:
+    return _load(name, dtype())
+
+
 # the trained judge's three embedders stay loaded together (a smaller cache evicted one per call of
 # trained_judge.core.features, and its vectors' memo with it: every stage embedded everything again)
 @lru_cache(maxsize=4)
-def load(name: str = DEFAULT_EMBEDDER) -> Any:
+def _load(name: str, precision: str) -> Any:
+    import torch
     from sentence_transformers import SentenceTransformer, SparseEncoder
 
     cls = SparseEncoder if is_sparse(name) else SentenceTransformer
-    model = cls(model_location(name), device=device())
+    kwargs = {} if precision == "float32" else {"model_kwargs": {"torch_dtype": getattr(torch, precision)}}
+    model = cls(model_location(name), device=device(), **kwargs)
     model._arhn_name = name  # noqa: SLF001 (the name its stored vectors are kept under: vector_store.py)
     return model
 
@@ -186,7 +205,8 @@ def _encode_dense(model: Any, texts: list[str], query: bool) -> np.ndarray:
     encode = model.encode_query if query and hasattr(model, "encode_query") else model.encode
     if not query and hasattr(model, "encode_document"):
         encode = model.encode_document
-    return np.asarray(encode(texts, normalize_embeddings=True, batch_size=32, convert_to_numpy=True))
+    vectors = encode(texts, normalize_embeddings=True, batch_size=32, convert_to_tensor=True)
+    return vectors.float().cpu().numpy()  # bfloat16 has no numpy dtype
 
 
 def _encode_sparse(model: Any, texts: list[str], query: bool) -> list[Any]:
@@ -195,7 +215,7 @@ def _encode_sparse(model: Any, texts: list[str], query: bool) -> list[Any]:
     import scipy.sparse as sp
 
     encode = model.encode_query if query else model.encode_document
-    weights = encode(texts, batch_size=8, convert_to_tensor=True).coalesce().cpu()
+    weights = encode(texts, batch_size=8, convert_to_tensor=True).coalesce().cpu().float()  # bfloat16: no numpy
     rows, cols = weights.indices().numpy()
     matrix = sp.csr_matrix((weights.values().numpy(), (rows, cols)), shape=tuple(weights.shape))
     return [matrix[i] for i in range(matrix.shape[0])]

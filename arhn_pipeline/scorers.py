@@ -52,14 +52,14 @@ class Scorer:
 def judge_scores(judge: Any, pairs: pl.DataFrame) -> list[float]:
     """A judge ranks a negative by its decision value against the query's first positive; the positives sit at
     the judge's threshold, so a negative ranks above them exactly when the judge calls it a false negative."""
-    from arhn_pipeline.trained_judge.core import Triple, features
+    from arhn_pipeline.trained_judge.core import Triple
 
     positives = pairs.filter(pl.col("role") == "positive")
     first_positive = positives.group_by("query_id", maintain_order=True).agg(pl.col("passage").first())
     positive = dict(first_positive.iter_rows())
     rows = list(pairs.select("query_id", "query", "passage", "role").iter_rows())
     negatives = [Triple(q, positive[qid], p) for qid, q, p, role in rows if role != "positive"]
-    decided = iter(judge.decision(features(negatives, judge.embedders, judge.max_length)) if negatives else [])
+    decided = iter(judge.judge(negatives).value if negatives else [])
     return [judge.threshold if role == "positive" else float(next(decided)) for *_, role in rows]
 
 

@@ -216,17 +216,17 @@ def run_margin_stage(qs: QuerySet, active: list[str], model_name: str | None, ma
 def run_trained_stage(qs: QuerySet, active: list[str], judge: Any) -> dict[str, StageResult]:
     """A trained judge (trained_judge/core.py) on each negative with the query's first positive: flagged at or
     above its threshold; `better` when the negative is closer to the query than the positive, else `worse`."""
-    from arhn_pipeline.trained_judge.core import FEATURES, Triple, features
+    from arhn_pipeline.trained_judge.core import Triple
 
     triples = [Triple(qs.query[q], qs.positive[q], t) for q in active for _, t in qs.negatives[q]]
-    x = features(triples, judge.embedders, judge.max_length) if triples else None
-    decision = judge.decision(x) if x is not None else []
+    judged = judge.judge(triples) if triples else None
+    decision = judged.value if judged is not None else []
     out, i = {}, 0
     for qid in active:
         labels, scores = [], []
         for _ in qs.negatives[qid]:
             flagged = decision[i] >= judge.threshold
-            margin = x[i, FEATURES.index("margin")] if x is not None else 0.0  # the first embedder's
+            margin = judged.margin[i] if judged is not None else 0.0  # the first embedder's that saw it
             labels.append(BETTER if flagged and margin >= 0 else WORSE if flagged else NONE)
             scores.append(float(decision[i]))
             i += 1

@@ -48,6 +48,10 @@ class JudgeModel:
     positives: int = 0
     regularization: float = 1.0
     max_length: int = 256
+    # A cascade inside the judge (fit_cascade): a cheap judge over the cheap embedders' features scores every
+    # pair; below `low` it is kept and at or above `high` flagged without the other embedders; in between
+    # the whole judge decides. None: every pair gets the whole judge.
+    cheap: dict[str, Any] | None = None
 
     @property
     def identity(self) -> str:
@@ -66,6 +70,37 @@ class JudgeModel:
     def decision(self, x: np.ndarray) -> np.ndarray:
         z = (x - np.asarray(self.mean)) / np.asarray(self.scale)
         return np.asarray(z @ np.asarray(self.weights) + self.bias, dtype=float)
+
+    def judge(self, triples: Sequence[Triple]) -> Judged:
+        """Each triple's decision value (>= threshold: a false negative) and margin (cos(q, neg) - cos(q, pos)
+        of the first embedder that saw it), through the cascade when the judge has one."""
+        if self.cheap is None:
+            x = features(triples, self.embedders, self.max_length)
+            return Judged(self.decision(x), x[:, FEATURES.index("margin")], np.ones(len(triples), dtype=bool))
+        cheap = JudgeModel(**{k: v for k, v in self.cheap.items() if k in _MODEL_FIELDS})
+        xc = features(triples, cheap.embedders, self.max_length)
+        sc = cheap.decision(xc)
+        low, high = float(self.cheap["low"]), float(self.cheap["high"])
+        passed = (sc >= low) & (sc < high)
+        # decided by the cheap judge: a value on the whole judge's side of its threshold, ordered by the cheap score
+        value = np.where(sc >= high, self.threshold + 1.0 + (sc - high), self.threshold - 1.0 - (low - sc))
+        margin = xc[:, FEATURES.index("margin")].copy()
+        chosen = np.flatnonzero(passed)
+        if len(chosen):
+            x = features([triples[i] for i in chosen], self.embedders, self.max_length)
+            value[chosen] = self.decision(x)
+            margin[chosen] = x[:, FEATURES.index("margin")]
+        return Judged(value, margin, passed)
+
+
+@dataclass(frozen=True)
+class Judged:
+    value: np.ndarray  # the decision value per triple
+    margin: np.ndarray
+    whole: np.ndarray  # whether the whole judge saw the triple (always, without a cascade)
+
+
+_MODEL_FIELDS = ("embedders", "mean", "scale", "weights", "bias", "threshold", "max_length")
 
 
 def judge_path(name: str, trained_dir: Path) -> Path:
@@ -148,6 +183,49 @@ def fit(
     return judge
 
 
+def fit_cascade(
+    x: np.ndarray,
+    y: np.ndarray,
+    judge: JudgeModel,
+    cheap_embedders: Sequence[str],
+    keep: float = 0.97,
+) -> JudgeModel:
+    """`judge` (fitted on `x`, `y`) with a cheap judge in front: a logistic regression over the columns of
+    `cheap_embedders` (a subset of the judge's), and two thresholds on its score fitted on these pairs for the
+    whole judge's flags: below `low` at most 1 - `keep` of them are lost, and at or above `high` at least `keep`
+    of what the cheap judge flags the whole judge flags too."""
+    from sklearn.linear_model import LogisticRegression
+
+    missing = [e for e in cheap_embedders if e not in judge.embedders]
+    if missing:
+        raise ValueError(f"cheap embedders must be the judge's own: {missing} are not in {judge.embedders}")
+    cols = [judge.embedders.index(e) * len(FEATURES) + k for e in cheap_embedders for k in range(len(FEATURES))]
+    xc = x[:, cols]
+    mean, scale = xc.mean(0), xc.std(0) + 1e-9
+    model = LogisticRegression(C=judge.regularization, max_iter=5000).fit((xc - mean) / scale, y)
+    cheap = JudgeModel(list(cheap_embedders), mean.tolist(), scale.tolist(), model.coef_[0].tolist(),
+                       float(model.intercept_[0]), 0.0, max_length=judge.max_length)  # fmt: skip
+    sc = cheap.decision(xc)
+    flags = judge.decision(x) >= judge.threshold
+    low = float(np.quantile(sc[flags], 1 - keep)) if flags.any() else float(sc.max())
+    order = np.argsort(-sc)
+    agree = np.cumsum(flags[order]) / np.arange(1, len(sc) + 1)  # share of the whole judge's flags above each cut
+    ok = np.flatnonzero(agree >= keep)
+    high = float(sc[order][ok[-1]]) if len(ok) else float("inf")
+    high = max(high, low)
+    passed = (sc >= low) & (sc < high)
+    kept_flags = float(((sc >= low) & flags).sum() / max(1, flags.sum()))
+    judge.cheap = {
+        **{k: getattr(cheap, k) for k in _MODEL_FIELDS},
+        "low": low,
+        "high": high,
+        "keep": keep,
+        "passed_on_share": round(float(passed.mean()), 4),  # on the training pairs
+        "flags_kept": round(kept_flags, 4),
+    }
+    return judge
+
+
 def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -160,6 +238,10 @@ def describe(judge: JudgeModel) -> dict[str, Any]:
         "labelled_negatives": judge.labelled,
         "false_negatives": judge.positives,
         "threshold": round(judge.threshold, 4),
+        "cascade": "none"
+        if judge.cheap is None
+        else f"{', '.join(judge.cheap['embedders'])} first; {judge.cheap['passed_on_share']:.0%} of the training "
+        f"pairs passed on, {judge.cheap['flags_kept']:.1%} of the whole judge's flags kept",
     }
 
 
