@@ -188,7 +188,7 @@ def fit_cascade(
     y: np.ndarray,
     judge: JudgeModel,
     cheap_embedders: Sequence[str],
-    keep: float = 0.97,
+    keep: float = 0.98,
 ) -> JudgeModel:
     """`judge` (fitted on `x`, `y`) with a cheap judge in front: a logistic regression over the columns of
     `cheap_embedders` (a subset of the judge's), and two thresholds on its score fitted on these pairs for the

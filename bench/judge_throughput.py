@@ -1,0 +1,124 @@
+"""The CPU judge's pairs per second and agreement, as shipped and as a cascade, in one run on one machine.
+
+On TREC DL's judged hard negatives, each year is judged by the recipe fitted on the other year (threshold from
+that year), and Cohen's kappa taken against the NIST grades (grade >= 2 = false negative):
+  shipped       every pair through the three embedders (EmbeddingGemma-300M, all-MiniLM-L6-v2, SPLADE-tiny)
+  cascade       all-MiniLM-L6-v2 and SPLADE-tiny first; EmbeddingGemma only on the pairs they leave open
+  cascade bf16  the same with every embedder in bfloat16 (where the CPU computes it natively)
+  stored        the shipped judge again over the same texts, their vectors read from the store (vector_store.py)
+Each variant starts from an empty vector store and memo with its models loaded (load time apart); the time is
+judging only. Memory: the process's peak RSS after each variant (it can only grow). Projected hours for 1.5
+million pairs at each rate.
+
+    .venv/bin/python bench/judge_throughput.py            # needs ../shared/data; ~25 min on 2 cores
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+PAIRS_AT_SIZE = 1_500_000
+
+
+def year(name: str):
+    from arhn_pipeline import settings
+    from arhn_pipeline.trained_judge import core
+
+    path = settings.shared_data_dir() / "judged" / f"trec_{name}_bm25_hardneg_human_grades.jsonl"
+    triples, labels = [], []
+    for line in path.open(encoding="utf-8"):
+        row = json.loads(line)
+        for neg, grade in zip(row["neg"], row["neg_human_grades"], strict=True):
+            if grade is not None:
+                triples.append(core.Triple(row["query"], row["pos"][0], neg))
+                labels.append(grade >= 2)
+    return triples, np.asarray(labels)
+
+
+def fresh_store() -> None:
+    from arhn_pipeline import embeddings
+
+    os.environ["ARHN_EMBEDDINGS_DIR"] = tempfile.mkdtemp(prefix="arhn-bench-vectors-")
+    embeddings._MEMO.clear()
+
+
+def timed(judge, triples, label, y) -> dict:
+    from arhn_pipeline.trained_judge import core
+
+    for name in judge.embedders:  # load apart from the timing
+        core.embeddings.load(name).encode(["warm up"], convert_to_numpy=True)
+    t0 = time.perf_counter()
+    judged = judge.judge(triples)
+    seconds = time.perf_counter() - t0
+    flagged = judged.value >= judge.threshold
+    return {
+        "variant": label,
+        "pairs": len(triples),
+        "seconds": seconds,
+        "pairs_per_s": len(triples) / seconds,
+        "kappa": core.kappa(y, flagged),
+        "whole_share": float(judged.whole.mean()),
+        "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main() -> None:
+    from arhn_pipeline.trained_judge import core
+
+    data = {name: year(name) for name in ("dl19", "dl20")}
+    fitted = {}
+    for train in ("dl19", "dl20"):  # the training years' features (not timed; kept by review_sample_size.py too)
+        cache = ROOT / "var" / "bench-cache" / f"judge_features_{train}.npz"
+        triples, y = data[train]
+        if cache.exists():
+            x = np.load(cache)["x"]
+        else:
+            fresh_store()
+            x = core.features(triples, core.DEFAULT_EMBEDDERS)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(cache, x=x, y=y)
+        judge = core.fit(x, y, core.DEFAULT_EMBEDDERS, {f"trec_{train}_judged": "bench"})
+        cascaded = core.fit_cascade(
+            x, y, core.JudgeModel(**judge.__dict__), [core.embeddings.DEFAULT_EMBEDDER, core.embeddings.SPLADE_TINY]
+        )
+        fitted[train] = (judge, cascaded)
+        print(f"fitted on {train}: cascade passes on {cascaded.cheap['passed_on_share']:.0%} of the training pairs, "
+              f"keeps {cascaded.cheap['flags_kept']:.1%} of the whole judge's flags", flush=True)  # fmt: skip
+    rows = []
+    for train, test in (("dl20", "dl19"), ("dl19", "dl20")):
+        triples, y = data[test]
+        judge, cascaded = fitted[train]
+        for label, model, dtype in (("shipped", judge, "float32"), ("cascade", cascaded, "float32"),
+                                    ("cascade bf16", cascaded, "bfloat16")):  # fmt: skip
+            os.environ["ARHN_EMBED_DTYPE"] = dtype
+            fresh_store()
+            rows.append((test, timed(model, triples, label, y)))
+            print(test, rows[-1][1], flush=True)
+            if label == "shipped":  # the same texts again: every vector from the store
+                core.embeddings._MEMO.clear()
+                rows.append((test, timed(model, triples, "stored (shipped)", y)))
+                print(test, rows[-1][1], flush=True)
+        os.environ["ARHN_EMBED_DTYPE"] = "float32"
+    print("\n| year | variant | pairs | seconds | pairs/s | x shipped | kappa | kappa - shipped | whole judge on | "
+          "peak RSS | hours for 1.5M pairs |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for test, r in rows:
+        base = next(b for t, b in rows if t == test and b["variant"] == "shipped")
+        hours = PAIRS_AT_SIZE / r["pairs_per_s"] / 3600
+        print(f"| {test} | {r['variant']} | {r['pairs']:,} | {r['seconds']:.1f} | {r['pairs_per_s']:.1f} | "
+              f"{r['pairs_per_s'] / base['pairs_per_s']:.1f}x | {r['kappa']:.3f} | {r['kappa'] - base['kappa']:+.3f} | "
+              f"{r['whole_share']:.0%} | {r['peak_mib']:.0f} MiB | {hours:.1f} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
