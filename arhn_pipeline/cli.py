@@ -476,7 +476,16 @@ def compare(subsets: tuple[str, ...], detectors: tuple[str, ...], csv_path: Path
     help="embedders whose similarities are the features (default: embeddinggemma-300m, all-MiniLM-L6-v2 and "
     "splade-tiny; a SPLADE model by name as sparse:NAME)",
 )
-def train_judge(train_on: tuple[str, ...], name: str, out: Path | None, embedders: tuple[str, ...]) -> None:
+@click.option(
+    "--cheap",
+    "cheap_embedders",
+    multiple=True,
+    help="a cascade inside the judge: these of its embedders score every pair first, the others only the open ones "
+    "(e.g. --cheap all-MiniLM-L6-v2 --cheap splade-tiny)",
+)
+def train_judge(
+    train_on: tuple[str, ...], name: str, out: Path | None, embedders: tuple[str, ...], cheap_embedders: tuple[str, ...]
+) -> None:
     """Fit a false-negative judge on labelled negatives: registry entries' references (ingesting them if needed),
     a partition's reviews, or a strong judge's stored verdicts. Trained on NAME:reviews, the judge is qualified on
     NAME only by the reviews of the other half of its queries."""
@@ -498,7 +507,9 @@ def train_judge(train_on: tuple[str, ...], name: str, out: Path | None, embedder
         # embedding takes minutes: the file is let go of first
         conn = snapshot(conn, sorted({spec.split(":", 1)[0] for spec in train_on}))
     try:
-        judge, path = train(conn, name, list(train_on), list(embedders) or list(DEFAULT_EMBEDDERS))
+        judge, path = train(
+            conn, name, list(train_on), list(embedders) or list(DEFAULT_EMBEDDERS), cheap_embedders=cheap_embedders
+        )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     if out is not None:

@@ -92,8 +92,8 @@ def _load(name: str, precision: str) -> Any:
     from sentence_transformers import SentenceTransformer, SparseEncoder
 
     cls = SparseEncoder if is_sparse(name) else SentenceTransformer
-    kwargs = {} if precision == "float32" else {"model_kwargs": {"torch_dtype": getattr(torch, precision)}}
-    model = cls(model_location(name), device=device(), **kwargs)
+    model_kwargs = None if precision == "float32" else {"torch_dtype": getattr(torch, precision)}
+    model: Any = cls(model_location(name), device=device(), model_kwargs=model_kwargs)
     model._arhn_name = name  # noqa: SLF001 (the name its stored vectors are kept under: vector_store.py)
     return model
 

@@ -31,6 +31,7 @@ def train(
     embedders: Sequence[str] = core.DEFAULT_EMBEDDERS,
     regularization: float = 1.0,
     max_length: int = 256,
+    cheap_embedders: Sequence[str] = (),
 ) -> tuple[core.JudgeModel, str]:
     """Fit the judge on the labelled negatives named by `train_on`; save it as settings.judges_dir()/NAME.json."""
     triples: list[core.Triple] = []
@@ -47,7 +48,10 @@ def train(
         labels.append(y)
         trained_on[spec] = fingerprint
     x = core.features(triples, embedders, max_length)
-    judge = core.fit(x, np.concatenate(labels), embedders, trained_on, regularization, max_length)
+    y = np.concatenate(labels)
+    judge = core.fit(x, y, embedders, trained_on, regularization, max_length)
+    if cheap_embedders:
+        judge = core.fit_cascade(x, y, judge, cheap_embedders)
     path = judge.save(settings.judges_dir() / f"{name}.json")
     return judge, str(path)
 
