@@ -206,7 +206,9 @@ def _encode_dense(model: Any, texts: list[str], query: bool) -> np.ndarray:
     if not query and hasattr(model, "encode_document"):
         encode = model.encode_document
     vectors = encode(texts, normalize_embeddings=True, batch_size=32, convert_to_tensor=True)
-    return vectors.float().cpu().numpy()  # bfloat16 has no numpy dtype
+    if hasattr(vectors, "float"):  # a torch tensor: bfloat16 has no numpy dtype
+        vectors = vectors.float().cpu().numpy()
+    return np.asarray(vectors, dtype=np.float32)
 
 
 def _encode_sparse(model: Any, texts: list[str], query: bool) -> list[Any]:
