@@ -71,3 +71,38 @@ def test_cheap_embedders_must_be_the_judges_own(table):
     judge = core.fit(x, y, EMBEDDERS, {})
     with pytest.raises(ValueError, match="cheap embedders must be the judge's own"):
         core.fit_cascade(x, y, judge, ["other"])
+
+
+def test_the_shipped_cascade_judges_real_pairs_and_asks_embeddinggemma_only_for_the_open_ones(monkeypatch):
+    """`dl19_dl20_cascade` (the shipped judge with its cascade, fitted on TREC DL) on the sample partitions'
+    pairs with the real offline models: the clear pairs never reach EmbeddingGemma."""
+    import json
+
+    from arhn_pipeline import embeddings
+    from arhn_pipeline_tests.conftest import PROJECT
+
+    asked: list[int] = []
+    dense = embeddings._encode_dense
+
+    def counted(model, part, query):
+        if getattr(model, "_arhn_name", "") == embeddings.EMBEDDINGGEMMA:
+            asked.append(len(part))
+        return dense(model, part, query)
+
+    monkeypatch.setattr(embeddings, "_encode_dense", counted)
+    embeddings._MEMO.clear()
+    rows = [json.loads(line) for line in (PROJECT / "data" / "samples" / "sample_geo.jsonl").open()][:4]
+    triples = [core.Triple(r["query"], r["pos"][0], n) for r in rows for n in r["neg"]]
+    judge = core.JudgeModel.load(core.judge_path("dl19_dl20_cascade", core.SHIPPED))
+    whole = core.JudgeModel.load(core.judge_path("dl19_dl20", core.SHIPPED))
+    judged = judge.judge(triples)
+    open_pairs = int(judged.whole.sum())
+    assert open_pairs < len(triples)
+    # EmbeddingGemma embedded only texts of the open pairs (their queries, positives and negatives)
+    opened = [t for t, w in zip(triples, judged.whole, strict=True) if w]
+    texts = len({t.query for t in opened}) + len({t.positive for t in opened} | {t.negative for t in opened})
+    assert sum(asked) <= texts
+    # on the open pairs the cascade's call is the whole judge's
+    reference = whole.judge(opened).value >= whole.threshold if opened else np.array([], dtype=bool)
+    assert np.array_equal(judged.value[judged.whole] >= judge.threshold, reference)
+    embeddings._MEMO.clear()

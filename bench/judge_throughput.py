@@ -56,7 +56,7 @@ def timed(judge, triples, label, y) -> dict:
     from arhn_pipeline.trained_judge import core
 
     for name in judge.embedders:  # load apart from the timing
-        core.embeddings.load(name).encode(["warm up"], convert_to_numpy=True)
+        core.embeddings.load(name).encode(["warm up"])
     t0 = time.perf_counter()
     judged = judge.judge(triples)
     seconds = time.perf_counter() - t0
