@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from arhn_pipeline import settings, storage
-from arhn_pipeline.console import dagster_instance, text_table
+from arhn_pipeline.console import dagster_instance
 from arhn_pipeline.console import open_db as _db
 
 
@@ -540,6 +540,7 @@ def _relabeled_default(name: str) -> Any:
 def qualify(subsets: tuple[str, ...], min_kappa: float, min_reviews: int) -> None:
     """The qualification table: per partition, each judge's agreement with the other reference entries and the
     partition's own reviews (with 95% intervals), and whether the gate applies or withholds its decisions."""
+    from arhn_pipeline.markdown import text_table
     from arhn_pipeline.qualify.core import gate_verdicts, interval_text
 
     with _db(read_only=True) as conn:
@@ -568,7 +569,7 @@ def qualify(subsets: tuple[str, ...], min_kappa: float, min_reviews: int) -> Non
             for r in rows.iter_rows(named=True)
         ]  # fmt: skip
         headers = ["method", "reference", "pairs", "precision", "recall", "F1", "kappa", "95% interval", "reviewers"]
-        click.echo(text_table(headers, table))
+        click.echo("\n".join(text_table(headers, table, numbers_right=True, rule=True)))
         judges = dict(rows.select("method", "judge").unique(maintain_order=True).iter_rows())
         for verdict in gate_verdicts(rows, judges, min_kappa, min_reviews).values():
             click.echo(f"  gate {verdict.method:14} {verdict.reason}")

@@ -1,12 +1,11 @@
-"""What every `arhn` command shares: the pipeline's DuckDB file, the Dagster instance, and tables that fit a
-terminal. No command lives here (cli.py and review/command.py hold them)."""
+"""What every `arhn` command shares: the pipeline's DuckDB file and the Dagster instance (terminal tables are
+markdown.text_table). No command lives here (cli.py and review/command.py hold them)."""
 
 from __future__ import annotations
 
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -53,28 +52,3 @@ def open_db(read_only: bool = False):
     if read_only and not path.exists():
         raise click.ClickException(f"no pipeline database at {path} yet: run `arhn run` (or materialize in the UI)")
     return connect(str(path), read_only=read_only, on_wait=lambda m: click.echo(m, err=True))
-
-
-def text_table(headers: list[str], rows: list[tuple[Any, ...]] | list[list[Any]]) -> str:
-    """Columns aligned for a terminal: numbers to the right, text to the left."""
-    cells = [[str(h) for h in headers]] + [[str(v) for v in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    numeric = [all(_is_number(r[i]) for r in cells[1:]) for i in range(len(headers))]
-    out = []
-    for n, row in enumerate(cells):
-        out.append(
-            "  ".join(
-                v.rjust(w) if num and n else v.ljust(w) for v, w, num in zip(row, widths, numeric, strict=True)
-            ).rstrip()
-        )
-        if n == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return "\n".join(out)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text.replace(",", ""))
-    except ValueError:
-        return text == "-"
-    return True

@@ -16,8 +16,15 @@ def md_table(header: Sequence[str], rows: Iterable[Sequence], max_cell: int = 16
     return "\n".join(lines) if len(lines) > 2 else "(none)"
 
 
-def text_table(header: Sequence[str], rows: Iterable[Sequence], max_cell: int = 60) -> list[str]:
-    """A plain-text table for a terminal: columns padded to their widest cell, long cells cut."""
+def text_table(
+    header: Sequence[str],
+    rows: Iterable[Sequence],
+    max_cell: int = 60,
+    numbers_right: bool = False,
+    rule: bool = False,
+) -> list[str]:
+    """A plain-text table for a terminal: columns padded to their widest cell, long cells cut; with
+    `numbers_right`, a column of numbers (or "-") aligned right; with `rule`, a line of dashes under the header."""
 
     def cell(value) -> str:
         text = "" if value is None else str(value).replace("\n", " ")
@@ -25,7 +32,18 @@ def text_table(header: Sequence[str], rows: Iterable[Sequence], max_cell: int = 
 
     body = [[cell(v) for v in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(header)]
-    line = "  ".join
-    return [line(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()] + [
-        line(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in body
-    ]
+    right = [numbers_right and bool(body) and all(_is_number(r[i]) for r in body) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right, strict=True)).rstrip()
+
+    head = [line(list(header))] + (["  ".join("-" * w for w in widths)] if rule else [])
+    return head + [line(r) for r in body]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text.replace(",", ""))
+    except ValueError:
+        return text == "-"
+    return True

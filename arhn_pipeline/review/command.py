@@ -165,7 +165,7 @@ def _report_all(added: int) -> None:
 
 def _print_status(subset: str) -> None:
     from arhn_pipeline.console import open_db as _db
-    from arhn_pipeline.console import text_table
+    from arhn_pipeline.markdown import text_table
     from arhn_pipeline.qualify import core as qualify
     from arhn_pipeline.relabel.config import RelabeledConfig
 
@@ -190,9 +190,8 @@ def _print_status(subset: str) -> None:
             (r["method"], r["pairs"], f"{r['precision']:.2f}", f"{r['recall']:.2f}", f"{r['kappa']:.2f}",
              qualify.interval_text(r["kappa_low"], r["kappa_high"]), f"{r['covered']:.0%}", gate)
         )  # fmt: skip
-    click.echo(
-        text_table(["method", "reviewed", "precision", "recall", "kappa", "95% interval", "covered", "gate"], table)
-    )
+    headers = ["method", "reviewed", "precision", "recall", "kappa", "95% interval", "covered", "gate"]
+    click.echo("\n".join(text_table(headers, table, numbers_right=True, rule=True)))
     first = rows[0]
     if first["reviewers_items"]:
         click.echo(f"two reviewers on {first['reviewers_items']} items: kappa {first['reviewers_kappa']:.2f} "
