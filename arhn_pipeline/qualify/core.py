@@ -115,19 +115,25 @@ def qualify(
                 )
             )
         outcomes.append(ReferenceOutcome(name, True, f"scored {len(same)} method(s)"))
-    review_rows, outcome = reviewed(conn, subset, own)
+    review_rows, outcome = reviewed(conn, subset, own, trained_on)
     rows += review_rows
     outcomes.append(outcome)
     return pl.DataFrame(rows, schema=QUALIFICATION_SCHEMA), outcomes
 
 
 def reviewed(
-    conn: duckdb.DuckDBPyConnection, subset: str, own: dec.PartitionDecisions
+    conn: duckdb.DuckDBPyConnection,
+    subset: str,
+    own: dec.PartitionDecisions,
+    trained_on: Mapping[str, str] | None = None,
 ) -> tuple[list[dict[str, Any]], ReferenceOutcome]:
-    """The partition's own reviews as a reference: each method's weighted estimate on the whole partition."""
+    """The partition's own reviews as a reference: each method's weighted estimate on the whole partition.
+    `trained_on`: judges_trained_on(conn, subset), when the caller has it already."""
     name = f"{REVIEWS}:{subset}"
     predicted = ag.decision_predictions(own.frame)
-    trained = judges_trained_on(conn, subset).get(f"{subset}:{REVIEWS}")
+    if trained_on is None:
+        trained_on = judges_trained_on(conn, subset)
+    trained = trained_on.get(f"{subset}:{REVIEWS}")
     held_out = (lambda q: not review_core.train_half(q)) if trained else None
     measured = review_data.measure(conn, subset, {m: predicted.get(m, {}) for m in own.methods}, held_out)
     if measured is None:
