@@ -17,7 +17,8 @@ from arhn_pipeline import embeddings, settings
 from arhn_pipeline.trained_judge import core
 
 
-def year(name: str) -> tuple[np.ndarray, np.ndarray]:
+def judged(name: str) -> tuple[list[core.Triple], np.ndarray]:
+    """A TREC DL year's graded hard negatives: (query, first positive, negative) and grade >= 2."""
     path = settings.shared_data_dir() / "judged" / f"trec_{name}_bm25_hardneg_human_grades.jsonl"
     triples, labels = [], []
     for line in path.open(encoding="utf-8"):
@@ -26,7 +27,12 @@ def year(name: str) -> tuple[np.ndarray, np.ndarray]:
             if grade is not None:
                 triples.append(core.Triple(row["query"], row["pos"][0], neg))
                 labels.append(grade >= 2)
-    return core.features(triples, core.DEFAULT_EMBEDDERS), np.asarray(labels)
+    return triples, np.asarray(labels)
+
+
+def year(name: str) -> tuple[np.ndarray, np.ndarray]:
+    triples, labels = judged(name)
+    return core.features(triples, core.DEFAULT_EMBEDDERS), labels
 
 
 def auc(y: np.ndarray, s: np.ndarray) -> float:

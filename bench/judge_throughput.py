@@ -15,7 +15,6 @@ million pairs at each rate.
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import sys
@@ -27,22 +26,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 PAIRS_AT_SIZE = 1_500_000
-
-
-def year(name: str):
-    from arhn_pipeline import settings
-    from arhn_pipeline.trained_judge import core
-
-    path = settings.shared_data_dir() / "judged" / f"trec_{name}_bm25_hardneg_human_grades.jsonl"
-    triples, labels = [], []
-    for line in path.open(encoding="utf-8"):
-        row = json.loads(line)
-        for neg, grade in zip(row["neg"], row["neg_human_grades"], strict=True):
-            if grade is not None:
-                triples.append(core.Triple(row["query"], row["pos"][0], neg))
-                labels.append(grade >= 2)
-    return triples, np.asarray(labels)
 
 
 def fresh_store() -> None:
@@ -73,9 +58,11 @@ def timed(judge, triples, label, y) -> dict:
 
 
 def main() -> None:
+    from judge_features import judged
+
     from arhn_pipeline.trained_judge import core
 
-    data = {name: year(name) for name in ("dl19", "dl20")}
+    data = {name: judged(name) for name in ("dl19", "dl20")}
     fitted = {}
     for train in ("dl19", "dl20"):  # the training years' features (not timed; kept by review_sample_size.py too)
         cache = ROOT / "var" / "bench-cache" / f"judge_features_{train}.npz"
