@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from arhn_pipeline_tests.conftest import PROJECT, write_jsonl, write_registry
+from arhn_pipeline_tests.test_cli import run
+from arhn_pipeline_tests.test_ui_browser import CHROMIUM, require_chromium
 
 pytestmark = pytest.mark.browser
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = PROJECT / "test-artifacts" / "review"
 BIN = Path(sys.executable).parent
 HOSTILE = {
@@ -39,10 +40,7 @@ def _labels() -> dict[tuple[str, str], str]:
 
 @pytest.fixture
 def own_source(tmp_path):
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{CHROMIUM} is missing: scripts/test.sh installs Debian's chromium")
-        pytest.skip(f"needs Debian's chromium at {CHROMIUM} (scripts/setup.sh --browser)")
+    require_chromium()
     geo = [json.loads(line) for line in (PROJECT / "data" / "samples" / "sample_geo.jsonl").open()][:4]
     source = write_jsonl(tmp_path / "mine.jsonl", geo + [HOSTILE])
     registry = write_registry(tmp_path / "sources.yaml", {"mine": {"format": "bge", "path": str(source)}})
@@ -56,16 +54,13 @@ def own_source(tmp_path):
         ARHN_ENGINE="scripted",
         ARHN_SCRIPT="sample_oracle",
     )
-    for args in (["sources", "sync"], ["run", "--subset", "mine", "--no-train"]):
-        proc = subprocess.run([BIN / "arhn", *args], env=env, cwd=PROJECT, capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    arhn(env, "sources", "sync")
+    arhn(env, "run", "--subset", "mine", "--no-train")
     return env
 
 
 def arhn(env: dict, *args: str) -> str:
-    proc = subprocess.run([BIN / "arhn", *args], env=env, cwd=PROJECT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    return proc.stdout
+    return run([BIN / "arhn", *args], env, timeout=600)
 
 
 def test_review_by_keyboard_resume_after_reload_and_the_gate_moves_to_a_measured_interval(own_source):

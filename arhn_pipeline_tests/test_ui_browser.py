@@ -18,16 +18,23 @@ from arhn_pipeline_tests.test_cli import dagster_dev, runs
 
 pytestmark = pytest.mark.browser
 CHROMIUM = "/usr/bin/chromium"
+
+
+def require_chromium() -> None:
+    """Skip without Debian's chromium; in CI (CI=true) its absence is a failure."""
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{CHROMIUM} is missing: scripts/test.sh installs Debian's chromium")
+        pytest.skip(f"needs Debian's chromium at {CHROMIUM} (scripts/setup.sh --browser)")
+
+
 ARTIFACTS = PROJECT / "test-artifacts" / "ui"
 BIN = Path(sys.executable).parent
 
 
 @pytest.fixture
 def webserver(tmp_path):
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{CHROMIUM} is missing: scripts/test.sh installs Debian's chromium")
-        pytest.skip(f"needs Debian's chromium at {CHROMIUM} (scripts/setup.sh --browser)")
+    require_chromium()
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(PROJECT / "dagster.yaml", home / "dagster.yaml")
