@@ -67,10 +67,17 @@ def device() -> str | None:
     return None if torch.cuda.is_available() else "cpu"
 
 
+PRECISIONS = ("float32", "bfloat16", "float16", "int8", "auto")
+
+
 def dtype() -> str:
-    """The embedders' precision: ARHN_EMBED_DTYPE = float32 (the default), bfloat16, or auto (bfloat16 on a GPU
-    or where the CPU computes it natively, as the LLM's dtype is chosen; float32 elsewhere)."""
+    """The embedders' precision: ARHN_EMBED_DTYPE = float32 (the default), bfloat16, float16 (GPU), int8 (CPU:
+    PyTorch's dynamic quantization of every linear layer, weights in int8, activations quantized per batch; no
+    converted files), or auto (bfloat16 on a GPU or where the CPU computes it natively, as the LLM's dtype is
+    chosen; float32 elsewhere)."""
     configured = os.environ.get("ARHN_EMBED_DTYPE", "float32")
+    if configured not in PRECISIONS:
+        raise ValueError(f"ARHN_EMBED_DTYPE={configured!r}: expected one of {', '.join(PRECISIONS)}")
     if configured != "auto":
         return configured
     import torch
@@ -92,9 +99,18 @@ def _load(name: str, precision: str) -> Any:
     from sentence_transformers import SentenceTransformer, SparseEncoder
 
     cls = SparseEncoder if is_sparse(name) else SentenceTransformer
-    model_kwargs = None if precision == "float32" else {"torch_dtype": getattr(torch, precision)}
+    model_kwargs = None if precision in ("float32", "int8") else {"torch_dtype": getattr(torch, precision)}
+    if precision == "int8" and device() is None:
+        raise ValueError("ARHN_EMBED_DTYPE=int8 is PyTorch's CPU quantization; on a GPU use float16 or bfloat16")
     model: Any = cls(model_location(name), device=device(), model_kwargs=model_kwargs)
+    if precision == "int8":
+        import warnings
+
+        with warnings.catch_warnings():  # eager-mode quantization is deprecated in favour of torchao, still shipped
+            warnings.simplefilter("ignore")
+            torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
     model._arhn_name = name  # noqa: SLF001 (the name its stored vectors are kept under: vector_store.py)
+    model._arhn_precision = precision  # noqa: SLF001 (int8 leaves float32 parameters: the store keys on this)
     return model
 
 
@@ -188,10 +204,12 @@ def _shelf(model: Any, query: bool, sparse: bool) -> Any:
     name = getattr(model, "_arhn_name", None)
     if name is None or not vector_store.enabled():
         return None
-    try:
-        precision = str(next(model.parameters()).dtype).removeprefix("torch.")
-    except (StopIteration, AttributeError, TypeError):
-        precision = "unknown"
+    precision = getattr(model, "_arhn_precision", None)
+    if precision is None:
+        try:
+            precision = str(next(model.parameters()).dtype).removeprefix("torch.")
+        except (StopIteration, AttributeError, TypeError):
+            precision = "unknown"
     return vector_store.Shelf.of(name, query, int(getattr(model, "max_seq_length", 0) or 0), precision, sparse)
 
 

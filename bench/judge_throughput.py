@@ -5,6 +5,10 @@ that year), and Cohen's kappa taken against the NIST grades (grade >= 2 = false 
   shipped       every pair through the three embedders (EmbeddingGemma-300M, all-MiniLM-L6-v2, SPLADE-tiny)
   cascade       all-MiniLM-L6-v2 and SPLADE-tiny first; EmbeddingGemma only on the pairs they leave open
   cascade bf16  the same with every embedder in bfloat16 (where the CPU computes it natively)
+  cascade int8  the same with every embedder's linear layers quantized to int8 (PyTorch dynamic quantization)
+  relative margin (MiniLM)  the filter a user would otherwise run: sentence-transformers' `relative_margin` (NV-Retriever's
+                TopK-PercPos), a negative flagged when its cosine to the query is at least (1 - m) x the positive's,
+                with all-MiniLM-L6-v2; at m = 0.05 (the documented default) and at the m fitted on the other year
   stored        the shipped judge again over the same texts, their vectors read from the store (vector_store.py)
 Each variant starts from an empty vector store and memo with its models loaded (load time apart); the time is
 judging only. Memory: the process's peak RSS after each variant (it can only grow). Projected hours for 1.5
@@ -57,6 +61,48 @@ def timed(judge, triples, label, y) -> dict:
     }
 
 
+MARGINS = [round(0.01 * i, 2) for i in range(0, 31)]
+
+
+def relative_margin(triples, y, label, m_fitted) -> list[dict]:
+    """sentence-transformers' relative_margin filter with all-MiniLM-L6-v2, timed from an empty store."""
+    from arhn_pipeline import embeddings
+    from arhn_pipeline.trained_judge import core
+
+    model = embeddings.load(embeddings.DEFAULT_EMBEDDER)
+    model.encode(["warm up"])
+    t0 = time.perf_counter()
+    ratio = margin_ratio(model, triples)
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out = []
+    for m, name in ((0.05, f"{label} 0.05"), (m_fitted, f"{label} {m_fitted:.2f} (fitted)")):
+        out.append({"variant": name, "pairs": len(triples), "seconds": seconds, "pairs_per_s": len(triples) / seconds,
+                    "kappa": core.kappa(y, ratio >= 1 - m), "whole_share": 0.0, "peak_mib": peak})  # fmt: skip
+    return out
+
+
+def margin_ratio(model, triples) -> np.ndarray:
+    """cos(query, negative) / cos(query, positive) per triple."""
+    from arhn_pipeline.embeddings import encode_unique
+
+    qi, qv = encode_unique(model, [t.query for t in triples], query=True)
+    pi, pv = encode_unique(model, [t for tr in triples for t in (tr.positive, tr.negative)], query=False)
+    q = qv[[qi[t.query] for t in triples]]
+    pos = (pv[[pi[t.positive] for t in triples]] * q).sum(1)
+    neg = (pv[[pi[t.negative] for t in triples]] * q).sum(1)
+    return neg / np.maximum(pos, 1e-6)
+
+
+def fitted_margin(triples, y) -> float:
+    """The relative margin with the best kappa on a training year (MiniLM)."""
+    from arhn_pipeline import embeddings
+    from arhn_pipeline.trained_judge import core
+
+    ratio = margin_ratio(embeddings.load(embeddings.DEFAULT_EMBEDDER), triples)
+    return max(MARGINS, key=lambda m: core.kappa(y, ratio >= 1 - m))
+
+
 def main() -> None:
     from judge_features import judged
 
@@ -81,12 +127,15 @@ def main() -> None:
         fitted[train] = (judge, cascaded)
         print(f"fitted on {train}: cascade passes on {cascaded.cheap['passed_on_share']:.0%} of the training pairs, "
               f"keeps {cascaded.cheap['flags_kept']:.1%} of the whole judge's flags", flush=True)  # fmt: skip
+    fresh_store()
+    margins = {train: fitted_margin(*data[train]) for train in ("dl19", "dl20")}
     rows = []
     for train, test in (("dl20", "dl19"), ("dl19", "dl20")):
         triples, y = data[test]
         judge, cascaded = fitted[train]
         for label, model, dtype in (("shipped", judge, "float32"), ("cascade", cascaded, "float32"),
-                                    ("cascade bf16", cascaded, "bfloat16")):  # fmt: skip
+                                    ("cascade bf16", cascaded, "bfloat16"),
+                                    ("cascade int8", cascaded, "int8")):  # fmt: skip
             os.environ["ARHN_EMBED_DTYPE"] = dtype
             fresh_store()
             rows.append((test, timed(model, triples, label, y)))
@@ -96,6 +145,10 @@ def main() -> None:
                 rows.append((test, timed(model, triples, "stored (shipped)", y)))
                 print(test, rows[-1][1], flush=True)
         os.environ["ARHN_EMBED_DTYPE"] = "float32"
+        fresh_store()
+        for r in relative_margin(triples, y, "relative margin (MiniLM)", margins[train]):
+            rows.append((test, r))
+            print(test, r, flush=True)
     print("\n| year | variant | pairs | seconds | pairs/s | x shipped | kappa | kappa - shipped | whole judge on | "
           "peak RSS | hours for 1.5M pairs |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|---|")

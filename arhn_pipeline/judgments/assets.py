@@ -1,7 +1,7 @@
 """The `judgments` asset: RLHN's cascade, a thin shell over judgments/core.py."""
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import dagster as dg
 import polars as pl
@@ -111,12 +111,13 @@ def judgments(context: dg.AssetExecutionContext, config: JudgmentsConfig, duckdb
     faults.point("stage_start")  # a fault-injection point: the stages before this one are materialized
     with duckdb.get_connection() as conn:
         qs = core.QuerySet(load_pairs(conn, subset))
+    judge_notes: dict[str, Any] = {}  # a cascaded trained judge: the share its whole judge saw
 
     def run_stage(stage: CascadeStage, active: list[str]) -> tuple[dict[str, core.StageResult], str, CallStats | None]:
         if stage.kind == "trained_judge":
             name = stage.model or DEFAULT_JUDGE
             judge = JudgeModel.load(judge_path(name, settings.judges_dir()))
-            return core.run_trained_stage(qs, active, judge), f"judge:{name}@{judge.identity}", None
+            return core.run_trained_stage(qs, active, judge, judge_notes), f"judge:{name}@{judge.identity}", None
         if stage.kind == "margin":
             results = core.run_margin_stage(qs, active, stage.model, stage.margin)
             return results, stage.model or embeddings.DEFAULT_EMBEDDER, None
@@ -158,6 +159,7 @@ def judgments(context: dg.AssetExecutionContext, config: JudgmentsConfig, duckdb
             "queries": len(qs.query),
             "stages_skipped": ", ".join(skipped) or "none",
             "llm_judge_rule": rule,
+            **judge_notes,
             **{f"final_{v}": int(n) for v, n in final["verdict"].value_counts().sort("verdict").iter_rows()},
             "stages": dg.MetadataValue.md(
                 md_table(

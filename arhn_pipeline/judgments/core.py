@@ -213,13 +213,19 @@ def run_margin_stage(qs: QuerySet, active: list[str], model_name: str | None, ma
     }
 
 
-def run_trained_stage(qs: QuerySet, active: list[str], judge: Any) -> dict[str, StageResult]:
+def run_trained_stage(
+    qs: QuerySet, active: list[str], judge: Any, notes: dict[str, Any] | None = None
+) -> dict[str, StageResult]:
     """A trained judge (trained_judge/core.py) on each negative with the query's first positive: flagged at or
-    above its threshold; `better` when the negative is closer to the query than the positive, else `worse`."""
+    above its threshold; `better` when the negative is closer to the query than the positive, else `worse`.
+    `notes` (when given) gets the pairs judged and the share the whole judge saw (below 1 for a cascaded judge)."""
     from arhn_pipeline.trained_judge.core import Triple
 
     triples = [Triple(qs.query[q], qs.positive[q], t) for q in active for _, t in qs.negatives[q]]
     judged = judge.judge(triples) if triples else None
+    if notes is not None:
+        notes["trained_judge_pairs"] = len(triples)
+        notes["trained_judge_whole_share"] = round(float(judged.whole.mean()), 4) if judged is not None else 0.0
     decision = judged.value if judged is not None else []
     out, i = {}, 0
     for qid in active:
