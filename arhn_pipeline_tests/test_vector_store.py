@@ -106,8 +106,8 @@ def test_a_killed_embedding_pass_leaves_whole_parts_and_the_rerun_embeds_only_wh
 
 def test_int8_embedders_are_quantized_close_to_float32_and_stored_apart(counted, monkeypatch):
     """ARHN_EMBED_DTYPE=int8: PyTorch's dynamic quantization of the real MiniLM; its vectors point where the
-    float32 ones do (cosine > 0.85 per text; 0.91-0.95 seen) without being them, and the store keeps them under int8, never
-    handing float32 vectors to an int8 run or the reverse."""
+    float32 ones do (cosine > 0.85 per text; 0.91-0.95 seen) without being them, and the store keeps them under
+    int8, never handing float32 vectors to an int8 run or the reverse."""
     import torch
 
     batch = texts(24, "q8")

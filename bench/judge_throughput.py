@@ -6,9 +6,9 @@ that year), and Cohen's kappa taken against the NIST grades (grade >= 2 = false 
   cascade       all-MiniLM-L6-v2 and SPLADE-tiny first; EmbeddingGemma only on the pairs they leave open
   cascade bf16  the same with every embedder in bfloat16 (where the CPU computes it natively)
   cascade int8  the same with every embedder's linear layers quantized to int8 (PyTorch dynamic quantization)
-  relative margin (MiniLM)  the filter a user would otherwise run: sentence-transformers' `relative_margin` (NV-Retriever's
-                TopK-PercPos), a negative flagged when its cosine to the query is at least (1 - m) x the positive's,
-                with all-MiniLM-L6-v2; at m = 0.05 (the documented default) and at the m fitted on the other year
+  relative margin (MiniLM)  the filter a user would otherwise run: sentence-transformers' `relative_margin`
+                (NV-Retriever's TopK-PercPos), a negative flagged when its cosine to the query is at least (1 - m) x
+                the positive's, with all-MiniLM-L6-v2; at m = 0.05 and at the m fitted on the other year
   stored        the shipped judge again over the same texts, their vectors read from the store (vector_store.py)
 Each variant starts from an empty vector store and memo with its models loaded (load time apart); the time is
 judging only. Memory: the process's peak RSS after each variant (it can only grow). Projected hours for 1.5
