@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,12 @@ DEFAULT_VARIANTS = ("original", "arhn_RF", "rlhn_rlhn")
     "unless --yes",
 )
 @click.option("--yes", is_flag=True, help="start even when the estimate is above the budget")
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="also show Dagster's events and the engine's own lines here (they always go to the run's log file)",
+)
 def run(
     subsets: tuple[str, ...],
     train: bool,
@@ -125,10 +132,18 @@ def run(
     price_specs: tuple[str, ...],
     budget: float | None,
     yes: bool,
+    verbose: bool,
 ) -> None:
     """Materialize the pipeline for the chosen partitions, then the collection, the retriever variants
     (original, ARHN R+F, RLHN) and their evaluation (with --rerankers the reranker variants too), and the
-    method comparison; every run is recorded in the Dagster instance."""
+    method comparison; every run is recorded in the Dagster instance. Prints one line per step and the stages'
+    progress, and ends with what the run did: per partition the gate and the changes of each method, then the
+    retrievers' nDCG@10. Dagster's events and the engine's own lines go to var/logs/run-*.log (-v: here too)."""
+    from arhn_pipeline.terminal import FILE_LOGGER, route_engine_logs
+
+    log_path = settings.var_dir() / "logs" / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    if not verbose:
+        route_engine_logs(log_path)  # before the engine is imported: vLLM reads its logging set-up then
     from arhn_pipeline.definitions import defs, job_run_config
     from arhn_pipeline.engine.vllm_engine import engine_session
     from arhn_pipeline.partitions import sync_partitions
@@ -149,7 +164,7 @@ def run(
             click.echo(f"skipped (broken entry): {problem}", err=True)
     # every partition's evidence first, so that each can serve as the others' reference when judges qualify
     steps = [("gather_evidence", s) for s in chosen] + [("decide", s) for s in chosen] + [("build_collection", None)]
-    from arhn_pipeline.train.core import VARIANTS
+    from arhn_pipeline.vocab import VARIANTS
 
     trained = list(VARIANTS) if "all" in variants else list(variants or DEFAULT_VARIANTS)
     unknown = [v for v in trained if v not in VARIANTS]
@@ -167,24 +182,33 @@ def run(
     failed: dict[str, tuple[str, str]] = {}  # partition (or "collection") -> (job, reason)
     done: list[tuple[str, str]] = []
     per_partition = {"gather_evidence", "decide"}
+    loggers: dict[str, Any] = {TERMINAL_LOGGER: {}, FILE_LOGGER: {"config": {"path": str(log_path)}}}
+    if verbose:
+        loggers["console"] = {"config": {"log_level": "DEBUG"}}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     with engine_session(), _stops_on_signal():  # one engine start-up for every partition's run
         for job_name, partition in steps:
             if partition in failed or (job_name not in per_partition and failed):
                 continue  # a failed partition's later steps, and the collection-wide steps after any failure
-            click.echo(f"== {job_name}" + (f" {partition}" if partition else ""))
+            label = job_name + (f" {partition}" if partition else "")
+            click.echo(f"== {label}")
             job = defs.resolve_job_def(job_name)
-            config = {**job_run_config(job, ops), "loggers": {TERMINAL_LOGGER: {}}}
+            config = {**job_run_config(job, ops), "loggers": loggers}
+            started = time.monotonic()
             result = job.execute_in_process(
                 partition_key=partition, instance=instance, raise_on_error=False, run_config=config
             )
             if result.success:
                 done.append((job_name, partition or "-"))
+                click.echo(f"   {label}: done in {_duration(time.monotonic() - started)}")
                 continue
             steps_failed = step_failures(result) or [("run", "failed (see its log in the UI)")]
             step, reason = steps_failed[0]
             failed[partition or "collection"] = (f"{job_name} / {step}", reason)
             click.echo(f"failed: {partition or job_name}: {job_name} step {step}: {reason}", err=True)
+    _print_report([p for p in chosen if p not in failed])
     click.echo(f"\nDuckDB file: {settings.db_path()}")
+    click.echo(f"Log of this run (Dagster's events, the engine's lines): {log_path}")
     if failed:
         from arhn_pipeline.markdown import text_table
 
@@ -203,6 +227,27 @@ def run(
         click.echo(f"Audit a relabeled negative:  .venv/bin/arhn explain {example}")
     if failed:
         sys.exit(1)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def _print_report(partitions: list[str]) -> None:
+    """What the run did, read back from the store (run_report.py); nothing when the store cannot be read."""
+    import duckdb
+
+    from arhn_pipeline.run_report import report
+
+    if not partitions or not settings.db_path().exists():
+        return
+    try:
+        with _db(read_only=True) as conn:
+            lines = report(conn, partitions)
+    except duckdb.Error as exc:  # a report, never a traceback at the end of a run
+        click.echo(f"(no result table: {exc})", err=True)
+        return
+    click.echo("\n" + "\n".join(lines).rstrip())
 
 
 TCMALLOC = Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
@@ -521,7 +566,7 @@ def train_judge(
 
 
 def _relabeled_default(name: str) -> Any:
-    from arhn_pipeline.relabel.config import RelabeledConfig
+    from arhn_pipeline.rules.config import RelabeledConfig
 
     return RelabeledConfig.model_fields[name].default
 

@@ -24,7 +24,7 @@ from arhn_pipeline.review import assets as review_assets
 from arhn_pipeline.runs import dead_run_sensor, sleep_while_waiting_for_slots
 from arhn_pipeline.snippets import assets as snippets_assets
 from arhn_pipeline.store import DuckDBStore
-from arhn_pipeline.terminal import TERMINAL_LOGGER, terminal_logger
+from arhn_pipeline.terminal import FILE_LOGGER, TERMINAL_LOGGER, file_logger, terminal_logger
 from arhn_pipeline.train import assets as train_assets
 from arhn_pipeline.trained_judge import assets as trained_judge_assets
 
@@ -123,7 +123,7 @@ def build_defs(llm: LLMEngine | None = None, duckdb: DuckDBStore | None = None) 
             rerank_eval_job,
             compare_job,
         ],
-        loggers={TERMINAL_LOGGER: terminal_logger},
+        loggers={TERMINAL_LOGGER: terminal_logger, FILE_LOGGER: file_logger},
         sensors=[source_registry_sensor, automation_sensor, dead_run_sensor, llm_batch_sensor],
         schedules=[nightly_refresh],
         # One process per run: the engine loads once and serves every LLM step of the run.

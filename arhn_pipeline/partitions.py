@@ -10,7 +10,7 @@ Removing an entry never deletes a partition's history: `sync_partitions` reports
 import dagster as dg
 
 from arhn_pipeline.sources.registry import load_registry
-from arhn_pipeline.train.core import VARIANTS
+from arhn_pipeline.vocab import VARIANTS
 
 PARTITIONS_NAME = "subset"
 subset_partitions = dg.DynamicPartitionsDefinition(name=PARTITIONS_NAME)

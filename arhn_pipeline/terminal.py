@@ -5,9 +5,12 @@ default console logger."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -62,3 +65,49 @@ def step_failures(result: Any) -> list[tuple[str, str]]:
         for e in result.all_events
         if e.event_type_value == "STEP_FAILURE"
     ]
+
+
+FILE_LOGGER = "arhn_file"
+
+
+@dg.logger(
+    config_schema={"path": dg.Field(str, description="the run's log file (appended to)")},
+    description="arhn run's log file: every Dagster event at DEBUG, with the engine's own lines beside them",
+)
+def file_logger(init_context: dg.InitLoggerContext) -> logging.Logger:
+    logger = logging.Logger(FILE_LOGGER, level=logging.DEBUG)
+    handler = logging.FileHandler(init_context.logger_config["path"], encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logger.addHandler(handler)
+    return logger
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def route_engine_logs(path: Path) -> None:
+    """vLLM's own log lines (and Python warnings) to `path` instead of the terminal. vLLM reads its logging
+    configuration when it is imported, in this process and in the engine's worker processes: this sets it in the
+    environment they inherit (a VLLM_LOGGING_CONFIG_PATH the user set is kept)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bars
+    config = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"plain": {"format": LOG_FORMAT}},
+        "handlers": {"file": {"class": "logging.FileHandler", "filename": str(path), "formatter": "plain"}},
+        "loggers": {"vllm": {"handlers": ["file"], "level": "INFO", "propagate": False}},
+    }
+    config_path = path.with_suffix(".logging.json")
+    config_path.write_text(json.dumps(config), encoding="utf-8")
+    os.environ.setdefault("VLLM_LOGGING_CONFIG_PATH", str(config_path))
+    logging.captureWarnings(True)
+    warnings_log = logging.getLogger("py.warnings")
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    warnings_log.addHandler(handler)
+    warnings_log.propagate = False
+    for name in ("transformers", "sentence_transformers", "torch"):  # their own loggers: load reports, hints
+        lib = logging.getLogger(name)
+        lib.addHandler(handler)
+        lib.propagate = False

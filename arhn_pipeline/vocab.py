@@ -91,3 +91,15 @@ class Preset(StrEnum):
 
 
 BATCH_COLLECTED = "collected"  # llm_batches.status once a batch's answers are stored (else the provider's status)
+
+# Training variants (retriever and reranker partitions) -> the method whose cleaned triplets each trains on.
+VARIANTS = {
+    "original": "original",
+    "arhn_R": "arhn:R",
+    "arhn_F": "arhn:F",
+    "arhn_RF": "arhn:R+F",
+    "rlhn_rlhn": "rlhn:rlhn",
+    "rlhn_hn_remove": "rlhn:hn_remove",
+    "rlhn_remove": "rlhn:remove",
+    "pruned": "pruned",
+}

@@ -152,9 +152,21 @@ def test_arhn_explain_tells_why_a_negative_was_relabeled(cli_env):
     config = Path(env["ARHN_DB"]).with_name("run.yaml")
     config.write_text("ops:\n  rankings:\n    config:\n      ranker: llm\n", encoding="utf-8")
     # sample_bio's planted labels qualify the judge that cleans sample_geo
-    run(
+    printed = run(
         [BIN / "arhn", "run", "--subset", "sample_geo", "--subset", "sample_bio", "--no-train", "--config", config], env
     )
+    # the run ends with what it did, read back from the store: per partition each method's gate and changes
+    result = printed[printed.index("sample_geo: 16 queries, 160 negatives") :]
+    assert result.index("sample_bio: 16 queries, 160 negatives") > 0
+    geo = result.splitlines()[1:10]
+    assert geo[0].split()[:4] == ["method", "gate", "kappa", "proposed"]
+    rf = next(line for line in geo if line.split()[0] == "arhn:R+F")
+    assert rf.split()[1:3] == ["applied", "0.906"], rf  # measured on sample_bio's planted labels
+    assert "gather_evidence sample_geo: done in" in printed and "DEBUG" not in printed
+    assert max(len(line) for line in result[: result.index("DuckDB file")].splitlines()) <= 100
+    assert "Loading weights" not in printed  # the libraries' progress bars and load reports go to the log
+    log = Path(printed.split("Log of this run (Dagster's events, the engine's lines): ")[1].split()[0])
+    assert "STEP_SUCCESS" in log.read_text(encoding="utf-8") or "RUN_SUCCESS" in log.read_text(encoding="utf-8")
     with duckdb.connect(env["ARHN_DB"], read_only=True) as conn:
         pid = conn.execute(
             "SELECT passage_id FROM decisions WHERE method = 'arhn:R+F' AND query_id = 'sample_geo-nile' "

@@ -213,7 +213,7 @@ def test_a_combined_method_is_gated_rule_by_rule():
     import polars as pl
 
     from arhn_pipeline.qualify.core import GateVerdict, apply_gate, withheld_methods
-    from arhn_pipeline.relabel.decisions import DECISION_SCHEMA
+    from arhn_pipeline.rules.decisions import DECISION_SCHEMA
 
     def row(method, action, rule):
         base = {k: None for k in DECISION_SCHEMA}
@@ -244,9 +244,9 @@ def test_a_judge_trained_on_a_partitions_reviews_is_qualified_there_only_on_the_
     """A source with no reference: its reviews (every item of its sample answered as the quiz's truth) train a
     judge (real MiniLM embeddings) on the training half of the queries; the partition's qualification by its
     reviews then reads only the other half, and says so."""
-    from arhn_pipeline.relabel.config import RelabeledConfig
     from arhn_pipeline.review import core as review_core
     from arhn_pipeline.review import data as review_data
+    from arhn_pipeline.rules.config import RelabeledConfig
     from arhn_pipeline.store import DuckDBStore
     from arhn_pipeline.trained_judge.training import train
 

@@ -3,7 +3,7 @@
 import pytest
 
 from arhn_pipeline.rankings import core
-from arhn_pipeline.relabel import arhn
+from arhn_pipeline.rules import arhn
 
 
 @pytest.mark.parametrize(

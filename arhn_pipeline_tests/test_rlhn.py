@@ -12,7 +12,7 @@ from arhn_pipeline import embeddings
 from arhn_pipeline.engine.base import LLMRequest
 from arhn_pipeline.engine.scripted import CALLS, register_script
 from arhn_pipeline.judgments import core
-from arhn_pipeline.relabel import rlhn
+from arhn_pipeline.rules import rlhn
 from arhn_pipeline_tests.conftest import PROJECT, one_source_pipeline, write_jsonl
 
 

@@ -94,8 +94,8 @@ def compare(
     """The comparison over `subsets` (partitions with decisions). `references`: the registry entries of those
     partitions that name a reference. `pruned`: the pruned collections to include (default: all stored)."""
     subsets = list(subsets)
-    methods = _methods(conn, subsets)
-    rows = [_original_row(conn, subsets)] + [_method_row(conn, subsets, m) for m in methods]
+    methods = decided_methods(conn, subsets)
+    rows = [_original_row(conn, subsets)] + [method_row(conn, subsets, m) for m in methods]
     names = pruned if pruned is not None else _pruned_names(conn)
     rows += [_pruned_row(conn, subsets, name) for name in names]
     predictions = _Predictions(conn)  # a detector embeds every negative: once per (partition, detector)
@@ -132,7 +132,7 @@ def compare(
     return Comparison(frame, pl.DataFrame(agreement, schema=AGREEMENT_SCHEMA), unused)
 
 
-def _methods(conn: duckdb.DuckDBPyConnection, subsets: list[str]) -> list[str]:
+def decided_methods(conn: duckdb.DuckDBPyConnection, subsets: list[str]) -> list[str]:
     return [
         r[0]
         for r in conn.execute(
@@ -141,7 +141,7 @@ def _methods(conn: duckdb.DuckDBPyConnection, subsets: list[str]) -> list[str]:
     ]
 
 
-def _counts(conn: duckdb.DuckDBPyConnection, subsets: list[str]) -> tuple[int, int]:
+def partition_counts(conn: duckdb.DuckDBPyConnection, subsets: list[str]) -> tuple[int, int]:
     """Negatives and queries of the partitions as ingested."""
     negatives, queries = conn.execute(
         "SELECT count(*) FILTER (WHERE role = 'negative'), count(DISTINCT (subset, query_id)) FROM candidates "
@@ -167,7 +167,7 @@ def _row(method: str, kind: str, subsets: list[str], negatives: int, **counts: A
 
 
 def _original_row(conn: duckdb.DuckDBPyConnection, subsets: list[str]) -> dict[str, Any]:
-    return _row(ORIGINAL, "collection", subsets, _counts(conn, subsets)[0], gate="not gated (nothing changes)")
+    return _row(ORIGINAL, "collection", subsets, partition_counts(conn, subsets)[0], gate="not gated (nothing changes)")
 
 
 GATE_SQL = f"""
@@ -182,7 +182,7 @@ FROM decisions WHERE subset IN $subsets AND method = $method
 """
 
 
-def _method_row(conn: duckdb.DuckDBPyConnection, subsets: list[str], method: str) -> dict[str, Any]:
+def method_row(conn: duckdb.DuckDBPyConnection, subsets: list[str], method: str) -> dict[str, Any]:
     cur = conn.execute(GATE_SQL, {"subsets": subsets, "method": method})
     r = dict(zip([d[0] for d in cur.description], cur.fetchone() or (), strict=True))
     return _row(
@@ -222,12 +222,12 @@ def _pruned_row(conn: duckdb.DuckDBPyConnection, subsets: list[str], name: str) 
     ).fetchall()
     kept = sorted({s for s, _ in kept_rows})
     method = next((m for _, m in kept_rows), ORIGINAL)
-    negatives, queries = _counts(conn, subsets)
+    negatives, queries = partition_counts(conn, subsets)
     left_out = [s for s in subsets if s not in kept]
-    dropped_negatives, dropped_queries = _counts(conn, left_out) if left_out else (0, 0)
+    dropped_negatives, dropped_queries = partition_counts(conn, left_out) if left_out else (0, 0)
     to_positive = 0
     if kept and method != ORIGINAL:
-        m = _method_row(conn, kept, method)
+        m = method_row(conn, kept, method)
         to_positive = m["to_positive"]
         dropped_negatives += m["dropped_negatives"]
         dropped_queries += m["dropped_queries"]
@@ -263,7 +263,7 @@ def _detector_row(predictions: _Predictions, subsets: list[str], detector: str) 
         detector,
         "detector",
         subsets,
-        _counts(conn, subsets)[0],
+        partition_counts(conn, subsets)[0],
         proposed=flagged,
         gate="not gated (a detector flags, it changes nothing)",
     )

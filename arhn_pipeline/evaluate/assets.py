@@ -12,7 +12,8 @@ from arhn_pipeline import charts, embeddings
 from arhn_pipeline.evaluate import core
 from arhn_pipeline.markdown import md_table
 from arhn_pipeline.store import DuckDBStore, table_metadata, transaction
-from arhn_pipeline.train.core import VARIANTS, read_fingerprint, retriever_dir
+from arhn_pipeline.train.core import read_fingerprint, retriever_dir
+from arhn_pipeline.vocab import VARIANTS
 
 
 class RetrieverEvalConfig(dg.Config):

@@ -6,8 +6,8 @@ import dagster as dg
 from arhn_pipeline.markdown import md_table
 from arhn_pipeline.partitions import subset_partitions
 from arhn_pipeline.qualify import core
-from arhn_pipeline.relabel import decisions as dec
-from arhn_pipeline.relabel.config import DecisionConfig
+from arhn_pipeline.rules import decisions as dec
+from arhn_pipeline.rules.config import DecisionConfig
 from arhn_pipeline.sources.registry import load_registry
 from arhn_pipeline.store import DuckDBStore, replace_partition, table_metadata
 

@@ -17,9 +17,9 @@ import polars as pl
 
 from arhn_pipeline import agreement as ag
 from arhn_pipeline import shards
-from arhn_pipeline.relabel import decisions as dec
 from arhn_pipeline.review import core as review_core
 from arhn_pipeline.review import data as review_data
+from arhn_pipeline.rules import decisions as dec
 from arhn_pipeline.sources.registry import SourceEntry
 from arhn_pipeline.vocab import Action
 
@@ -233,6 +233,14 @@ def interval_text(low: float | None, high: float | None) -> str:
     return "-" if low is None or high is None else f"{low:.2f} to {high:.2f}"
 
 
+def stored(conn: duckdb.DuckDBPyConnection, subset: str) -> pl.DataFrame:
+    """The qualification `judge_qualification` stored for the partition: what `relabeled` gates on (measured
+    once, by that asset)."""
+    columns = ", ".join(QUALIFICATION_SCHEMA)
+    rows = conn.execute(f"SELECT {columns} FROM judge_qualification WHERE subset = ?", [subset]).fetchall()
+    return pl.DataFrame(rows, schema=QUALIFICATION_SCHEMA, orient="row")
+
+
 def gate_verdicts(
     qualification: pl.DataFrame, judges: Mapping[str, str], min_kappa: float, min_reviews: int = MIN_REVIEWS
 ) -> dict[str, GateVerdict]:
@@ -254,6 +262,14 @@ def gate_verdicts(
         counts = {k: int(rows[k].sum()) for k in ("tp", "fp", "fn", "tn")}
         pooled = ag.metrics(**counts)
         pairs = int(pooled["pairs"])
+        others = qualification.filter((pl.col("method") == method) & (pl.col("judge") != judge))
+        if not pairs and not own.height and others.height:
+            why = (
+                "withheld: judge_qualification measured another judge for this method (its evidence was made "
+                "since): materialize judge_qualification for this partition"
+            )
+            out[method] = GateVerdict(method, False, None, 0, refs, why)
+            continue
         if not pairs:
             why = "withheld: no reference entry measured this judge, and no reviews of this partition"
             out[method] = GateVerdict(method, False, None, 0, refs, why + note)

@@ -74,7 +74,7 @@ def raw_triplets(context: dg.AssetExecutionContext, config: RawTripletsConfig, d
             **table_metadata(conn, "candidates", subset),
             **other_tables_metadata(conn, ["queries", "quarantine"], subset),
         }
-    context.log.info(f"{subset}: {stats.as_dict()}")
+    context.log.info(f"{subset}: {stats.line()}")
     return dg.MaterializeResult(
         check_results=checks,
         metadata={

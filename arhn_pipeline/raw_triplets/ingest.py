@@ -61,6 +61,15 @@ class IngestStats:
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
 
+    def line(self) -> str:
+        """One short line for a log: what was read, and what was folded or left out."""
+        extra = [f"{v:,} {k.replace('_', ' ')}" for k, v in self.as_dict().items() if v and k not in _READ]
+        read = f"{self.lines:,} lines: {self.queries:,} queries, {self.positives:,} positives"
+        return f"{read}, {self.negatives:,} negatives" + (f" ({', '.join(extra)})" if extra else "")
+
+
+_READ = ("lines", "queries", "positives", "negatives")
+
 
 class _Batch:
     def __init__(self, subset: str, source: str, stage: _Stage):

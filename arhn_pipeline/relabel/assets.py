@@ -1,4 +1,4 @@
-"""The `relabeled` asset: a thin shell over relabel/decisions.py and the qualification gate (qualify/core.py);
+"""The `relabeled` asset: a thin shell over rules/decisions.py and the qualification gate (qualify/core.py);
 the cleaned triplets are the `cleaned_triplets` view."""
 
 from typing import Any
@@ -12,8 +12,8 @@ from arhn_pipeline import shards
 from arhn_pipeline.markdown import md_table
 from arhn_pipeline.partitions import subset_partitions
 from arhn_pipeline.qualify import core as qualify
-from arhn_pipeline.relabel import decisions as dec
-from arhn_pipeline.relabel.config import RelabeledConfig
+from arhn_pipeline.rules import decisions as dec
+from arhn_pipeline.rules.config import RelabeledConfig
 from arhn_pipeline.sources.registry import SourceEntry, load_registry
 from arhn_pipeline.store import DuckDBStore, replace_partition, scalar, table_metadata
 
@@ -43,7 +43,7 @@ SELECT count(*) FROM (
 @dg.asset(
     partitions_def=subset_partitions,
     deps=["snippets", "rankings", "judgments", "judge_qualification"],
-    code_version=f"gate-1+{dec.RULES_VERSION}",
+    code_version=f"gate-2+{dec.RULES_VERSION}",
     kinds={"duckdb"},
     group_name="relabel",
     description="One decision per (method, query, candidate): keep / to_positive / drop_negative / drop_query, "
@@ -69,11 +69,11 @@ def relabeled(context: dg.AssetExecutionContext, config: RelabeledConfig, duckdb
         proposed = dec.decide_partition(conn, subset, config)
         if not proposed.methods:
             raise dg.Failure(f"no evidence to decide from for {subset!r}: {'; '.join(proposed.skipped)}")
-        # measured afresh from the stored evidence (the same computation as judge_qualification, which keeps the
-        # table): a prompt edit re-runs this asset, and its judges must be measured as they are now
+        # the qualification judge_qualification stored (measured once, there); a judge it did not measure (its
+        # evidence re-made since) is withheld until that asset runs again
         registry = load_registry()
         references = {name: e for name, e in registry.items() if e.reference is not None}
-        measured, _ = qualify.qualify(conn, subset, proposed, references, config)
+        measured = qualify.stored(conn, subset)
         verdicts = qualify.gate_verdicts(measured, proposed.judges, config.min_kappa, config.min_reviews)
         decisions = qualify.apply_gate(proposed.frame, verdicts)
         methods = proposed.methods

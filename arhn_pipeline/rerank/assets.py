@@ -14,13 +14,13 @@ from arhn_pipeline.partitions import variant_partitions
 from arhn_pipeline.rerank import core
 from arhn_pipeline.store import DuckDBStore, table_metadata, transaction
 from arhn_pipeline.train.core import (
-    VARIANTS,
     fingerprint,
     read_fingerprint,
     reuse_model,
     variant_rows,
     write_fingerprint,
 )
+from arhn_pipeline.vocab import VARIANTS
 
 
 class TrainedRerankerConfig(dg.Config):

@@ -79,8 +79,8 @@ def review(
 
 def _predictions(conn, subset: str):
     from arhn_pipeline.agreement import decision_predictions
-    from arhn_pipeline.relabel import decisions as dec
-    from arhn_pipeline.relabel.config import RelabeledConfig
+    from arhn_pipeline.rules import decisions as dec
+    from arhn_pipeline.rules.config import RelabeledConfig
 
     proposed = dec.decide_partition(conn, subset, RelabeledConfig())
     predicted = decision_predictions(proposed.frame)
@@ -94,8 +94,8 @@ def _serve(
 
     from arhn_pipeline.console import dagster_instance
     from arhn_pipeline.console import open_db as _db
-    from arhn_pipeline.relabel.config import RelabeledConfig
     from arhn_pipeline.review import assets, page
+    from arhn_pipeline.rules.config import RelabeledConfig
 
     with _db() as conn:
         try:
@@ -167,7 +167,7 @@ def _print_status(subset: str) -> None:
     from arhn_pipeline.console import open_db as _db
     from arhn_pipeline.markdown import text_table
     from arhn_pipeline.qualify import core as qualify
-    from arhn_pipeline.relabel.config import RelabeledConfig
+    from arhn_pipeline.rules.config import RelabeledConfig
 
     config = RelabeledConfig()
     with _db(read_only=True) as conn:

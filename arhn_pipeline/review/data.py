@@ -15,8 +15,8 @@ import duckdb
 import polars as pl
 
 from arhn_pipeline.agreement import decision_predictions
-from arhn_pipeline.relabel import decisions as dec
 from arhn_pipeline.review import core
+from arhn_pipeline.rules import decisions as dec
 from arhn_pipeline.store import scalar, transaction
 
 DEFAULT_SAMPLE = 200

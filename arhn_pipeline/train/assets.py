@@ -9,7 +9,7 @@ from arhn_pipeline import embeddings
 from arhn_pipeline.partitions import variant_partitions
 from arhn_pipeline.store import DuckDBStore
 from arhn_pipeline.train import core
-from arhn_pipeline.vocab import NegativeRule
+from arhn_pipeline.vocab import VARIANTS, NegativeRule
 
 
 class TrainedRetrieverConfig(dg.Config):
@@ -46,7 +46,7 @@ class TrainedRetrieverConfig(dg.Config):
 )
 def trained_retriever(context: dg.AssetExecutionContext, config: TrainedRetrieverConfig, duckdb: DuckDBStore):
     variant = context.partition_key
-    method = core.VARIANTS[variant]
+    method = VARIANTS[variant]
     with duckdb.get_connection() as conn:
         data = core.variant_rows(conn, variant, config.subsets, config.pruned_name)
     if not data:
@@ -54,7 +54,7 @@ def trained_retriever(context: dg.AssetExecutionContext, config: TrainedRetrieve
     out = core.retriever_dir(variant)
     fp = core.fingerprint("retriever", config.base_model, data, config, core.TrainingSettings)
     t0 = time.perf_counter()
-    reused = core.reuse_model(out, fp, [core.retriever_dir(v) for v in core.VARIANTS])
+    reused = core.reuse_model(out, fp, [core.retriever_dir(v) for v in VARIANTS])
     if reused:
         context.log.info(f"{variant}: not trained again, reused {reused}")
         result: dict = {"reused": reused}

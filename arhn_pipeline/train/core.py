@@ -21,19 +21,9 @@ import duckdb
 
 from arhn_pipeline import settings, shards
 from arhn_pipeline.export import rows
-from arhn_pipeline.vocab import NegativeRule
+from arhn_pipeline.vocab import VARIANTS, NegativeRule
 
 # variant (a trained_retriever partition) -> the collection it trains on
-VARIANTS = {
-    "original": "original",
-    "arhn_R": "arhn:R",
-    "arhn_F": "arhn:F",
-    "arhn_RF": "arhn:R+F",
-    "rlhn_rlhn": "rlhn:rlhn",
-    "rlhn_hn_remove": "rlhn:hn_remove",
-    "rlhn_remove": "rlhn:remove",
-    "pruned": "pruned",
-}
 
 
 def retriever_dir(variant: str) -> Path:

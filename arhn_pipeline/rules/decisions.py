@@ -16,7 +16,7 @@ from typing import Protocol
 import duckdb
 import polars as pl
 
-from arhn_pipeline.relabel import arhn, rlhn
+from arhn_pipeline.rules import arhn, rlhn
 from arhn_pipeline.vocab import ArhnMethod, ParseStatus, RlhnCount, RlhnTechnique, Role
 
 RULES_VERSION = "arhn-rules-2"
