@@ -112,7 +112,7 @@ DEFAULT_VARIANTS = ("original", "arhn_RF", "rlhn_rlhn")
 @click.option(
     "--budget",
     type=float,
-    default=lambda: float(os.environ["ARHN_BUDGET_USD"]) if os.environ.get("ARHN_BUDGET_USD") else None,
+    default=lambda: settings.number("ARHN_BUDGET_USD"),
     help="dollars (default: ARHN_BUDGET_USD): a hosted run whose estimate is above it stops before it starts, "
     "unless --yes",
 )
@@ -259,7 +259,7 @@ def entry() -> None:
     (bench/engine_alloc.py), and a preload must be in place when the process starts. ARHN_TCMALLOC=0 turns
     it off."""
     preload = os.environ.get("LD_PRELOAD", "")
-    wanted = sys.argv[1:2] == ["run"] and os.environ.get("ARHN_TCMALLOC") != "0" and TCMALLOC.exists()
+    wanted = sys.argv[1:2] == ["run"] and settings.flag("ARHN_TCMALLOC") and TCMALLOC.exists()
     if wanted and "tcmalloc" not in preload:
         env = dict(os.environ, LD_PRELOAD=f"{TCMALLOC}:{preload}".rstrip(":"))
         os.execve(sys.executable, [sys.executable, "-m", "arhn_pipeline.cli", *sys.argv[1:]], env)
@@ -332,7 +332,7 @@ def _prices(specs: tuple[str, ...]) -> dict:
     from arhn_pipeline.engine.estimate import parse_prices
 
     try:
-        return parse_prices([*os.environ.get("ARHN_PRICES", "").split(), *specs])
+        return parse_prices([*settings.value("ARHN_PRICES").split(), *specs])
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -673,3 +673,26 @@ _add_commands()
 
 if __name__ == "__main__":  # `arhn run` restarts itself this way to preload tcmalloc
     main(prog_name="arhn")
+
+
+@main.command("config")
+@click.option("--changed", is_flag=True, help="only the settings not at their default")
+def config_command(changed: bool) -> None:
+    """The effective settings: every ARHN_* variable's value and where it came from (the environment, the
+    settings file ARHN_SETTINGS_FILE, or the default); the API key only as set or not, never its value."""
+    from arhn_pipeline.markdown import text_table
+
+    try:
+        rows = [r for r in settings.effective() if not changed or r[2] != "default"]
+    except settings.SettingError as exc:
+        raise click.ClickException(str(exc)) from None
+    key_env = settings.value("ARHN_OPENAI_API_KEY_ENV")
+    key = os.environ.get(key_env, "")
+    masked = f"set ({len(key)} characters, masked)" if key else "(unset)"
+    rows.append(
+        (key_env, masked, "environment" if key else "-", "openai: the API key (its name: ARHN_OPENAI_API_KEY_ENV)")
+    )
+    click.echo(f"settings file: {settings.settings_file()}" + ("" if settings.settings_file().is_file() else " (none)"))
+    click.echo("\n".join(text_table(["setting", "value", "from", "what it is"], rows, max_cell=36, rule=True)))
+    for name in settings.unknown_in_environment():
+        click.echo(f"warning: {name} is set but is not a setting (a typo, or another version's)", err=True)

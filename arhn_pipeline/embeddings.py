@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextvars
 import importlib.util
-import os
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from arhn_pipeline import settings
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 EMBEDDINGGEMMA = "embeddinggemma-300m"
@@ -47,7 +48,6 @@ def model_location(name: str) -> str:
 
 @lru_cache(maxsize=1)
 def _embeddinggemma() -> Path:
-    from arhn_pipeline import settings
     from arhn_pipeline.engine.prepare import prepare_embeddinggemma
 
     return prepare_embeddinggemma(settings.models_dir(), settings.models_dir() / "wheels")
@@ -55,7 +55,6 @@ def _embeddinggemma() -> Path:
 
 @lru_cache(maxsize=1)
 def _splade_tiny() -> Path:
-    from arhn_pipeline import settings
     from arhn_pipeline.engine.prepare import prepare_splade_tiny
 
     return prepare_splade_tiny(settings.models_dir(), settings.models_dir() / "wheels")
@@ -67,17 +66,12 @@ def device() -> str | None:
     return None if torch.cuda.is_available() else "cpu"
 
 
-PRECISIONS = ("float32", "bfloat16", "float16", "int8", "auto")
-
-
 def dtype() -> str:
     """The embedders' precision: ARHN_EMBED_DTYPE = float32 (the default), bfloat16, float16 (GPU), int8 (CPU:
     PyTorch's dynamic quantization of every linear layer, weights in int8, activations quantized per batch; no
     converted files), or auto (bfloat16 on a GPU or where the CPU computes it natively, as the LLM's dtype is
     chosen; float32 elsewhere)."""
-    configured = os.environ.get("ARHN_EMBED_DTYPE", "float32")
-    if configured not in PRECISIONS:
-        raise ValueError(f"ARHN_EMBED_DTYPE={configured!r}: expected one of {', '.join(PRECISIONS)}")
+    configured = settings.value("ARHN_EMBED_DTYPE")  # a declared choice, else an error naming it
     if configured != "auto":
         return configured
     import torch
@@ -142,7 +136,7 @@ def _encode_chunked(
 ) -> list[Any]:
     """Vectors of `texts`, CHUNK at a time; `done` gets each chunk's texts and vectors as it is finished."""
     log = _REPORT.get()
-    every = float(os.environ.get("ARHN_PROGRESS_SECONDS", "30"))
+    every = settings.number("ARHN_PROGRESS_SECONDS") or 30.0
     t0 = last = time.monotonic()
     out: list[Any] = []
     name = getattr(model, "model_card_data", None)

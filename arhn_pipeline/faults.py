@@ -18,7 +18,9 @@ _seen: dict[str, int] = {}
 
 
 def point(name: str) -> None:
-    wanted = os.environ.get("ARHN_FAULT")
+    from arhn_pipeline import settings
+
+    wanted = settings.value("ARHN_FAULT")
     if not wanted:
         return
     target, _, nth = wanted.partition(":")

@@ -75,14 +75,14 @@ class Storage:
 def from_env(path: str | None = None, kind: str | None = None) -> Storage:
     """The storage the environment chooses (ARHN_STORAGE, unless `kind` is given; ARHN_DUCKLAKE_CATALOG,
     ARHN_DUCKLAKE_DATA); `path`: the DuckDB file, when not ARHN_DB's."""
-    kind = kind or os.environ.get("ARHN_STORAGE", "duckdb").strip().lower() or "duckdb"
+    kind = (kind or settings.value("ARHN_STORAGE")).strip().lower()
     db = path or str(settings.db_path())
     if kind == "duckdb":
         return Storage("duckdb", path=db)
     if kind != "ducklake":
         raise StorageError(f"ARHN_STORAGE must be duckdb or ducklake, not {kind!r}")
-    catalog = os.environ.get("ARHN_DUCKLAKE_CATALOG", "").strip()
-    data = os.environ.get("ARHN_DUCKLAKE_DATA", "").strip()
+    catalog = settings.value("ARHN_DUCKLAKE_CATALOG")
+    data = settings.value("ARHN_DUCKLAKE_DATA")
     missing = [n for n, v in (("ARHN_DUCKLAKE_CATALOG", catalog), ("ARHN_DUCKLAKE_DATA", data)) if not v]
     if missing:
         raise StorageError(

@@ -25,7 +25,9 @@ import numpy as np
 
 
 def enabled() -> bool:
-    return os.environ.get("ARHN_EMBEDDINGS_STORE", "1") != "0"
+    from arhn_pipeline import settings
+
+    return settings.flag("ARHN_EMBEDDINGS_STORE")
 
 
 def text_hash(text: str) -> str:

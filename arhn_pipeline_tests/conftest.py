@@ -35,8 +35,12 @@ def shared_data() -> Path:
 
 @pytest.fixture(autouse=True)
 def isolated_state(tmp_path, monkeypatch):
-    """Every test gets its own DuckDB file, runtime dir and registry location; models stay shared."""
+    """Every test gets its own DuckDB file, runtime dir and registry location, and none of the caller's ARHN_*
+    settings (environment or settings file); models stay shared."""
     models = settings.models_dir()  # the prepared models stay shared: read before ARHN_VAR_DIR moves
+    for name in [n for n in os.environ if n.startswith("ARHN_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("ARHN_SETTINGS_FILE", str(tmp_path / "arhn.env"))  # none, unless a test writes it
     monkeypatch.setenv("ARHN_VAR_DIR", str(tmp_path / "var"))
     monkeypatch.setenv("ARHN_MODELS_DIR", str(models))
     monkeypatch.setenv("ARHN_DB", str(tmp_path / "arhn.duckdb"))

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from arhn_pipeline import faults
+from arhn_pipeline import faults, settings
 from arhn_pipeline.engine.base import Answered, LLMEngine, LLMRequest
 from arhn_pipeline.store import CallRecord, StoredCall
 
@@ -88,7 +88,7 @@ class Progress:
         self.t0 = time.monotonic()
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._every = float(os.environ.get("ARHN_PROGRESS_SECONDS", PROGRESS_SECONDS))
+        self._every = settings.number("ARHN_PROGRESS_SECONDS") or PROGRESS_SECONDS
         self._thread = threading.Thread(target=self._beat, name=f"progress-{stage}", daemon=True)
 
     def __enter__(self) -> Progress:
@@ -135,7 +135,7 @@ _trace_lock = threading.Lock()
 def _trace(keys: Iterable[str]) -> None:
     """With ARHN_CALL_LOG=FILE, append the key of every call sent to the engine (before it is sent): an
     operator's record of exactly what was asked, and how a test proves that nothing answered is asked again."""
-    path = os.environ.get("ARHN_CALL_LOG")
+    path = settings.value("ARHN_CALL_LOG")
     if path:
         with _trace_lock, open(path, "a", encoding="utf-8") as fh:
             fh.writelines(f"{key}\n" for key in keys)

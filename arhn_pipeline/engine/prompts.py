@@ -129,11 +129,11 @@ PROMPTS_ENV = "ARHN_PROMPTS_DIR"
 def prompt_folders() -> list[Path]:
     """Where a prompt named in run config may come from: the stages' own folders (next to their shipped
     prompts) and the folder ARHN_PROMPTS_DIR names (set by whoever runs the code, never by run config)."""
-    import os
+    from arhn_pipeline import settings
 
     folders = sorted({p.parent for p in PACKAGE_ROOT.glob("*/*.prompt.yaml")})
-    extra = os.environ.get(PROMPTS_ENV)
-    return folders + ([Path(extra).resolve()] if extra else [])
+    extra = settings.path(PROMPTS_ENV)
+    return folders + ([extra] if extra else [])
 
 
 def load_named(name: str, base: Path) -> PromptTemplate:

@@ -16,8 +16,7 @@ ARHN_LLM_JUDGE=1|0    whether the stages that need a judge ask the engine (unset
 
 from __future__ import annotations
 
-import os
-
+from arhn_pipeline import settings
 from arhn_pipeline.engine import sample_oracle  # noqa: F401  (registers the sample_oracle script)
 from arhn_pipeline.engine.base import LLMEngine
 from arhn_pipeline.engine.scripted import ScriptedEngine
@@ -25,37 +24,30 @@ from arhn_pipeline.engine.vllm_engine import SMOLLM2, VLLMEngine
 
 
 def engine_from_env() -> LLMEngine:
-    judge_env = os.environ.get("ARHN_LLM_JUDGE", "").strip().lower()
-    if judge_env not in ("", "1", "0", "true", "false"):
-        raise ValueError(f"ARHN_LLM_JUDGE must be 1 or 0, not {judge_env!r}")
+    """The engine the settings choose (settings.py declares each variable, its default and its choices)."""
+    s = settings
+    judge_env = s.value("ARHN_LLM_JUDGE")
     judge = None if not judge_env else judge_env in ("1", "true")
-    kind = os.environ.get("ARHN_ENGINE", "vllm")
+    kind = s.value("ARHN_ENGINE")
     if kind == "vllm":
-        return VLLMEngine(
-            model=os.environ.get("ARHN_MODEL", SMOLLM2), dtype=os.environ.get("ARHN_DTYPE", "auto"), judge=judge
-        )
+        return VLLMEngine(model=s.value("ARHN_MODEL") or SMOLLM2, dtype=s.value("ARHN_DTYPE"), judge=judge)
     if kind == "scripted":
         return ScriptedEngine(
-            model=os.environ.get("ARHN_SCRIPT", "constant_no"),
-            latency_seconds=float(os.environ.get("ARHN_SCRIPT_LATENCY", "0")),
-            judge=judge,
+            model=s.value("ARHN_SCRIPT"), latency_seconds=s.number("ARHN_SCRIPT_LATENCY") or 0.0, judge=judge
         )
-    if kind == "openai":
-        from arhn_pipeline.engine.openai_engine import OpenAIEngine
+    from arhn_pipeline.engine.openai_engine import OpenAIEngine
 
-        env = os.environ
-        return OpenAIEngine(
-            model=env.get("ARHN_MODEL", "smollm2"),
-            base_url=env.get("ARHN_OPENAI_BASE_URL", "http://127.0.0.1:8000/v1"),
-            api_key_env=env.get("ARHN_OPENAI_API_KEY_ENV", "OPENAI_API_KEY"),
-            concurrency=int(env.get("ARHN_OPENAI_CONCURRENCY", "32")),
-            requests_per_minute=int(env.get("ARHN_OPENAI_RPM", "0")),
-            tokens_per_minute=int(env.get("ARHN_OPENAI_TPM", "0")),
-            mode=env.get("ARHN_OPENAI_MODE", "online"),  # type: ignore[arg-type]
-            batch_wait_seconds=float(env.get("ARHN_OPENAI_BATCH_WAIT", "600")),
-            structured=env.get("ARHN_OPENAI_STRUCTURED", "json_schema"),
-            tokenizer=env.get("ARHN_TOKENIZER") or None,
-            max_model_len=int(env["ARHN_MAX_MODEL_LEN"]) if env.get("ARHN_MAX_MODEL_LEN") else None,
-            judge=judge,
-        )
-    raise ValueError(f"ARHN_ENGINE must be 'vllm', 'openai' or 'scripted', not {kind!r}")
+    return OpenAIEngine(
+        model=s.value("ARHN_MODEL") or "smollm2",
+        base_url=s.value("ARHN_OPENAI_BASE_URL"),
+        api_key_env=s.value("ARHN_OPENAI_API_KEY_ENV"),
+        concurrency=s.integer("ARHN_OPENAI_CONCURRENCY") or 32,
+        requests_per_minute=s.integer("ARHN_OPENAI_RPM") or 0,
+        tokens_per_minute=s.integer("ARHN_OPENAI_TPM") or 0,
+        mode=s.value("ARHN_OPENAI_MODE"),  # type: ignore[arg-type]
+        batch_wait_seconds=s.number("ARHN_OPENAI_BATCH_WAIT") or 0.0,
+        structured=s.value("ARHN_OPENAI_STRUCTURED"),
+        tokenizer=s.value("ARHN_TOKENIZER") or None,
+        max_model_len=s.integer("ARHN_MAX_MODEL_LEN"),
+        judge=judge,
+    )
