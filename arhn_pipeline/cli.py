@@ -229,6 +229,11 @@ def run(
         sys.exit(1)
 
 
+def _progress(message: str) -> None:
+    """A progress line of a long command, to stderr (what the command prints at the end goes to stdout)."""
+    click.echo(f"{time.strftime('%H:%M:%S')} {message}", err=True)
+
+
 def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
@@ -457,16 +462,22 @@ def agreement(subset: str, detectors: tuple[str, ...]) -> None:
             ingest(conn, subset, entry)
         # the partition copied into memory and the file let go: embedding takes minutes, a run must not wait
         conn = snapshot(conn, [subset])
+    from arhn_pipeline import embeddings
+    from arhn_pipeline.markdown import text_table
+
     chosen = list(detectors) or ["margin:0.05", "margin:0.1"] + ag.stored_detectors(conn, subset)
+    rows: list[list[Any]] = []
+    with embeddings.reporting(_progress):  # a detector that embeds every negative reports every 30 s
+        for detector in chosen:
+            _progress(f"scoring {detector} ({len(rows) + 1}/{len(chosen)})")
+            rows += ag.table(conn, subset, ref, [detector])
     click.echo(f"{subset}: reference {entry.reference.format} ({len(ref):,} labelled negatives)")
-    click.echo("  ".join(f"{h:>14}" for h in ["detector"] + ag.COLUMNS))
-    for row in ag.table(conn, subset, ref, chosen):
-        click.echo("  ".join(f"{v:>14}" for v in row))
+    headers = ["detector", "pairs", "no pred.", "ref. rate", "flag rate", "P", "R", "F1", "kappa"]
+    click.echo("\n".join(text_table(headers, rows, numbers_right=True, rule=True)))
     voted = ag.by_vote_margin(conn, subset, ref)
     if voted:
-        click.echo("by vote margin ((winner - runner-up) / samples; 1.00 = unanimous):")
-        for row in voted:
-            click.echo("  ".join(f"{v:>14}" for v in row))
+        click.echo("\nby vote margin ((winner - runner-up) / samples; 1.00 = unanimous):")
+        click.echo("\n".join(text_table(headers, voted, numbers_right=True, rule=True)))
 
 
 @main.command()
@@ -478,7 +489,8 @@ def agreement(subset: str, detectors: tuple[str, ...]) -> None:
     help="rows to add: margin:M, judge:NAME (default: margin:0.1)",
 )
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write a CSV")
-def compare(subsets: tuple[str, ...], detectors: tuple[str, ...], csv_path: Path | None) -> None:
+@click.option("--markdown", "as_markdown", is_flag=True, help="print the one wide Markdown table (as in the UI)")
+def compare(subsets: tuple[str, ...], detectors: tuple[str, ...], csv_path: Path | None, as_markdown: bool) -> None:
     """Every cleaning method side by side (what `method_comparison` shows): share of negatives changed, dropped
     queries, agreement with each reference, the gate, and the downstream nDCG@10 / Recall@100."""
     from arhn_pipeline.compare import core as cmp
@@ -493,10 +505,13 @@ def compare(subsets: tuple[str, ...], detectors: tuple[str, ...], csv_path: Path
         conn = snapshot(conn, chosen, whole=("retriever_eval", "reranker_eval"))  # embedding may take minutes
     references = {n: e for n, e in registry.items() if n in chosen and e.reference is not None}
     wanted = list(dict.fromkeys(list(detectors or ["margin:0.1"]) + cmp.stored_stages(conn, chosen)))
-    result = cmp.compare(conn, sorted(chosen), references, wanted)
+    from arhn_pipeline import embeddings
+
+    with embeddings.reporting(_progress):  # a detector embeds every negative: a line every 30 s
+        result = cmp.compare(conn, sorted(chosen), references, wanted)
     for reference, why in result.references.items():
         click.echo(f"reference of {reference} not used: {why}", err=True)
-    click.echo(cmp.markdown(result))
+    click.echo(cmp.markdown(result) if as_markdown else "\n".join(cmp.terminal(result)))
     if csv_path is not None:
         csv_path.parent.mkdir(parents=True, exist_ok=True)
         result.wide().write_csv(csv_path)
@@ -551,10 +566,13 @@ def train_judge(
                 ingest(conn, entry_name, registry[entry_name])
         # embedding takes minutes: the file is let go of first
         conn = snapshot(conn, sorted({spec.split(":", 1)[0] for spec in train_on}))
+    from arhn_pipeline import embeddings
+
     try:
-        judge, path = train(
-            conn, name, list(train_on), list(embedders) or list(DEFAULT_EMBEDDERS), cheap_embedders=cheap_embedders
-        )
+        with embeddings.reporting(_progress):  # minutes of embedding: a line every 30 s
+            judge, path = train(
+                conn, name, list(train_on), list(embedders) or list(DEFAULT_EMBEDDERS), cheap_embedders=cheap_embedders
+            )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     if out is not None:

@@ -4,6 +4,8 @@ cache into `llm_calls`, and nothing else creates a table. `create_schema` is ide
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
+from typing import Any
 
 import duckdb
 
@@ -382,3 +384,45 @@ def _recorded_version(conn: duckdb.DuckDBPyConnection) -> str | None:
         return None
     row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
     return row[0] if row else None
+
+
+# DuckDB column types -> the Polars types the stages build their rows in (integers as Int64 throughout).
+_POLARS_TYPES = {
+    "VARCHAR": "String",
+    "INTEGER": "Int64",
+    "BIGINT": "Int64",
+    "DOUBLE": "Float64",
+    "FLOAT": "Float32",
+    "BOOLEAN": "Boolean",
+    "TIMESTAMP": "Datetime",
+    "TIMESTAMP WITH TIME ZONE": "Datetime",
+    "DATE": "Date",
+}
+
+
+@lru_cache(maxsize=1)
+def declared_columns() -> dict[str, list[tuple[str, str]]]:
+    """Every table's (column, DuckDB type), in order, as the statements above declare them (after migrations):
+    the one definition the stages' Polars row schemas are derived from."""
+    with duckdb.connect(":memory:") as conn:
+        create_schema(conn)
+        rows = conn.execute(
+            "SELECT table_name, column_name, data_type FROM duckdb_columns() WHERE NOT internal "
+            "AND table_name IN (SELECT table_name FROM duckdb_tables()) ORDER BY table_name, column_index"
+        ).fetchall()
+    out: dict[str, list[tuple[str, str]]] = {}
+    for table, column, kind in rows:
+        out.setdefault(table, []).append((column, kind))
+    return out
+
+
+def frame_schema(table: str, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The Polars schema of a table's rows (all its columns but `exclude`, in the table's order)."""
+    import polars as pl
+
+    def polars_type(kind: str) -> Any:
+        if kind.endswith("[]"):
+            return pl.List(polars_type(kind[:-2]))
+        return getattr(pl, _POLARS_TYPES[kind])
+
+    return {c: polars_type(k) for c, k in declared_columns()[table] if c not in exclude}

@@ -203,6 +203,9 @@ def unknown_in_environment() -> list[str]:
 
 
 def _env_path(name: str, default: Path) -> Path:
+    if name not in BY_NAME:  # another tool's variable (DAGSTER_HOME): the environment only
+        text = os.environ.get(name)
+        return Path(text).expanduser().resolve() if text else default
     found = path(name)
     return found if found is not None else default
 

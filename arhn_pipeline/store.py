@@ -57,7 +57,9 @@ def replace_partition(
     conn: duckdb.DuckDBPyConnection, table: str, subset: str, frame: pl.DataFrame, methods: list[str] | None = None
 ) -> None:
     """Swap a partition's rows (only those of `methods`, when given) for `frame` in one transaction: other
-    partitions are untouched, and a failure leaves the previous rows."""
+    partitions are untouched, and a failure leaves the previous rows. The frame must have the table's declared
+    columns and types (schema.py), no more and no fewer."""
+    check_declared(table, frame)
     cols = [r[0] for r in conn.execute(f"DESCRIBE {table}").fetchall()]
     with transaction(conn):
         if methods is None:
@@ -69,6 +71,41 @@ def replace_partition(
             conn.register("_partition_rows", frame.select(cols))
             conn.execute(f"INSERT INTO {table} SELECT * FROM _partition_rows")
             conn.unregister("_partition_rows")
+
+
+class UndeclaredRows(ValueError):
+    """Rows whose columns or types are not the ones schema.py declares for their table."""
+
+
+def check_declared(table: str, frame: pl.DataFrame) -> None:
+    """`frame` has exactly the columns schema.py declares for `table`, each of its declared type (a column of
+    nulls only fits any type)."""
+    from arhn_pipeline.schema import frame_schema
+
+    declared = frame_schema(table)
+    problems = [f"{c}: not a column of {table}" for c in frame.columns if c not in declared]
+    problems += [f"{c}: missing" for c in declared if c not in frame.columns]
+    problems += [
+        f"{c}: {frame.schema[c]}, declared {declared[c]}"
+        for c in frame.columns
+        if c in declared and not _fits(frame.schema[c], declared[c])
+    ]
+    if problems:
+        raise UndeclaredRows(f"rows for {table} do not match its declared schema (schema.py): {'; '.join(problems)}")
+
+
+def _fits(found: Any, declared: Any) -> bool:
+    """A column of `found` type can be stored as `declared`: the same type, any width of integer (or an integer
+    into a float), a list of fitting items, or nulls only."""
+    if found == declared or found == pl.Null:
+        return True
+    if found.is_integer():
+        return bool(declared.is_integer() or declared.is_float())
+    if found.is_float():
+        return bool(declared.is_float())
+    if isinstance(found, pl.List) and isinstance(declared, pl.List):
+        return _fits(found.inner, declared.inner)
+    return False
 
 
 def load_pairs(conn: duckdb.DuckDBPyConnection, subset: str) -> pl.DataFrame:

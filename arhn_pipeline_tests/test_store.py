@@ -81,3 +81,22 @@ def test_the_state_folder_and_the_database_are_private_to_their_user(tmp_path, m
     with connect(str(other), read_only=False):
         pass
     assert stat.S_IMODE(other.stat().st_mode) == 0o600
+
+
+def test_rows_that_do_not_match_the_declared_schema_are_refused_naming_the_column(db):
+    """schema.py declares each table once; the rows a stage writes must be those columns with those types, so
+    a renamed, added or retyped column fails at the write, not later in a reader."""
+    from arhn_pipeline.schema import frame_schema
+    from arhn_pipeline.store import UndeclaredRows
+
+    good = rows("a", 2)
+    assert list(good.schema) == list(frame_schema("rankings"))  # Int32 or Int64 alike fit INTEGER
+    with pytest.raises(UndeclaredRows, match="rankings .*positive_rank: String, declared Int64"):
+        replace_partition(db, "rankings", "a", good.with_columns(pl.col("positive_rank").cast(pl.String)))
+    with pytest.raises(UndeclaredRows, match="extra: not a column of rankings"):
+        replace_partition(db, "rankings", "a", good.with_columns(extra=pl.lit(1)))
+    with pytest.raises(UndeclaredRows, match="call_ids: missing"):
+        replace_partition(db, "rankings", "a", good.drop("call_ids"))
+    assert db.execute("SELECT count(*) FROM rankings").fetchone() == (0,)
+    replace_partition(db, "rankings", "a", good)
+    assert db.execute("SELECT count(*) FROM rankings").fetchone() == (2,)

@@ -20,6 +20,7 @@ import polars as pl
 
 from arhn_pipeline import agreement as ag
 from arhn_pipeline.qualify.core import WITHHELD_RULE, judges_trained_on
+from arhn_pipeline.schema import frame_schema
 from arhn_pipeline.sources.registry import SourceEntry
 from arhn_pipeline.train.core import method_variant
 from arhn_pipeline.vocab import Action
@@ -27,34 +28,8 @@ from arhn_pipeline.vocab import Action
 ORIGINAL = "original"
 UNTRAINED = "untrained"  # the base retriever / the first stage, untrained: downstream figures only
 
-COMPARISON_SCHEMA: dict[str, Any] = {
-    "method": pl.String,
-    "kind": pl.String,
-    "subsets": pl.List(pl.String),
-    "negatives": pl.Int64,
-    "proposed": pl.Int64,
-    "changed": pl.Int64,
-    "share_changed": pl.Float64,
-    "to_positive": pl.Int64,
-    "dropped_negatives": pl.Int64,
-    "dropped_queries": pl.Int64,
-    "gate": pl.String,
-    "eval_set": pl.String,
-    "retriever_ndcg_at_10": pl.Float64,
-    "retriever_recall_at_100": pl.Float64,
-    "reranker_ndcg_at_10": pl.Float64,
-}
-AGREEMENT_SCHEMA: dict[str, Any] = {
-    "method": pl.String,
-    "reference": pl.String,
-    "trained_on": pl.Boolean,
-    "pairs": pl.Int64,
-    "no_prediction": pl.Int64,
-    "precision": pl.Float64,
-    "recall": pl.Float64,
-    "f1": pl.Float64,
-    "kappa": pl.Float64,
-}
+COMPARISON_SCHEMA = frame_schema("method_comparison", exclude=("compared_at",))  # schema.py declares the columns
+AGREEMENT_SCHEMA = frame_schema("method_agreement")  # schema.py declares the columns
 
 
 @dataclass
@@ -363,3 +338,54 @@ def markdown(result: Comparison) -> str:
         return f"{value:.3f}" if isinstance(value, float) else value
 
     return md_table(wide.columns, [[cell(v) for v in row] for row in wide.rows()])
+
+
+def terminal(result: Comparison) -> list[str]:
+    """The comparison for a terminal, in three narrow tables instead of one wide one: what each method changed
+    (and its gate), its agreement with each reference (one row per method and reference), and the downstream
+    figures per eval set. The wide table stays in the UI (`markdown`) and the CSV."""
+    from arhn_pipeline.markdown import text_table
+
+    def num(value: Any, fmt: str = ".3f") -> str:
+        return "-" if value is None else format(value, fmt)
+
+    first = result.methods.unique("method", keep="first", maintain_order=True)
+    changed = [
+        (r["method"], r["kind"], r["gate"], num(r["share_changed"], ".1%"), r["to_positive"], r["dropped_negatives"],
+         r["dropped_queries"])
+        for r in first.iter_rows(named=True)
+        if r["method"] != UNTRAINED
+    ]  # fmt: skip
+    lines = ["what each method changes:"]
+    lines += text_table(
+        ["method", "kind", "gate", "changed", "to positive", "dropped", "queries dropped"],
+        changed,
+        max_cell=44,
+        numbers_right=True,
+        rule=True,
+    )
+    agreement = [
+        (r["method"], r["reference"], r["pairs"], *(num(r[m]) for m in MEASURES))
+        for r in result.agreement.iter_rows(named=True)
+        if not r["trained_on"]
+    ]
+    if agreement:
+        lines += ["", "agreement with each reference (labelled negatives):"]
+        lines += text_table(
+            ["method", "reference", "pairs", "P", "R", "F1", "kappa"], agreement, numbers_right=True, rule=True
+        )
+    downstream = [
+        (r["method"], r["eval_set"], num(r["retriever_ndcg_at_10"]), num(r["retriever_recall_at_100"]),
+         num(r["reranker_ndcg_at_10"]))
+        for r in result.methods.iter_rows(named=True)
+        if r["eval_set"] is not None
+    ]  # fmt: skip
+    if downstream:
+        lines += ["", "downstream (the retriever fine-tuned on each method's triplets):"]
+        lines += text_table(
+            ["method", "eval set", "nDCG@10", "Recall@100", "reranker nDCG@10"],
+            downstream,
+            numbers_right=True,
+            rule=True,
+        )
+    return lines

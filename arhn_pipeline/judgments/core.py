@@ -17,6 +17,7 @@ from arhn_pipeline import embeddings
 from arhn_pipeline.engine.base import LLMEngine, LLMRequest, Sampling, Structured
 from arhn_pipeline.engine.cache import CallStats, CallStore, cached_generate
 from arhn_pipeline.engine.prompts import PromptTemplate, answer_value, passage_labels, planted, shown_labels
+from arhn_pipeline.schema import frame_schema
 from arhn_pipeline.vocab import Label, ParseStatus
 
 PARSER_VERSION = "verdict-parser-3"
@@ -381,19 +382,4 @@ def run_cascade(
     return out
 
 
-VERDICT_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
-    "subset": pl.String,
-    "stage_index": pl.Int64,
-    "stage": pl.String,
-    "query_id": pl.String,
-    "passage_id": pl.String,
-    "verdict": pl.String,
-    "score": pl.Float64,
-    "status": pl.String,
-    "notes": pl.String,
-    "call_id": pl.String,
-    "model": pl.String,
-    "template_version": pl.String,
-    "final": pl.Boolean,
-    "vote_margin": pl.Float64,
-}
+VERDICT_SCHEMA = frame_schema("verdicts")  # schema.py declares the columns

@@ -20,33 +20,13 @@ from arhn_pipeline import shards
 from arhn_pipeline.review import core as review_core
 from arhn_pipeline.review import data as review_data
 from arhn_pipeline.rules import decisions as dec
+from arhn_pipeline.schema import frame_schema
 from arhn_pipeline.sources.registry import SourceEntry
 from arhn_pipeline.vocab import Action
 
 WITHHELD_RULE = "withheld_unqualified_judge"
 
-QUALIFICATION_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
-    "subset": pl.String,
-    "method": pl.String,
-    "judge": pl.String,
-    "reference": pl.String,
-    "reference_format": pl.String,
-    "pairs": pl.Int64,
-    "no_prediction": pl.Int64,
-    "tp": pl.Int64,
-    "fp": pl.Int64,
-    "fn": pl.Int64,
-    "tn": pl.Int64,
-    "precision": pl.Float64,
-    "recall": pl.Float64,
-    "f1": pl.Float64,
-    "kappa": pl.Float64,
-    "kappa_low": pl.Float64,  # the 95% interval (review/core.py kappa_interval)
-    "kappa_high": pl.Float64,
-    "reviewers_items": pl.Int64,  # reviews: items two reviewers answered, and their kappa (the human ceiling)
-    "reviewers_kappa": pl.Float64,
-    "covered": pl.Float64,  # reviews: share of the partition's negatives in the strata reviewed
-}
+QUALIFICATION_SCHEMA = frame_schema("judge_qualification")  # schema.py declares the columns
 REVIEWS = "reviews"
 
 

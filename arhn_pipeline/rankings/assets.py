@@ -12,6 +12,7 @@ from arhn_pipeline.engine.prompts import code_version
 from arhn_pipeline.llm_stage import llm_stage_asset, share_check
 from arhn_pipeline.markdown import md_table
 from arhn_pipeline.rankings import core
+from arhn_pipeline.schema import frame_schema
 from arhn_pipeline.store import (
     DuckDBStore,
     load_pairs,
@@ -195,29 +196,8 @@ def rankings(context: dg.AssetExecutionContext, config: RankingsConfig, duckdb: 
     )
 
 
-RANK_ROWS: dict[str, pl.DataType | type[pl.DataType]] = {
-    "subset": pl.String,
-    "query_id": pl.String,
-    "passage_id": pl.String,
-    "role": pl.String,
-    "rank": pl.Int64,
-    "placed": pl.Boolean,
-    "positive_rank": pl.Int64,
-    "call_ids": pl.List(pl.String),
-}
-WINDOW_ROWS: dict[str, pl.DataType | type[pl.DataType]] = {
-    "subset": pl.String,
-    "query_id": pl.String,
-    "window_index": pl.Int64,
-    "span_start": pl.Int64,
-    "span_end": pl.Int64,
-    "shown": pl.List(pl.String),
-    "status": pl.String,
-    "repairs": pl.String,
-    "call_id": pl.String,
-    "template_version": pl.String,
-    "model": pl.String,
-}
+RANK_ROWS = frame_schema("rankings")  # schema.py declares the columns
+WINDOW_ROWS = frame_schema("ranking_windows")  # schema.py declares the columns
 
 FULLY_RANKED_SQL = """
 WITH c AS (SELECT query_id, count(*) n FROM candidates WHERE subset = $s GROUP BY ALL),

@@ -17,6 +17,7 @@ import duckdb
 import polars as pl
 
 from arhn_pipeline.rules import arhn, rlhn
+from arhn_pipeline.schema import frame_schema
 from arhn_pipeline.vocab import ArhnMethod, ParseStatus, RlhnCount, RlhnTechnique, Role
 
 RULES_VERSION = "arhn-rules-2"
@@ -48,29 +49,7 @@ WHERE c.subset = $s
 ORDER BY c.query_id, c.role DESC, c.original_rank
 """
 
-DECISION_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
-    "subset": pl.String,
-    "method": pl.String,
-    "query_id": pl.String,
-    "passage_id": pl.String,
-    "role": pl.String,
-    "action": pl.String,
-    "rule": pl.String,
-    "snippet_status": pl.String,
-    "snippet": pl.String,
-    "snippet_call_id": pl.String,
-    "rank": pl.Int64,
-    "positive_rank": pl.Int64,
-    "rank_call_ids": pl.List(pl.String),
-    "verdict": pl.String,
-    "verdict_call_id": pl.String,
-    "prompt_versions": pl.String,
-    "model": pl.String,
-    "judge": pl.String,
-    "proposed_action": pl.String,
-    "proposed_rule": pl.String,
-    "gate": pl.String,
-}
+DECISION_SCHEMA = frame_schema("decisions")  # schema.py declares the columns
 
 
 def arhn_evidence(conn: duckdb.DuckDBPyConnection, subset: str) -> pl.DataFrame:
