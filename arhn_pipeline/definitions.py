@@ -8,6 +8,7 @@ import dagster as dg
 from arhn_pipeline import settings, storage
 from arhn_pipeline.automation import automation_sensor, nightly_refresh, with_automation
 from arhn_pipeline.compare import assets as compare_assets
+from arhn_pipeline.dagster_patch import sleep_while_waiting_for_slots
 from arhn_pipeline.engine.base import LLMEngine
 from arhn_pipeline.engine.resources import engine_from_env
 from arhn_pipeline.evaluate import assets as evaluate_assets
@@ -21,7 +22,7 @@ from arhn_pipeline.raw_triplets import assets as raw_triplets_assets
 from arhn_pipeline.relabel import assets as relabel_assets
 from arhn_pipeline.rerank import assets as rerank_assets
 from arhn_pipeline.review import assets as review_assets
-from arhn_pipeline.runs import dead_run_sensor, sleep_while_waiting_for_slots
+from arhn_pipeline.runs import dead_run_sensor
 from arhn_pipeline.snippets import assets as snippets_assets
 from arhn_pipeline.store import DuckDBStore
 from arhn_pipeline.terminal import FILE_LOGGER, TERMINAL_LOGGER, file_logger, terminal_logger

@@ -8,16 +8,13 @@ its resources start; `reap_dead_runs` marks a STARTED run failed when that proce
 frees the slots of every ended run. The `dead_run_sensor` calls it every 30 seconds where the daemon runs
 (`dagster dev`), and `arhn` calls it before it starts runs.
 
-Also here: Dagster 1.13's wait for a pool slot computes its sleep as `min(0, ...)`, i.e. never sleeps, so a
-step waiting for the slot spins a core at 100% (dagster-io/dagster#20367 describes the same bug);
-`sleep_while_waiting_for_slots` makes it sleep until the next check is due.
+(Dagster's wait for a pool slot, which spins, is mended in dagster_patch.py.)
 """
 
 from __future__ import annotations
 
 import os
 import socket
-import time
 
 import dagster as dg
 from dagster._core.storage.dagster_run import FINISHED_STATUSES, DagsterRunStatus, RunsFilter
@@ -90,33 +87,3 @@ def dead_run_sensor(context: dg.SensorEvaluationContext) -> dg.SkipReason:
     for line in handled:
         context.log.info(line)
     return dg.SkipReason("; ".join(handled) or "no run whose process died")
-
-
-def sleep_while_waiting_for_slots() -> None:
-    """Make a step that waits for a pool slot sleep until its next claim is due instead of spinning, and
-    stop on SIGTERM / SIGINT while it waits (Dagster only records a signal there and acts on it once the step
-    starts, i.e. once another run frees the slot)."""
-    from dagster._core.errors import DagsterExecutionInterruptedError
-    from dagster._core.execution.plan.active import ActiveExecution
-    from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
-    from dagster._utils.interrupts import check_captured_interrupt
-
-    if getattr(InstanceConcurrencyContext, "_arhn_sleeps", False):
-        return
-    sleep_til_ready = ActiveExecution.sleep_til_ready
-
-    def sleep_or_stop(self: ActiveExecution) -> None:
-        slots = self._instance_concurrency_context
-        if slots is not None and slots.has_pending_claims() and check_captured_interrupt():
-            raise DagsterExecutionInterruptedError("interrupted while waiting for a pool slot")
-        sleep_til_ready(self)
-
-    ActiveExecution.sleep_til_ready = sleep_or_stop  # type: ignore[method-assign]
-
-    def interval_to_next_pending_claim_check(self) -> float:
-        if not self._pending_claims or not self._pending_timeouts:
-            return 0.0
-        return max(0.0, min(self._pending_timeouts.values()) - time.time())
-
-    InstanceConcurrencyContext.interval_to_next_pending_claim_check = interval_to_next_pending_claim_check  # type: ignore[method-assign]
-    InstanceConcurrencyContext._arhn_sleeps = True  # type: ignore[attr-defined]
