@@ -106,3 +106,28 @@ def test_the_shipped_cascade_judges_real_pairs_and_asks_embeddinggemma_only_for_
     reference = whole.judge(opened).value >= whole.threshold if opened else np.array([], dtype=bool)
     assert np.array_equal(judged.value[judged.whole] >= judge.threshold, reference)
     embeddings._MEMO.clear()
+
+
+def test_judging_in_chunks_gives_the_same_calls_as_judging_at_once(monkeypatch):
+    """A partition larger than JUDGE_CHUNK is judged a chunk at a time (bounded memory): the same values,
+    margins and cascade shares as all at once, each text embedded once across the chunks."""
+    import json
+
+    from arhn_pipeline import embeddings
+    from arhn_pipeline_tests.conftest import PROJECT
+
+    rows = [json.loads(line) for line in (PROJECT / "data" / "samples" / "sample_bio.jsonl").open()][:3]
+    triples = [core.Triple(r["query"], r["pos"][0], n) for r in rows for n in r["neg"]]
+    judge = core.JudgeModel.load(core.judge_path("dl19_dl20_cascade", core.SHIPPED))
+    at_once = judge.judge(triples)
+    embeddings._MEMO.clear()
+    seen: list[int] = []
+    dense = embeddings._encode_dense
+    monkeypatch.setattr(embeddings, "_encode_dense", lambda m, part, q: seen.append(len(part)) or dense(m, part, q))
+    monkeypatch.setattr(core, "JUDGE_CHUNK", 7)
+    chunked = judge.judge(triples)
+    assert len(triples) > 7
+    for field in ("value", "margin", "whole"):
+        assert np.allclose(getattr(chunked, field), getattr(at_once, field)), field
+    assert sum(seen) == 0  # every vector from the store the first pass filled
+    embeddings._MEMO.clear()

@@ -73,7 +73,12 @@ class JudgeModel:
 
     def judge(self, triples: Sequence[Triple]) -> Judged:
         """Each triple's decision value (>= threshold: a false negative) and margin (cos(q, neg) - cos(q, pos)
-        of the first embedder that saw it), through the cascade when the judge has one."""
+        of the first embedder that saw it), through the cascade when the judge has one. JUDGE_CHUNK triples at
+        a time: the vectors held stay bounded whatever the partition's size (each text is embedded once all the
+        same: the store and the memo keep what earlier chunks embedded)."""
+        if len(triples) > JUDGE_CHUNK:
+            parts = [self.judge(triples[i : i + JUDGE_CHUNK]) for i in range(0, len(triples), JUDGE_CHUNK)]
+            return Judged(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("value", "margin", "whole")))
         if self.cheap is None:
             x = features(triples, self.embedders, self.max_length)
             return Judged(self.decision(x), x[:, FEATURES.index("margin")], np.ones(len(triples), dtype=bool))
@@ -100,6 +105,7 @@ class Judged:
     whole: np.ndarray  # whether the whole judge saw the triple (always, without a cascade)
 
 
+JUDGE_CHUNK = 50_000  # triples judged at once (about 150 MB of float32 vectors per 768-d embedder)
 _MODEL_FIELDS = ("embedders", "mean", "scale", "weights", "bias", "threshold", "max_length")
 
 
