@@ -199,3 +199,5 @@ def test_real_vllm_runs_the_three_arhn_assets_end_to_end(tmp_path, monkeypatch):
     assert conn.execute("SELECT count(*) FROM llm_calls WHERE parse_status IS NULL").fetchone()[0] == 0
     meta = result.asset_materializations_for_node("snippets")[0].metadata
     assert meta["llm_prompt_tokens_sent"].value > 0 and meta["llm_cache_misses"].value == 33
+    engine_settings = json.loads(meta["engine_settings"].value)  # what vLLM was given, read back
+    assert engine_settings["enforce_eager"] is True and engine_settings["tensor_parallel_size"] == 1

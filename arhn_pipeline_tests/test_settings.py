@@ -77,3 +77,25 @@ def test_arhn_config_prints_each_setting_with_its_source_and_masks_the_key(tmp_p
     assert set(rows) >= set(settings.BY_NAME)
     assert "ARHN_TYPO is set but is not a setting" in proc.stderr
     assert max(len(line) for line in proc.stdout.splitlines()) <= 120
+
+
+def test_the_engine_settings_reach_vllm_and_the_ones_that_change_answers_reach_the_call_key(monkeypatch):
+    from arhn_pipeline.engine.resources import engine_from_env
+
+    monkeypatch.setenv("ARHN_MODEL", "Qwen/Qwen3-32B")
+    plain = engine_from_env()
+    assert plain.engine_kwargs()["enforce_eager"] is True  # on this CPU: no graphs to capture
+    for name, value in {"ARHN_TENSOR_PARALLEL": "4", "ARHN_QUANTIZATION": "fp8", "ARHN_KV_CACHE_DTYPE": "fp8",
+                        "ARHN_ENFORCE_EAGER": "0", "ARHN_MAX_NUM_SEQS": "512", "ARHN_MAX_MODEL_LEN": "16384",
+                        "ARHN_PIPELINE_PARALLEL": "2"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    engine = engine_from_env()
+    kwargs = engine.engine_kwargs()
+    assert (kwargs["tensor_parallel_size"], kwargs["pipeline_parallel_size"], kwargs["quantization"]) == (4, 2, "fp8")
+    assert (kwargs["kv_cache_dtype"], kwargs["enforce_eager"], kwargs["max_num_seqs"]) == ("fp8", False, 512)
+    assert kwargs["max_model_len"] == 16384 and engine.context_window() == 16384
+    assert engine.model_id().endswith("/fp8") and engine.model_id() != plain.model_id()  # quantized: other answers
+    assert '"tensor_parallel_size": 4' in engine.settings_metadata()["engine_settings"]
+    monkeypatch.setenv("ARHN_ENFORCE_EAGER", "sometimes")
+    with pytest.raises(settings.SettingError, match="ARHN_ENFORCE_EAGER='sometimes'"):
+        engine_from_env()

@@ -30,7 +30,20 @@ def engine_from_env() -> LLMEngine:
     judge = None if not judge_env else judge_env in ("1", "true")
     kind = s.value("ARHN_ENGINE")
     if kind == "vllm":
-        return VLLMEngine(model=s.value("ARHN_MODEL") or SMOLLM2, dtype=s.value("ARHN_DTYPE"), judge=judge)
+        eager = s.value("ARHN_ENFORCE_EAGER")
+        return VLLMEngine(
+            model=s.value("ARHN_MODEL") or SMOLLM2,
+            dtype=s.value("ARHN_DTYPE"),
+            judge=judge,
+            max_model_len=s.integer("ARHN_MAX_MODEL_LEN") or 4096,
+            tensor_parallel_size=s.integer("ARHN_TENSOR_PARALLEL") or 1,
+            pipeline_parallel_size=s.integer("ARHN_PIPELINE_PARALLEL") or 1,
+            quantization=s.value("ARHN_QUANTIZATION") or None,
+            kv_cache_dtype=s.value("ARHN_KV_CACHE_DTYPE") or "auto",
+            enforce_eager=None if not eager else eager in ("1", "true"),
+            gpu_memory_utilization=s.number("ARHN_GPU_MEMORY_UTILIZATION") or 0.85,
+            max_num_seqs=s.integer("ARHN_MAX_NUM_SEQS"),
+        )
     if kind == "scripted":
         return ScriptedEngine(
             model=s.value("ARHN_SCRIPT"), latency_seconds=s.number("ARHN_SCRIPT_LATENCY") or 0.0, judge=judge

@@ -104,11 +104,19 @@ class VLLMEngine(LLMEngine):
         "or a CPU with AVX512_BF16 or AMX), float32 elsewhere (emulated bf16 is ~4x slower on AVX2 CPUs)",
     )
     max_model_len: int = Field(default=4096, description="context window the engine reserves per request")
-    tensor_parallel_size: int = Field(default=1, description="GPUs per engine")
+    tensor_parallel_size: int = Field(default=1, description="GPUs per engine (one model split across them)")
+    pipeline_parallel_size: int = Field(default=1, description="pipeline stages (GPUs or nodes) per engine")
+    quantization: str | None = Field(
+        default=None,
+        description="vLLM's quantization method (fp8, awq, gptq, ...); it changes answers: in the call key",
+    )
+    kv_cache_dtype: str = Field(default="auto", description="KV-cache dtype (auto, fp8): more cache per GPU")
     gpu_memory_utilization: float = Field(default=0.85, description="GPU memory share for weights and KV cache")
     cpu_kvcache_space_gib: int = Field(default=1, description="KV-cache size on CPU (VLLM_CPU_KVCACHE_SPACE)")
-    enforce_eager: bool = Field(
-        default=True, description="skip graph compilation: 25-45 s start-up on CPU instead of 50-150 s"
+    enforce_eager: bool | None = Field(
+        default=None,
+        description="skip graph compilation and CUDA graphs; default: on a CPU (25-45 s start-up instead of "
+        "50-150 s), off on a GPU (CUDA graphs decode faster)",
     )
     enable_prefix_caching: bool = Field(default=True, description="reuse the KV cache of shared prompt prefixes")
     seed: int = Field(default=0, description="engine seed, for reproducible sampling")
@@ -140,7 +148,8 @@ class VLLMEngine(LLMEngine):
 
             manifest = json.loads((Path(self._model_path) / "arhn-manifest.json").read_text())
             return f"smollm2-135m-instruct-q4_1@{manifest['source_sha256'][:12]}/{self._dtype[0]}"
-        return f"{self.model}/{self._dtype[0]}"  # the dtype changes answers, so it is part of every call's key
+        # the dtype and the quantization change answers, so they are part of every call's key
+        return f"{self.model}/{self._dtype[0]}" + (f"/{self.quantization}" if self.quantization else "")
 
     def own_judge_rule(self) -> tuple[bool, str]:
         import torch
@@ -155,7 +164,37 @@ class VLLMEngine(LLMEngine):
         dtype, why = self._dtype
         flags = cpu_flags()
         shown = [f for f in ("avx2", "avx512f", *BF16_CPU_FLAGS) if f in flags]
-        return {"engine_dtype": dtype, "engine_dtype_chosen_by": why, "cpu_flags": ", ".join(shown) or "-"}
+        return {
+            "engine_dtype": dtype,
+            "engine_dtype_chosen_by": why,
+            "cpu_flags": ", ".join(shown) or "-",
+            "engine_settings": json.dumps(self.engine_kwargs(), sort_keys=True, default=str),
+        }
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        """What vLLM's LLM(...) is given (the model path aside): recorded with each stage's materialization."""
+        from vllm.platforms import current_platform
+
+        on_cpu = current_platform.is_cpu()
+        kwargs: dict[str, Any] = dict(
+            dtype=self._dtype[0],
+            max_model_len=self.max_model_len,
+            tensor_parallel_size=self.tensor_parallel_size,
+            pipeline_parallel_size=self.pipeline_parallel_size,
+            enforce_eager=on_cpu if self.enforce_eager is None else self.enforce_eager,
+            enable_prefix_caching=self.enable_prefix_caching,
+            kv_cache_dtype=self.kv_cache_dtype,
+            seed=self.seed,
+        )
+        if self.quantization:
+            kwargs["quantization"] = self.quantization
+        if self.max_num_seqs:
+            kwargs["max_num_seqs"] = self.max_num_seqs
+        if self.block_size:
+            kwargs["block_size"] = self.block_size
+        if not on_cpu:
+            kwargs["gpu_memory_utilization"] = self.gpu_memory_utilization
+        return kwargs
 
     @cached_property
     def _tokenizer(self):
@@ -188,23 +227,7 @@ class VLLMEngine(LLMEngine):
             self._cpu_environment()
             from vllm import LLM
 
-            kwargs: dict[str, Any] = dict(
-                model=self._model_path,
-                dtype=self._dtype[0],
-                max_model_len=self.max_model_len,
-                tensor_parallel_size=self.tensor_parallel_size,
-                enforce_eager=self.enforce_eager,
-                enable_prefix_caching=self.enable_prefix_caching,
-                seed=self.seed,
-            )
-            if self.max_num_seqs:
-                kwargs["max_num_seqs"] = self.max_num_seqs
-            if self.block_size:
-                kwargs["block_size"] = self.block_size
-            from vllm.platforms import current_platform
-
-            if not current_platform.is_cpu():
-                kwargs["gpu_memory_utilization"] = self.gpu_memory_utilization
+            kwargs = {"model": self._model_path, **self.engine_kwargs()}
             # vLLM's engine processes must not outlive this one, however it ends (kill -9 included, during the
             # start-up too): the watchdog follows every process started from here on
             self._watchdog = guard()
