@@ -139,11 +139,9 @@ def run(
     method comparison; every run is recorded in the Dagster instance. Prints one line per step and the stages'
     progress, and ends with what the run did: per partition the gate and the changes of each method, then the
     retrievers' nDCG@10. Dagster's events and the engine's own lines go to var/logs/run-*.log (-v: here too)."""
-    from arhn_pipeline.terminal import FILE_LOGGER, route_engine_logs
+    from arhn_pipeline.terminal import FILE_LOGGER, quiet
 
     log_path = settings.var_dir() / "logs" / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    if not verbose:
-        route_engine_logs(log_path)  # before the engine is imported: vLLM reads its logging set-up then
     from arhn_pipeline.definitions import defs, job_run_config
     from arhn_pipeline.engine.vllm_engine import engine_session
     from arhn_pipeline.partitions import sync_partitions
@@ -186,12 +184,13 @@ def run(
     if verbose:
         loggers["console"] = {"config": {"log_level": "DEBUG"}}
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with engine_session(), _stops_on_signal():  # one engine start-up for every partition's run
+    # the libraries' and the engine processes' own output to the log; one engine start-up for every partition
+    with quiet(None if verbose else log_path) as term, engine_session(), _stops_on_signal(term.err):
         for job_name, partition in steps:
             if partition in failed or (job_name not in per_partition and failed):
                 continue  # a failed partition's later steps, and the collection-wide steps after any failure
             label = job_name + (f" {partition}" if partition else "")
-            click.echo(f"== {label}")
+            click.echo(f"== {label}", file=term.out)
             job = defs.resolve_job_def(job_name)
             config = {**job_run_config(job, ops), "loggers": loggers}
             started = time.monotonic()
@@ -200,12 +199,12 @@ def run(
             )
             if result.success:
                 done.append((job_name, partition or "-"))
-                click.echo(f"   {label}: done in {_duration(time.monotonic() - started)}")
+                click.echo(f"   {label}: done in {_duration(time.monotonic() - started)}", file=term.out)
                 continue
             steps_failed = step_failures(result) or [("run", "failed (see its log in the UI)")]
             step, reason = steps_failed[0]
             failed[partition or "collection"] = (f"{job_name} / {step}", reason)
-            click.echo(f"failed: {partition or job_name}: {job_name} step {step}: {reason}", err=True)
+            click.echo(f"failed: {partition or job_name}: {job_name} step {step}: {reason}", file=term.err)
     _print_report([p for p in chosen if p not in failed])
     click.echo(f"\nDuckDB file: {settings.db_path()}")
     click.echo(f"Log of this run (Dagster's events, the engine's lines): {log_path}")
@@ -272,15 +271,16 @@ def entry() -> None:
 
 
 @contextmanager
-def _stops_on_signal():
-    """SIGTERM / SIGINT end `arhn run` with one line and the signal's exit status, never a traceback; the run
-    in progress is recorded as failed by Dagster (or, if the process is killed outright, by the next command)."""
+def _stops_on_signal(err=None):
+    """SIGTERM / SIGINT end `arhn run` with one line (to `err`, the terminal) and the signal's exit status, never
+    a traceback; the run in progress is recorded as failed by Dagster (or, if the process is killed outright, by
+    the next command)."""
     from dagster._core.errors import DagsterExecutionInterruptedError
 
     try:
         yield
     except (KeyboardInterrupt, DagsterExecutionInterruptedError):
-        click.echo("arhn run: interrupted; the run in progress is marked failed", err=True)
+        click.echo("arhn run: interrupted; the run in progress is marked failed", file=err or sys.stderr)
         sys.exit(130)
 
 

@@ -47,3 +47,8 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return text == "-"
     return True
+
+
+def figures_line(figures: dict) -> str:
+    """A dict of figures (a trainer's logs) as one short line: `loss 0.0862, grad_norm 4.61, epoch 0.333`."""
+    return ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items())

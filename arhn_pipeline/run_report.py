@@ -4,6 +4,7 @@ it dropped; then each retriever variant's nDCG@10 per eval set. Plain text that 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import duckdb
@@ -25,6 +26,7 @@ def partition_lines(conn: duckdb.DuckDBPyConnection, subset: str) -> list[str]:
     for method in cmp.decided_methods(conn, [subset]):
         r = cmp.method_row(conn, [subset], method)
         gate, _, kappa = r["gate"].partition(" (kappa ")
+        gate = re.sub(r"partly withheld \((\d+) of (\d+)\)", r"withheld \1/\2", gate)
         rows.append(
             (
                 method,

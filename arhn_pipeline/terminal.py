@@ -5,13 +5,15 @@ default console logger."""
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import os
 import re
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import dagster as dg
 
@@ -36,7 +38,11 @@ class _Lines(logging.Filter):
         event = meta.get("dagster_event")
         step = meta.get("step_key") or ""
         if event is None:
-            record.msg, record.args = f"{step}: {meta.get('orig_message', '')}" if step else meta["orig_message"], ()
+            message = meta.get("orig_message", "")
+            record.msg, record.args = (
+                f"{step}: {message}" if step and not message.startswith(f"{step}:") else message,
+                (),
+            )
             return True
         if event.event_type_value == "STEP_FAILURE":
             data = event.step_failure_data
@@ -51,7 +57,7 @@ class _Lines(logging.Filter):
 )
 def terminal_logger(init_context: dg.InitLoggerContext) -> logging.Logger:
     logger = logging.Logger(TERMINAL_LOGGER, level=logging.INFO)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(TERMINAL_ERR or sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     handler.addFilter(_Lines())
     logger.addHandler(handler)
@@ -84,30 +90,47 @@ def file_logger(init_context: dg.InitLoggerContext) -> logging.Logger:
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
+# Where arhn run's own lines go while the process's stdout and stderr point at its log file (`quiet`).
+TERMINAL_ERR: TextIO | None = None
 
-def route_engine_logs(path: Path) -> None:
-    """vLLM's own log lines (and Python warnings) to `path` instead of the terminal. vLLM reads its logging
-    configuration when it is imported, in this process and in the engine's worker processes: this sets it in the
-    environment they inherit (a VLLM_LOGGING_CONFIG_PATH the user set is kept)."""
+
+@dataclass
+class Terminal:
+    out: TextIO
+    err: TextIO
+
+
+@contextlib.contextmanager
+def quiet(path: Path | None) -> Iterator[Terminal]:
+    """While open, file descriptors 1 and 2 of this process, and so of every process it starts (vLLM's engine
+    core, its C++ and Triton warnings, tqdm bars, the trainer's prints), write to the log file `path`; the
+    returned streams still reach the terminal, for the run's own lines. `path` None: nothing is redirected."""
+    global TERMINAL_ERR
+    if path is None:
+        yield Terminal(sys.stdout, sys.stderr)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bars
-    config = {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"plain": {"format": LOG_FORMAT}},
-        "handlers": {"file": {"class": "logging.FileHandler", "filename": str(path), "formatter": "plain"}},
-        "loggers": {"vllm": {"handlers": ["file"], "level": "INFO", "propagate": False}},
-    }
-    config_path = path.with_suffix(".logging.json")
-    config_path.write_text(json.dumps(config), encoding="utf-8")
-    os.environ.setdefault("VLLM_LOGGING_CONFIG_PATH", str(config_path))
-    logging.captureWarnings(True)
-    warnings_log = logging.getLogger("py.warnings")
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    warnings_log.addHandler(handler)
-    warnings_log.propagate = False
-    for name in ("transformers", "sentence_transformers", "torch"):  # their own loggers: load reports, hints
-        lib = logging.getLogger(name)
-        lib.addHandler(handler)
-        lib.propagate = False
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    out = os.fdopen(os.dup(saved[0]), "w", buffering=1, encoding="utf-8", errors="replace")
+    err = os.fdopen(os.dup(saved[1]), "w", buffering=1, encoding="utf-8", errors="replace")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # bars into a file are noise there too
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    TERMINAL_ERR = err
+    try:
+        yield Terminal(out, err)
+    finally:
+        TERMINAL_ERR = None
+        for stream in (sys.stdout, sys.stderr, out, err):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+        out.close()
+        err.close()

@@ -114,7 +114,9 @@ class Progress:
             done = self.done
         elapsed = time.monotonic() - self.t0
         rate = done / elapsed if elapsed > 0 else 0.0
-        left = f"about {_duration((self.total - done) / rate)} left" if rate > 0 else "time left unknown yet"
+        # a rate from the first few answers says little (an in-process engine answers a batch all at once)
+        sure = rate > 0 and done >= max(2, self.total // 20)
+        left = f"about {_duration((self.total - done) / rate)} left" if sure else "time left unknown yet"
         return (
             f"{self.stage}: {done}/{self.total} new calls answered ({self.cached} from cache), "
             f"{rate:.2f} requests/s, {_duration(elapsed)} so far, {left}"

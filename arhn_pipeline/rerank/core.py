@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from arhn_pipeline import settings
+from arhn_pipeline.markdown import figures_line
 
 
 def reranker_dir(variant: str) -> Path:
@@ -92,7 +93,7 @@ def fine_tune(
     class Progress(TrainerCallback):
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
             if logs:
-                log(f"step {state.global_step}/{state.max_steps}: {logs}")
+                log(f"step {state.global_step}/{state.max_steps}: {figures_line(logs)}")
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             faults.point("training_step")

@@ -21,6 +21,7 @@ import duckdb
 
 from arhn_pipeline import settings, shards
 from arhn_pipeline.export import rows
+from arhn_pipeline.markdown import figures_line
 from arhn_pipeline.vocab import VARIANTS, NegativeRule
 
 # variant (a trained_retriever partition) -> the collection it trains on
@@ -164,7 +165,7 @@ def fine_tune(
     class Progress(TrainerCallback):
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
             if logs:
-                log(f"step {state.global_step}/{state.max_steps}: {logs}")
+                log(f"step {state.global_step}/{state.max_steps}: {figures_line(logs)}")
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             faults.point("training_step")
