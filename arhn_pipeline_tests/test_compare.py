@@ -181,8 +181,8 @@ def test_the_comparison_has_a_row_per_method_and_eval_set_and_agrees_with_arhn_a
     assert out.returncode == 0, out.stderr[-3000:]
     # the terminal view: narrow tables, the agreement one row per (method, reference)
     assert max(len(line) for line in out.stdout.splitlines()) <= 120, out.stdout
-    agreement = out.stdout[out.stdout.index("agreement with each reference") :].splitlines()[3:]
-    shown = {(line.split()[0], line.split()[1]): float(line.split()[-1]) for line in agreement if line.strip()}
+    agreement = out.stdout[out.stdout.index("agreement with each reference") :].split("\n\n")[0].splitlines()[3:]
+    shown = {(line.split()[0], line.split()[1]): float(line.split()[-1]) for line in agreement}
     for (method, reference), figures in measured.items():
         if (method, reference) in shown:
             assert shown[(method, reference)] == pytest.approx(figures[4], abs=5e-4)

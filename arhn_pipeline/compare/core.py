@@ -351,16 +351,16 @@ def terminal(result: Comparison) -> list[str]:
 
     first = result.methods.unique("method", keep="first", maintain_order=True)
     changed = [
-        (r["method"], r["kind"], r["gate"], num(r["share_changed"], ".1%"), r["to_positive"], r["dropped_negatives"],
-         r["dropped_queries"])
+        (r["method"] + (" (detector)" if r["kind"] == "detector" else ""), r["gate"], num(r["share_changed"], ".1%"),
+         r["to_positive"], r["dropped_negatives"], r["dropped_queries"])
         for r in first.iter_rows(named=True)
         if r["method"] != UNTRAINED
     ]  # fmt: skip
     lines = ["what each method changes:"]
     lines += text_table(
-        ["method", "kind", "gate", "changed", "to positive", "dropped", "queries dropped"],
+        ["method", "gate", "changed", "to positive", "dropped", "queries dropped"],
         changed,
-        max_cell=44,
+        max_cell=36,
         numbers_right=True,
         rule=True,
     )
