@@ -1,0 +1,71 @@
+"""The run image installs what a workstation's set-up installs, by the same script: checked by reading
+deploy/Dockerfile against scripts/setup.sh and pyproject.toml (no Docker daemon runs on these machines, so the
+image itself is not built here; docs/scaling.md says so)."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+
+import dagster as dg
+
+from arhn_pipeline_tests.conftest import PROJECT
+
+DOCKERFILE = (PROJECT / "deploy" / "Dockerfile").read_text(encoding="utf-8")
+SETUP = (PROJECT / "scripts" / "setup.sh").read_text(encoding="utf-8")
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(instruction, argument) of each Dockerfile line, continuation lines joined."""
+    joined = re.sub(r"\\\n\s*", " ", DOCKERFILE)
+    out = []
+    for line in joined.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest))
+    return out
+
+
+def test_the_image_installs_with_the_setup_script_and_nothing_of_its_own():
+    runs = [arg for word, arg in instructions() if word == "RUN"]
+    setup = [r for r in runs if "scripts/setup.sh" in r]
+    assert len(setup) == 1, runs
+    assert not any(re.search(r"\bpip3? install\b|\buv (pip )?install\b", r) for r in runs), runs  # one list only
+    extras = re.search(r"ARHN_EXTRAS=([\w,]+)", setup[0])
+    assert extras is not None and "gpu" in extras.group(1).split(",") and "cpu" not in extras.group(1).split(",")
+    declared = tomllib.loads((PROJECT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert set(extras.group(1).split(",")) <= set(declared["optional-dependencies"])
+
+
+def test_what_the_setup_script_reads_is_copied_before_it_runs():
+    order = instructions()
+    run_at = next(i for i, (w, a) in enumerate(order) if w == "RUN" and "scripts/setup.sh" in a)
+    copied = " ".join(a for w, a in order[:run_at] if w == "COPY")
+    for needed in ("pyproject.toml", "README.md", "scripts/setup.sh", "arhn_pipeline"):
+        assert needed in copied, needed
+    # the files setup.sh names from the checkout are among them
+    for path in set(re.findall(r"\b(pyproject\.toml|scripts/setup\.sh)\b", SETUP)):
+        assert path in copied
+
+
+def test_the_offline_models_are_prepared_in_the_image_outside_the_state_folder():
+    env = " ".join(a for w, a in instructions() if w == "ENV")
+    models = re.search(r"ARHN_MODELS_DIR=(\S+)", env)
+    var = re.search(r"ARHN_VAR_DIR=(\S+)", env)
+    assert models and var and not models.group(1).startswith(var.group(1))
+    run_at = DOCKERFILE.index("scripts/setup.sh &&")
+    assert DOCKERFILE.index("ARHN_MODELS_DIR=") < run_at  # set before set-up prepares them there
+    # set-up prepares EmbeddingGemma and SPLADE-tiny on a GPU install too (the cascade's first stage needs them)
+    assert "EMBEDDINGGEMMA" in SETUP and "SPLADE_TINY" in SETUP
+    assert "HF_HOME=" in env and "VOLUME" in DOCKERFILE  # a hub model's cache on a volume
+
+
+def test_the_cluster_extra_matches_the_installed_dagster():
+    declared = tomllib.loads((PROJECT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    (k8s,) = declared["optional-dependencies"]["cluster"]
+    library = k8s.split("==")[1]
+    # Dagster's libraries are released with it: 1.13.x goes with 0.29.x
+    minor = int(dg.__version__.split(".")[1])
+    assert library.split(".")[:2] == ["0", str(minor + 16)], (k8s, dg.__version__)
+    assert library.split(".")[2] == dg.__version__.split(".")[2]
