@@ -118,6 +118,14 @@ DEFAULT_VARIANTS = ("original", "arhn_RF", "rlhn_rlhn")
 )
 @click.option("--yes", is_flag=True, help="start even when the estimate is above the budget")
 @click.option(
+    "--phase",
+    type=click.Choice(["all", "ingest", "evidence", "decide", "train"]),
+    default="all",
+    show_default=True,
+    help="only one phase, as a cluster orders them: ingest (raw_triplets); evidence (ingest and the LLM stages); "
+    "decide (qualification, decisions, the collection); train (retrievers, evaluation, comparison)",
+)
+@click.option(
     "-v",
     "--verbose",
     is_flag=True,
@@ -133,6 +141,7 @@ def run(
     budget: float | None,
     yes: bool,
     verbose: bool,
+    phase: str = "all",
 ) -> None:
     """Materialize the pipeline for the chosen partitions, then the collection, the retriever variants
     (original, ARHN R+F, RLHN) and their evaluation (with --rerankers the reranker variants too), and the
@@ -160,26 +169,21 @@ def run(
     if not subsets:
         for problem in registry.problems.values():
             click.echo(f"skipped (broken entry): {problem}", err=True)
-    # every partition's evidence first, so that each can serve as the others' reference when judges qualify
-    steps = [("gather_evidence", s) for s in chosen] + [("decide", s) for s in chosen] + [("build_collection", None)]
     from arhn_pipeline.vocab import VARIANTS
 
     trained = list(VARIANTS) if "all" in variants else list(variants or DEFAULT_VARIANTS)
     unknown = [v for v in trained if v not in VARIANTS]
     if unknown:
         raise click.UsageError(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)} or all")
-    if train:
-        steps += [("train_retriever", v) for v in trained] + [("evaluate_retrievers", None)]
-    if train and rerankers:
-        steps += [("train_reranker", v) for v in trained] + [("evaluate_rerankers", None)]
-    steps += [("compare_methods", None)]
+    steps = _steps(phase, chosen, trained, train, rerankers)
     ops = _ops(config_file)
-    _print_plan(registry, chosen, ops, prices=_prices(price_specs), budget=budget, yes=yes)
+    if phase in ("all", "evidence"):
+        _print_plan(registry, chosen, ops, prices=_prices(price_specs), budget=budget, yes=yes)
     from arhn_pipeline.terminal import TERMINAL_LOGGER, step_failures
 
     failed: dict[str, tuple[str, str]] = {}  # partition (or "collection") -> (job, reason)
     done: list[tuple[str, str]] = []
-    per_partition = {"gather_evidence", "decide"}
+    per_partition = {"ingest", "gather_evidence", "decide"}
     loggers: dict[str, Any] = {TERMINAL_LOGGER: {}, FILE_LOGGER: {"config": {"path": str(log_path)}}}
     if verbose:
         loggers["console"] = {"config": {"log_level": "DEBUG"}}
@@ -226,6 +230,40 @@ def run(
         click.echo(f"Audit a relabeled negative:  .venv/bin/arhn explain {example}")
     if failed:
         sys.exit(1)
+
+
+def _steps(
+    phase: str, chosen: list[str], trained: list[str], train: bool, rerankers: bool
+) -> list[tuple[str, str | None]]:
+    """The jobs `arhn run` runs, in order, for a phase (all: every one). Every partition's evidence comes before
+    any decision, so that each partition with a reference can qualify the judges of the others."""
+    if phase == "ingest":
+        return [("ingest", s) for s in chosen]
+    steps: list[tuple[str, str | None]] = []
+    if phase in ("all", "evidence"):
+        steps += [("gather_evidence", s) for s in chosen]
+    if phase in ("all", "decide"):
+        steps += [("decide", s) for s in chosen] + [("build_collection", None)]
+    if phase in ("all", "train") and train:
+        steps += [("train_retriever", v) for v in trained] + [("evaluate_retrievers", None)]
+        if rerankers:
+            steps += [("train_reranker", v) for v in trained] + [("evaluate_rerankers", None)]
+    if phase in ("all", "decide", "train"):
+        steps += [("compare_methods", None)]
+    return steps
+
+
+@main.command()
+@click.option("--subset", "subsets", multiple=True, help="partition(s) to ingest; default: the registry's default run")
+@click.option("-v", "--verbose", is_flag=True, help="also show Dagster's events here")
+@click.pass_context
+def ingest(ctx: click.Context, subsets: tuple[str, ...], verbose: bool) -> None:
+    """Ingest the chosen partitions (every shard of a sharded entry) and nothing else: `arhn run --phase ingest`.
+    On a cluster, before the LLM stages, so that no GPU waits for a large source to be read."""
+    ctx.invoke(
+        run, subsets=subsets, train=False, rerankers=False, variants=(), config_file=None, price_specs=(),
+        budget=None, yes=True, verbose=verbose, phase="ingest",
+    )  # fmt: skip
 
 
 def _progress(message: str) -> None:

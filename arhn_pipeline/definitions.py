@@ -54,6 +54,12 @@ clean_subset_job = dg.define_asset_job(
     description="Every per-subset stage for one partition: the evidence, the judges' qualification on the other "
     "partitions with a reference, and the decisions.",
 )
+ingest_job = dg.define_asset_job(
+    name="ingest",
+    selection=dg.AssetSelection.assets("raw_triplets"),
+    description="Ingest one partition (its rows checked, repeats folded, bad lines quarantined): on a cluster, "
+    "before the LLM stages, so that the GPUs never wait for a large source to be read.",
+)
 evidence_job = dg.define_asset_job(
     name="gather_evidence",
     selection=dg.AssetSelection.assets(*EVIDENCE),
@@ -115,6 +121,7 @@ def build_defs(llm: LLMEngine | None = None, duckdb: DuckDBStore | None = None) 
         assets=assets,
         jobs=[
             clean_subset_job,
+            ingest_job,
             evidence_job,
             decide_job,
             collection_job,

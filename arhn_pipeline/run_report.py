@@ -40,7 +40,8 @@ def partition_lines(conn: duckdb.DuckDBPyConnection, subset: str) -> list[str]:
             )
         )
     if not rows:
-        return [head, "  no decisions (the partition's run did not reach `relabeled`)"]
+        quarantined = conn.execute("SELECT count(*) FROM quarantine WHERE subset = ?", [subset]).fetchone()
+        return [f"{head}, {quarantined[0] if quarantined else 0:,} lines quarantined; no decisions yet"]
     return [head, *("  " + line for line in text_table(METHOD_HEADERS, rows, max_cell=40, numbers_right=True))]
 
 

@@ -218,3 +218,28 @@ def test_arhn_run_goes_on_past_a_partition_that_fails_and_ends_with_a_table_not_
         assert word not in proc.stdout + proc.stderr
     with duckdb.connect(env["ARHN_DB"], read_only=True) as conn:
         assert conn.execute("SELECT count(*) FROM decisions WHERE subset = 'good'").fetchone()[0] > 0
+
+
+def test_the_phases_a_cluster_orders_run_one_after_another(cli_env):
+    """`arhn ingest`, then `arhn run --phase evidence`, then `--phase decide`: each does its part only, and
+    together they give what one `arhn run --no-train` gives."""
+    env = dict(cli_env, ARHN_SCRIPT="sample_oracle")
+    subsets = ["--subset", "sample_geo", "--subset", "sample_bio"]
+
+    def counts() -> tuple[int, ...]:
+        with duckdb.connect(env["ARHN_DB"], read_only=True) as conn:
+            return tuple(
+                conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                for table in ("candidates", "snippets", "verdicts", "decisions")
+            )
+
+    out = run([BIN / "arhn", "ingest", *subsets], env)
+    assert counts()[0] == 2 * 176 and counts()[1:] == (0, 0, 0)
+    assert "sample_geo: 16 queries, 160 negatives, 0 lines quarantined; no decisions yet" in out
+    run([BIN / "arhn", "run", "--phase", "evidence", *subsets], env)
+    evidence = counts()
+    assert evidence[1] == 2 * 176 and evidence[2] > 0 and evidence[3] == 0
+    out = run([BIN / "arhn", "run", "--phase", "decide", *subsets], env)
+    assert counts()[3] > 0 and "== gather_evidence" not in out and "== train_retriever" not in out
+    assert "arhn:R+F" in out  # the result table
+
