@@ -4,9 +4,10 @@ Dagster's run monitoring cannot tell that the process of a run started by the de
 `execute_in_process` (what `arhn run` uses) has died, so such a run would stay STARTED and keep the
 `llm_engine` slot it holds forever, blocking every later LLM step. Every run of this project records its
 process (host, pid and the process's start time, so a reused pid is not mistaken for it) as run tags when
-its resources start; `reap_dead_runs` marks a STARTED run failed when that process no longer exists and
-frees the slots of every ended run. The `dead_run_sensor` calls it every 30 seconds where the daemon runs
-(`dagster dev`), and `arhn` calls it before it starts runs.
+its resources start, and renews a heartbeat tag every 30 s while it runs; `reap_dead_runs` marks a STARTED
+run failed when that process no longer exists (on this host) or its heartbeat stopped (a run of another
+machine: the machine died) and frees the slots of every ended run. The `dead_run_sensor` calls it every 30
+seconds where the daemon runs (`dagster dev`), and `arhn` calls it before it starts runs.
 
 (Dagster's wait for a pool slot, which spins, is mended in dagster_patch.py.)
 """
@@ -15,13 +16,18 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
+import time
 
 import dagster as dg
 from dagster._core.storage.dagster_run import FINISHED_STATUSES, DagsterRunStatus, RunsFilter
 
+from arhn_pipeline import settings
 from arhn_pipeline.procs import process_start
 
 HOST_TAG, PID_TAG, START_TAG = "arhn/host", "arhn/pid", "arhn/pid_start"
+HEARTBEAT_TAG = "arhn/heartbeat"  # seconds since the epoch, renewed every HEARTBEAT_SECONDS while the run lives
+HEARTBEAT_SECONDS = 30.0
 
 
 def process_tags() -> dict[str, str]:
@@ -30,15 +36,38 @@ def process_tags() -> dict[str, str]:
 
 
 def record_run_process(instance: dg.DagsterInstance | None, run: dg.DagsterRun | None) -> None:
-    """Tag the run with the process that executes it (called when the run's resources start)."""
+    """Tag the run with the process that executes it (called when the run's resources start), and keep its
+    heartbeat while it is not finished: a run whose machine died is found by any machine's reaper."""
     if instance is None or run is None or run.tags.get(PID_TAG) == str(os.getpid()):
         return
-    instance.add_run_tags(run.run_id, process_tags())
+    instance.add_run_tags(run.run_id, {**process_tags(), HEARTBEAT_TAG: f"{time.time():.3f}"})
+    threading.Thread(target=_beat, args=(instance, run.run_id), name="arhn-heartbeat", daemon=True).start()
+
+
+def _beat(instance: dg.DagsterInstance, run_id: str) -> None:
+    every = settings.number("ARHN_HEARTBEAT_SECONDS") or HEARTBEAT_SECONDS
+    while True:
+        time.sleep(every)
+        try:
+            run = instance.get_run_by_id(run_id)
+            if run is None or run.is_finished:
+                return
+            instance.add_run_tags(run_id, {HEARTBEAT_TAG: f"{time.time():.3f}"})
+        except Exception:  # noqa: BLE001 (a heartbeat missed is retried; the run itself goes on)
+            continue
 
 
 def _process_gone(tags: dict[str, str]) -> str | None:
-    """Why the run's recorded process is gone, or None while it runs (or when it ran on another host)."""
-    if tags.get(HOST_TAG) != socket.gethostname() or not tags.get(PID_TAG):
+    """Why the run's recorded process is gone, or None while it runs. On this host: its process is checked. On
+    another: its heartbeat, older than ARHN_HEARTBEAT_LIMIT_SECONDS means its machine (or process) died."""
+    if tags.get(HOST_TAG) != socket.gethostname():
+        beat = tags.get(HEARTBEAT_TAG)
+        limit = settings.number("ARHN_HEARTBEAT_LIMIT_SECONDS") or 600.0
+        silent = time.time() - float(beat) if beat else 0.0
+        if silent > limit:
+            return f"its heartbeat from {tags.get(HOST_TAG)} stopped {silent:.0f} s ago (limit {limit:.0f} s)"
+        return None
+    if not tags.get(PID_TAG):
         return None
     pid = int(tags[PID_TAG])
     start = process_start(pid)

@@ -98,6 +98,11 @@ SETTINGS: tuple[Setting, ...] = (
     _s("ARHN_EMBED_DTYPE", "float32", "the embedders' precision: float32, bfloat16, float16 (GPU), int8 (CPU), auto",
        "choice", ("float32", "bfloat16", "float16", "int8", "auto"), "embedders"),
     _s("ARHN_EMBEDDINGS_STORE", "1", "keep every text's vectors for reuse (0: off)", "flag", group="embedders"),
+    # runs
+    _s("ARHN_HEARTBEAT_SECONDS", "30", "seconds between a run's heartbeats (a tag in the Dagster instance)",
+       "float", group="runs"),
+    _s("ARHN_HEARTBEAT_LIMIT_SECONDS", "600", "a STARTED run of another machine with an older heartbeat is failed "
+       "and its slots freed", "float", group="runs"),
     # progress and diagnostics
     _s("ARHN_PROGRESS_SECONDS", "30", "seconds between progress lines of a long step", "float", group="progress"),
     _s("ARHN_CALL_LOG", "", "a file to append the key of every LLM call sent (diagnostics, tests)", "path",

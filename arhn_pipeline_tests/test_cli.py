@@ -242,4 +242,3 @@ def test_the_phases_a_cluster_orders_run_one_after_another(cli_env):
     out = run([BIN / "arhn", "run", "--phase", "decide", *subsets], env)
     assert counts()[3] > 0 and "== gather_evidence" not in out and "== train_retriever" not in out
     assert "arhn:R+F" in out  # the result table
-

@@ -204,3 +204,54 @@ def test_arhn_run_starts_the_engine_once_for_every_partition(home, tmp_path):
     for asset in ("snippets", "relabeled"):
         assert instance.get_materialized_partitions(dg.AssetKey(asset)) >= {"lakes", "hills"}, asset
     assert "snippets: 6/6 new calls answered" in result.stderr  # progress, in the terminal
+
+
+def _started_run(instance: dg.DagsterInstance, tags: dict[str, str]) -> str:
+    import uuid
+
+    from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
+
+    run_id = str(uuid.uuid4())
+    instance.add_run(DagsterRun(job_name="gather_evidence", run_id=run_id, status=DagsterRunStatus.STARTED, tags=tags))
+    return run_id
+
+
+def test_a_run_whose_machine_died_is_failed_by_another_hosts_reaper_once_its_heartbeat_stops(home, monkeypatch):
+    """Two STARTED runs recorded by a machine that is not this one, each holding an engine slot: the one whose
+    heartbeat stopped longer ago than the limit is failed and its slot freed; the beating one is left alone."""
+    from arhn_pipeline import runs
+
+    monkeypatch.setenv("ARHN_HEARTBEAT_LIMIT_SECONDS", "300")
+    instance = dg.DagsterInstance.get()
+    other = {runs.HOST_TAG: "gpu-node-7.cluster.example", runs.PID_TAG: "4242", runs.START_TAG: "1"}
+    dead = _started_run(instance, {**other, runs.HEARTBEAT_TAG: f"{time.time() - 900:.0f}"})
+    alive = _started_run(instance, {**other, runs.HEARTBEAT_TAG: f"{time.time() - 20:.0f}"})
+    storage = instance.event_log_storage
+    storage.set_concurrency_slots("llm_engine", 2)
+    for run_id in (dead, alive):
+        assert storage.claim_concurrency_slot("llm_engine", run_id, "snippets").is_claimed
+    handled = runs.reap_dead_runs(instance)
+    assert any(dead in line and "heartbeat from gpu-node-7.cluster.example stopped" in line for line in handled)
+    assert instance.get_run_by_id(dead).status == dg.DagsterRunStatus.FAILURE
+    assert instance.get_run_by_id(alive).status == dg.DagsterRunStatus.STARTED
+    assert storage.get_concurrency_run_ids() == {alive}  # the dead machine's slot is free
+
+
+def test_a_live_run_renews_its_heartbeat_until_it_ends(home, monkeypatch):
+    from dagster._core.storage.dagster_run import DagsterRunStatus
+
+    from arhn_pipeline import runs
+
+    monkeypatch.setenv("ARHN_HEARTBEAT_SECONDS", "0.2")
+    instance = dg.DagsterInstance.get()
+    run_id = _started_run(instance, {})
+    runs.record_run_process(instance, instance.get_run_by_id(run_id))
+    first = float(instance.get_run_by_id(run_id).tags[runs.HEARTBEAT_TAG])
+    time.sleep(1.5)
+    assert float(instance.get_run_by_id(run_id).tags[runs.HEARTBEAT_TAG]) > first
+    instance.report_run_failed(instance.get_run_by_id(run_id), "ended")
+    time.sleep(0.6)
+    ended = instance.get_run_by_id(run_id).tags[runs.HEARTBEAT_TAG]
+    time.sleep(1.0)
+    assert instance.get_run_by_id(run_id).tags[runs.HEARTBEAT_TAG] == ended
+    assert instance.get_run_by_id(run_id).status == DagsterRunStatus.FAILURE
