@@ -69,3 +69,27 @@ def test_the_cluster_extra_matches_the_installed_dagster():
     minor = int(dg.__version__.split(".")[1])
     assert library.split(".")[:2] == ["0", str(minor + 16)], (k8s, dg.__version__)
     assert library.split(".")[2] == dg.__version__.split(".")[2]
+
+
+def test_every_shipped_run_config_is_valid_for_the_jobs_it_is_given_to():
+    """configs/*.yaml as `arhn run --config` passes them: each job gets its assets' part, and Dagster accepts
+    it (a misspelled field or a wrong type is an error here, not on the cluster)."""
+    import yaml
+
+    from arhn_pipeline.definitions import defs, job_run_config
+
+    configs = sorted((PROJECT / "configs").glob("*.yaml"))
+    assert any(p.name == "bge_cluster.yaml" for p in configs)
+    for path in configs:
+        ops = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("ops", {})
+        covered: set[str] = set()
+        for job_name in ("clean_subset", "gather_evidence", "decide", "build_collection", "compare_methods"):
+            job = defs.resolve_job_def(job_name)
+            config = job_run_config(job, ops)
+            covered |= set(config["ops"])
+            result = dg.validate_run_config(job, config)
+            assert result is not None, (path.name, job_name)
+        assert covered >= set(ops) - {"trained_retriever", "trained_reranker", "retriever_eval", "reranker_eval"}, (
+            path.name,
+            set(ops) - covered,
+        )
