@@ -12,7 +12,7 @@ from arhn_pipeline import settings
 from arhn_pipeline.definitions import build_defs
 from arhn_pipeline.export import export, rows
 from arhn_pipeline.identity import passage_key
-from arhn_pipeline.prune.assets import PRESETS
+from arhn_pipeline.prune.core import PRESETS
 from arhn_pipeline_tests.conftest import engine, gather_then_decide, labelled_entry, write_jsonl, write_registry
 from arhn_pipeline_tests.test_arhn_pipeline import LLM_RANKER, Q1, Q2
 
