@@ -183,9 +183,10 @@ def _number(name: str, kind: type) -> float | int | None:
     if not text:
         return None
     try:
-        return kind(text)
+        parsed: float | int = kind(text)
     except ValueError:
         raise SettingError(f"{name}={text!r}: expected {'an integer' if kind is int else 'a number'}") from None
+    return parsed
 
 
 def flag(name: str) -> bool:
