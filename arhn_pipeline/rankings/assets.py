@@ -12,7 +12,6 @@ from arhn_pipeline.engine.prompts import code_version
 from arhn_pipeline.llm_stage import llm_stage_asset, share_check
 from arhn_pipeline.markdown import md_table
 from arhn_pipeline.rankings import core
-from arhn_pipeline.schema import frame_schema
 from arhn_pipeline.store import (
     DuckDBStore,
     load_pairs,
@@ -113,42 +112,7 @@ def rankings(context: dg.AssetExecutionContext, config: RankingsConfig, duckdb: 
             config.plan(pairs, llm), llm, duckdb, config.batch_size, log=context.log.info
         )
         model, version = llm.model_id(), core.TEMPLATE.version
-    roles = dict(zip(zip(pairs["query_id"], pairs["passage_id"], strict=True), pairs["role"], strict=True))
-    rank_rows, window_rows = [], []
-    for qid, state in states.items():
-        position = {key: i for i, key in enumerate(state.order)}
-        positive_rank = min(r for key, r in position.items() if roles[(qid, key)] == Role.POSITIVE)
-        for key, r in position.items():
-            rank_rows.append(
-                dict(
-                    subset=subset,
-                    query_id=qid,
-                    passage_id=key,
-                    role=roles[(qid, key)],
-                    rank=r,
-                    placed=key in state.placed,
-                    positive_rank=positive_rank,
-                    call_ids=state.call_ids[key],
-                )
-            )
-        for i, w in enumerate(state.window_log):
-            window_rows.append(
-                dict(
-                    subset=subset,
-                    query_id=qid,
-                    window_index=i,
-                    span_start=w["span"][0],
-                    span_end=w["span"][1],
-                    shown=w["shown"],
-                    status=str(w["status"]),
-                    repairs=w["repairs"],
-                    call_id=w["call_id"],
-                    template_version=version,
-                    model=model,
-                )
-            )
-    ranks = pl.DataFrame(rank_rows, schema=RANK_ROWS)  # the schema holds for an empty partition too
-    windows = pl.DataFrame(window_rows, schema=WINDOW_ROWS)
+    ranks, windows = core.ranking_rows(subset, pairs, states, model, version)
     with duckdb.get_connection() as conn, transaction(conn):  # both tables, or neither
         replace_partition(conn, "rankings", subset, ranks)
         replace_partition(conn, "ranking_windows", subset, windows)
@@ -195,9 +159,6 @@ def rankings(context: dg.AssetExecutionContext, config: RankingsConfig, duckdb: 
         ],
     )
 
-
-RANK_ROWS = frame_schema("rankings")  # schema.py declares the columns
-WINDOW_ROWS = frame_schema("ranking_windows")  # schema.py declares the columns
 
 FULLY_RANKED_SQL = """
 WITH c AS (SELECT query_id, count(*) n FROM candidates WHERE subset = $s GROUP BY ALL),

@@ -20,7 +20,8 @@ import polars as pl
 from arhn_pipeline.engine.base import LLMEngine, LLMRequest, Sampling, Structured
 from arhn_pipeline.engine.cache import CallSession, CallStats, CallStore, cached_generate
 from arhn_pipeline.engine.prompts import PromptTemplate, passage_labels, planted, shown_labels
-from arhn_pipeline.vocab import ParseStatus
+from arhn_pipeline.schema import frame_schema
+from arhn_pipeline.vocab import ParseStatus, Role
 
 TEMPLATE = PromptTemplate.load(Path(__file__).with_name("ranking.prompt.yaml"))
 PARSER_VERSION = "permutation-parser-3"
@@ -275,3 +276,51 @@ def rank_by_scores(pairs: pl.DataFrame, scores: list[float], scorer_id: str) -> 
         state.apply((0, len(keys)), Permutation(order, frozenset(order), PARSED, note), call_id=scorer_id)
         states[qid] = state
     return states
+
+
+RANK_ROWS = frame_schema("rankings")  # schema.py declares the columns
+WINDOW_ROWS = frame_schema("ranking_windows")
+
+
+def ranking_rows(
+    subset: str, pairs: pl.DataFrame, states: dict[str, QueryRanking], model: str, version: str
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The `rankings` rows (every candidate's rank, whether the ranker placed it, the positive's best rank) and
+    the `ranking_windows` rows (each request, what its parser repaired) of a partition's rankings."""
+    rank_rows: list[dict[str, Any]] = []
+    window_rows: list[dict[str, Any]] = []
+    roles = dict(zip(zip(pairs["query_id"], pairs["passage_id"], strict=True), pairs["role"], strict=True))
+    for qid, state in states.items():
+        position = {key: i for i, key in enumerate(state.order)}
+        positive_rank = min(r for key, r in position.items() if roles[(qid, key)] == Role.POSITIVE)
+        for key, r in position.items():
+            rank_rows.append(
+                dict(
+                    subset=subset,
+                    query_id=qid,
+                    passage_id=key,
+                    role=roles[(qid, key)],
+                    rank=r,
+                    placed=key in state.placed,
+                    positive_rank=positive_rank,
+                    call_ids=state.call_ids[key],
+                )
+            )
+        for i, w in enumerate(state.window_log):
+            window_rows.append(
+                dict(
+                    subset=subset,
+                    query_id=qid,
+                    window_index=i,
+                    span_start=w["span"][0],
+                    span_end=w["span"][1],
+                    shown=w["shown"],
+                    status=str(w["status"]),
+                    repairs=w["repairs"],
+                    call_id=w["call_id"],
+                    template_version=version,
+                    model=model,
+                )
+            )
+    ranks = pl.DataFrame(rank_rows, schema=RANK_ROWS)  # the schema holds for an empty partition too
+    return ranks, pl.DataFrame(window_rows, schema=WINDOW_ROWS)
