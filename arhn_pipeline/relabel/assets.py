@@ -85,10 +85,12 @@ def relabeled(context: dg.AssetExecutionContext, config: RelabeledConfig, duckdb
             conn, subset, references.get(shards.dataset_of(subset)), methods, verdicts, config.min_kappa
         )
         tables = table_metadata(conn, "decisions", subset)
-    for v in verdicts.values():
-        (context.log.info if v.qualified else context.log.warning)(f"{v.method}: {v.reason}")
-    summary = decisions.group_by("method", "action", "rule").len().sort("method", "action", "rule")
     withheld = qualify.withheld_methods(decisions, verdicts)
+    applied = [m for m, v in verdicts.items() if v.qualified]
+    context.log.info(f"{subset}: applied {', '.join(applied) or 'none'}; withheld {', '.join(withheld) or 'none'}")
+    for v in verdicts.values():  # the whole reason per method: the run's log, the UI, each decision's gate column
+        context.log.debug(f"{v.method}: {v.reason}")
+    summary = decisions.group_by("method", "action", "rule").len().sort("method", "action", "rule")
     gate_table = dg.MetadataValue.md(md_table(qualify.SUMMARY_HEADERS, qualify.summary_rows(verdicts.values())))
     negatives = decisions.filter(pl.col("role") == "negative")
     changed = negatives.group_by("method").agg(
