@@ -136,7 +136,8 @@ def _encode_chunked(
 ) -> list[Any]:
     """Vectors of `texts`, CHUNK at a time; `done` gets each chunk's texts and vectors as it is finished."""
     log = _REPORT.get()
-    every = settings.number("ARHN_PROGRESS_SECONDS") or 30.0
+    every = settings.number("ARHN_PROGRESS_SECONDS")
+    every = 30.0 if every is None else every
     t0 = last = time.monotonic()
     out: list[Any] = []
     name = getattr(model, "model_card_data", None)

@@ -75,7 +75,10 @@ class Storage:
 def from_env(path: str | None = None, kind: str | None = None) -> Storage:
     """The storage the environment chooses (ARHN_STORAGE, unless `kind` is given; ARHN_DUCKLAKE_CATALOG,
     ARHN_DUCKLAKE_DATA); `path`: the DuckDB file, when not ARHN_DB's."""
-    kind = (kind or settings.value("ARHN_STORAGE")).strip().lower()
+    try:
+        kind = (kind or settings.value("ARHN_STORAGE")).strip().lower()
+    except settings.SettingError as exc:
+        raise StorageError(f"ARHN_STORAGE must be duckdb or ducklake: {exc}") from None
     db = path or str(settings.db_path())
     if kind == "duckdb":
         return Storage("duckdb", path=db)

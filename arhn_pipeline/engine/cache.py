@@ -88,7 +88,8 @@ class Progress:
         self.t0 = time.monotonic()
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._every = settings.number("ARHN_PROGRESS_SECONDS") or PROGRESS_SECONDS
+        every = settings.number("ARHN_PROGRESS_SECONDS")
+        self._every = PROGRESS_SECONDS if every is None else every
         self._thread = threading.Thread(target=self._beat, name=f"progress-{stage}", daemon=True)
 
     def __enter__(self) -> Progress:
