@@ -237,7 +237,7 @@ CREATE TABLE IF NOT EXISTS decisions (
     verdict_call_id VARCHAR,
     prompt_versions VARCHAR NOT NULL,   -- stage=version, ... of the evidence (as stored with it)
     model           VARCHAR,            -- the models that produced the evidence
-    judge           VARCHAR,            -- the judge's identity (relabel/gate.py): method, models, prompts, settings
+    judge           VARCHAR,            -- the judge's identity (rules/decisions.py): method, models, prompts, settings
     proposed_action VARCHAR,            -- what the rule decided, before the qualification gate
     proposed_rule   VARCHAR,            -- the rule that decided it (`rule` says withheld_unqualified_judge if withheld)
     gate            VARCHAR             -- the gate's reason: applied or withheld, with the measured kappa
