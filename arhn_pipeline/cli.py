@@ -749,6 +749,6 @@ def config_command(changed: bool) -> None:
         (key_env, masked, "environment" if key else "-", "openai: the API key (its name: ARHN_OPENAI_API_KEY_ENV)")
     )
     click.echo(f"settings file: {settings.settings_file()}" + ("" if settings.settings_file().is_file() else " (none)"))
-    click.echo("\n".join(text_table(["setting", "value", "from", "what it is"], rows, max_cell=36, rule=True)))
+    click.echo("\n".join(text_table(["setting", "value", "from", "what it is"], rows, max_cell=34, rule=True)))
     for name in settings.unknown_in_environment():
         click.echo(f"warning: {name} is set but is not a setting (a typo, or another version's)", err=True)
