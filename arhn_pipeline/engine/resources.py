@@ -16,11 +16,22 @@ ARHN_LLM_JUDGE=1|0    whether the stages that need a judge ask the engine (unset
 
 from __future__ import annotations
 
+from typing import Any
+
 from arhn_pipeline import settings
 from arhn_pipeline.engine import sample_oracle  # noqa: F401  (registers the sample_oracle script)
 from arhn_pipeline.engine.base import LLMEngine
 from arhn_pipeline.engine.scripted import ScriptedEngine
 from arhn_pipeline.engine.vllm_engine import SMOLLM2, VLLMEngine
+
+# settings -> the VLLMEngine field they set, and how each is read
+VLLM_SETTINGS = {
+    "ARHN_MAX_MODEL_LEN": ("max_model_len", settings.integer),
+    "ARHN_TENSOR_PARALLEL": ("tensor_parallel_size", settings.integer),
+    "ARHN_PIPELINE_PARALLEL": ("pipeline_parallel_size", settings.integer),
+    "ARHN_KV_CACHE_DTYPE": ("kv_cache_dtype", settings.value),
+    "ARHN_GPU_MEMORY_UTILIZATION": ("gpu_memory_utilization", settings.number),
+}
 
 
 def engine_from_env() -> LLMEngine:
@@ -31,19 +42,18 @@ def engine_from_env() -> LLMEngine:
     kind = s.value("ARHN_ENGINE")
     if kind == "vllm":
         eager = s.value("ARHN_ENFORCE_EAGER")
-        return VLLMEngine(
-            model=s.value("ARHN_MODEL") or SMOLLM2,
-            dtype=s.value("ARHN_DTYPE"),
-            judge=judge,
-            max_model_len=s.integer("ARHN_MAX_MODEL_LEN") or 4096,
-            tensor_parallel_size=s.integer("ARHN_TENSOR_PARALLEL") or 1,
-            pipeline_parallel_size=s.integer("ARHN_PIPELINE_PARALLEL") or 1,
-            quantization=s.value("ARHN_QUANTIZATION") or None,
-            kv_cache_dtype=s.value("ARHN_KV_CACHE_DTYPE") or "auto",
-            enforce_eager=None if not eager else eager in ("1", "true"),
-            gpu_memory_utilization=s.number("ARHN_GPU_MEMORY_UTILIZATION") or 0.85,
-            max_num_seqs=s.integer("ARHN_MAX_NUM_SEQS"),
-        )
+        engine: dict[str, Any] = {
+            "model": s.value("ARHN_MODEL") or SMOLLM2,
+            "dtype": s.value("ARHN_DTYPE"),
+            "enforce_eager": None if not eager else eager in ("1", "true"),
+            "quantization": s.value("ARHN_QUANTIZATION") or None,
+            "max_num_seqs": s.integer("ARHN_MAX_NUM_SEQS"),
+        }
+        # the rest only when set: VLLMEngine's fields hold their defaults, written once
+        for setting, (field, read) in VLLM_SETTINGS.items():
+            if s.value(setting):
+                engine[field] = read(setting)
+        return VLLMEngine(judge=judge, **engine)
     if kind == "scripted":
         return ScriptedEngine(
             model=s.value("ARHN_SCRIPT"), latency_seconds=s.number("ARHN_SCRIPT_LATENCY") or 0.0, judge=judge
