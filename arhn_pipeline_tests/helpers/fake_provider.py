@@ -41,6 +41,7 @@ class Behaviour:
 class Record:
     chat: list[tuple[float, str]] = field(default_factory=list)  # (time, last message) of every chat request
     answered: int = 0
+    answered_texts: list[str] = field(default_factory=list)  # the last message of every chat request answered
     max_in_flight: int = 0
     in_flight: int = 0
     bytes_sent: int = 0  # of hostile bodies, until the client stopped reading
@@ -152,6 +153,7 @@ class FakeProvider:
             time.sleep(b.latency)
             with self.lock:
                 self.record.answered += 1
+                self.record.answered_texts.append(text)
                 headers = {}
                 if b.remaining_zero_at and self.record.answered == b.remaining_zero_at:
                     headers = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": b.reset}
