@@ -342,9 +342,12 @@ def _print_plan(registry, chosen: list[str], ops: dict, prices: dict, budget: fl
             )
             sys.exit(3)
         return
+    from arhn_pipeline.snippets.assets import SnippetsConfig
+
+    skip = SnippetsConfig(**((ops.get("snippets") or {}).get("config") or {})).skip
     conn = plan.open_readonly(settings.db_path())
     try:
-        plans = [plan.snippet_plan(conn, llm, name, registry.entry(name)) for name in chosen]
+        plans = [plan.snippet_plan(conn, llm, name, registry.entry(name), skip) for name in chosen]
         per_request = plan.seconds_per_request(conn, llm.model_id())
     finally:
         if conn is not None:

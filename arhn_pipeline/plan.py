@@ -51,11 +51,16 @@ def pairs_in_source(entry: SourceEntry) -> int | None:
     return total
 
 
-def snippet_plan(conn: duckdb.DuckDBPyConnection | None, llm: LLMEngine, name: str, entry: SourceEntry) -> StagePlan:
-    """The snippets stage asks one request per pair; those already answered are not sent again."""
+def snippet_plan(
+    conn: duckdb.DuckDBPyConnection | None, llm: LLMEngine, name: str, entry: SourceEntry, skip: bool = False
+) -> StagePlan:
+    """The snippets stage asks one request per pair; those already answered are not sent again; none when
+    the run config sets `skip` (the source is then not read to count its pairs)."""
     from arhn_pipeline.snippets import core as snippets_core
     from arhn_pipeline.store import load_pairs
 
+    if skip:
+        return StagePlan(name, "snippets (skip is set)", 0, 0)
     pairs = load_pairs(conn, name) if conn is not None else None
     if pairs is None or pairs.is_empty():
         n = pairs_in_source(entry)

@@ -311,11 +311,24 @@ class DuckDBStore(DuckDBResource):
         with super().get_connection() as conn:
             yield conn
 
+    @contextmanager
+    def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection for reads only. On DuckLake: one snapshot of the catalog without the write lock, so a
+        cache look-up or a stage loading its pairs never queues behind another run's writes (once this
+        process has seen the schema made). On the DuckDB file: `get_connection` (the file's own lock)."""
+        where = self.where()
+        if where.is_lake and self._schema_ready:
+            with session(where, read_only=True) as conn:
+                yield conn
+            return
+        with self.get_connection() as conn:
+            yield conn
+
     def lookup_calls(self, keys: Iterable[str]) -> dict[str, StoredCall]:
         wanted = list(set(keys))
         if not wanted:
             return {}
-        with self.get_connection() as conn:
+        with self.reading() as conn:
             rows = conn.execute(
                 "SELECT call_id, response, finish_reason FROM llm_calls WHERE call_id IN (SELECT unnest(?))",
                 [wanted],
@@ -391,7 +404,7 @@ class DuckDBStore(DuckDBResource):
 
     def open_batches(self, call_ids: Iterable[str]) -> list[tuple[str, str, list[str]]]:
         """(batch id, endpoint, call ids) of the batches not yet collected that carry any of these calls."""
-        with self.get_connection() as conn:
+        with self.reading() as conn:
             rows = conn.execute(
                 "SELECT batch_id, endpoint, call_ids FROM llm_batches WHERE status != ? "
                 "AND len(list_intersect(call_ids, ?)) > 0 ORDER BY submitted_at",
@@ -407,7 +420,7 @@ class DuckDBStore(DuckDBResource):
             )
 
     def mean_completion_tokens(self, model: str, template: str) -> float | None:
-        with self.get_connection() as conn:
+        with self.reading() as conn:
             return mean_completion_tokens(conn, model, template)
 
 

@@ -172,6 +172,35 @@ def test_a_key_answered_by_two_racing_runs_is_kept_once_and_counted(pg, tmp_path
         assert conn.execute("SELECT count(*) FROM llm_calls").fetchone() == (3,)
 
 
+def test_reads_go_on_while_another_run_holds_the_write_lock(pg, tmp_path, monkeypatch):
+    """A cache look-up (and a stage's pair load, the deciding stages' reads: the same `reading`) reads a
+    snapshot without the write lock, so it answers while another run writes; a write waits its turn."""
+    import threading
+
+    env = lake_env(pg, tmp_path, "readers")
+    for name in ("ARHN_DUCKLAKE_CATALOG", "ARHN_DUCKLAKE_DATA"):
+        monkeypatch.setenv(name, env[name])
+    store = DuckDBStore(database="", storage="ducklake")
+    store.store_calls([_record("k1", "a1")])
+    done: dict[str, object] = {}
+
+    def look() -> None:
+        done["look"] = {k: c.response for k, c in store.lookup_calls(["k1", "k9"]).items()}
+
+    def write() -> None:
+        done["write"] = store.store_calls([_record("k2", "a2")])
+
+    with storage.writing(lake_of(env)):  # another run's write, held
+        reader, writer = threading.Thread(target=look), threading.Thread(target=write)
+        reader.start(), writer.start()
+        reader.join(60)
+        assert done.get("look") == {"k1": "a1"}  # answered while the lock is held
+        writer.join(2)
+        assert writer.is_alive() and "write" not in done  # the write waits for the lock
+    writer.join(60)
+    assert done["write"] == [] and store.lookup_calls(["k2"])["k2"].response == "a2"
+
+
 def test_the_storage_setting_names_what_is_missing(monkeypatch):
     monkeypatch.setenv("ARHN_STORAGE", "ducklake")
     monkeypatch.delenv("ARHN_DUCKLAKE_CATALOG", raising=False)

@@ -69,6 +69,10 @@ def test_every_llm_stage_is_counted_and_the_judge_at_the_share_that_reaches_it(d
     rows = {e.stage: e for e in plan.stage_estimates(None, plan.ReadOnlyCalls(None), llm, "g", pairs, skip)}
     assert rows["snippets"].requests == 0 and rows["snippets"].reach == "not asked: skip is set"
     assert rows["rankings"].requests == queries
+    # the in-process engine's plan (arhn run on vLLM) counts the snippets too, and none when they are skipped
+    assert plan.snippet_plan(None, llm, "sample_geo", entry).to_send == pairs_count
+    skipped = plan.snippet_plan(None, llm, "sample_geo", entry, skip=True)
+    assert skipped.to_send == 0 and "skip is set" in skipped.stage
 
 
 def test_dollars_follow_the_prices_and_the_batch_discount():

@@ -109,7 +109,7 @@ def judgments(context: dg.AssetExecutionContext, config: JudgmentsConfig, duckdb
     subset = context.partition_key
     set_stage(subset, "judgments")  # a Batch API run records what to re-run when its batches finish
     faults.point("stage_start")  # a fault-injection point: the stages before this one are materialized
-    with duckdb.get_connection() as conn:
+    with duckdb.reading() as conn:  # a snapshot: no write lock
         qs = core.QuerySet(load_pairs(conn, subset))
     judge_notes: dict[str, Any] = {}  # a cascaded trained judge: the share its whole judge saw
 

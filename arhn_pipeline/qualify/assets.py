@@ -30,11 +30,12 @@ EVIDENCE = ("snippets", "rankings", "judgments")
 def judge_qualification(context: dg.AssetExecutionContext, config: DecisionConfig, duckdb: DuckDBStore):
     subset = context.partition_key
     references = {name: e for name, e in load_registry().items() if e.reference is not None}
-    with duckdb.get_connection() as conn:
+    with duckdb.reading() as conn:  # the evidence and the references, read from a snapshot: no write lock
         own = dec.decide_partition(conn, subset, config)
         if not own.methods:
             raise dg.Failure(f"no evidence to decide from for {subset!r}: {'; '.join(own.skipped)}")
         rows, outcomes = core.qualify(conn, subset, own, references, config)
+    with duckdb.get_connection() as conn:
         replace_partition(conn, "judge_qualification", subset, rows)
         tables = table_metadata(conn, "judge_qualification", subset)
     pooled = core.gate_verdicts(rows, own.judges, min_kappa=0.0)

@@ -95,7 +95,7 @@ def rankings(context: dg.AssetExecutionContext, config: RankingsConfig, duckdb: 
     subset = context.partition_key
     set_stage(subset, "rankings")  # a Batch API run records what to re-run when its batches finish
     faults.point("stage_start")  # a fault-injection point: the stages before this one are materialized
-    with duckdb.get_connection() as conn:
+    with duckdb.reading() as conn:  # a snapshot: no write lock
         pairs = load_pairs(conn, subset)
     stats = CallStats()
     ranker, rule = config.chosen_ranker(llm)

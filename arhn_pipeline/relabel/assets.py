@@ -65,18 +65,19 @@ SELECT count(*) FROM (
 )
 def relabeled(context: dg.AssetExecutionContext, config: RelabeledConfig, duckdb: DuckDBStore):
     subset = context.partition_key
-    with duckdb.get_connection() as conn:
+    with duckdb.reading() as conn:  # the evidence, read from a snapshot: no write lock while deciding
         proposed = dec.decide_partition(conn, subset, config)
         if not proposed.methods:
             raise dg.Failure(f"no evidence to decide from for {subset!r}: {'; '.join(proposed.skipped)}")
         # the qualification judge_qualification stored (measured once, there); a judge it did not measure (its
         # evidence re-made since) is withheld until that asset runs again
-        registry = load_registry()
-        references = {name: e for name, e in registry.items() if e.reference is not None}
         measured = qualify.stored(conn, subset)
-        verdicts = qualify.gate_verdicts(measured, proposed.judges, config.min_kappa, config.min_reviews)
-        decisions = qualify.apply_gate(proposed.frame, verdicts)
-        methods = proposed.methods
+    registry = load_registry()
+    references = {name: e for name, e in registry.items() if e.reference is not None}
+    verdicts = qualify.gate_verdicts(measured, proposed.judges, config.min_kappa, config.min_reviews)
+    decisions = qualify.apply_gate(proposed.frame, verdicts)
+    methods = proposed.methods
+    with duckdb.get_connection() as conn:
         replace_partition(conn, "decisions", subset, decisions, methods=methods)
         shown = next((m for m in methods if verdicts[m].qualified), methods[0])
         examples = conn.execute(EXAMPLES, [subset, shown]).fetchall()

@@ -70,7 +70,7 @@ def snippets(context: dg.AssetExecutionContext, config: SnippetsConfig, duckdb: 
     subset = context.partition_key
     set_stage(subset, "snippets")  # a Batch API run records what to re-run when its batches finish
     faults.point("stage_start")  # a fault-injection point: the stages before this one are materialized
-    with duckdb.get_connection() as conn:
+    with duckdb.reading() as conn:  # a snapshot: no write lock
         pairs = load_pairs(conn, subset)
     requests: list[LLMRequest] = []
     shown: dict[str, core.ShownPassage] = {}
