@@ -19,12 +19,16 @@ hand upstream (say `snippets` alone) is shown as stale in the UI and re-made wit
 chased automatically.
 """
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
 import dagster as dg
 
+from arhn_pipeline import shards
 from arhn_pipeline.partitions import PARTITIONS_NAME
+from arhn_pipeline.qualify.assets import EVIDENCE
+from arhn_pipeline.sources.registry import RegistryError, load_registry
 
 AC = dg.AutomationCondition
 
@@ -81,3 +85,81 @@ def nightly_refresh(context: dg.ScheduleEvaluationContext):
     known = set(context.instance.get_dynamic_partitions(PARTITIONS_NAME))
     for subset in sorted(done & known):
         yield dg.RunRequest(run_key=f"{context.scheduled_execution_time:%Y%m%d}-{subset}", partition_key=subset)
+
+
+def _ready(instance: dg.DagsterInstance) -> set[str]:
+    """The partitions whose every evidence stage (snippets, rankings, judgments) is materialized."""
+    have: set[str] | None = None
+    for name in EVIDENCE:
+        done = set(instance.get_materialized_partitions(dg.AssetKey(name)))
+        have = done if have is None else have & done
+    return have or set()
+
+
+def decide_requests(instance: dg.DagsterInstance, cursor: str | None) -> tuple[list[dg.RunRequest], str, list[str]]:
+    """The `decide` runs to start now, the next cursor, and why each waiting sub-dataset waits.
+
+    A sub-dataset is decided when the evidence of every one of its shards and of every partition with a
+    reference (what its judges are qualified on) is materialized, once per change of that evidence: the
+    cursor keeps the newest evidence event seen and the sub-datasets whose evidence changed but that still
+    wait. New evidence of a reference re-decides every sub-dataset (its judges' qualification changed)."""
+    state = json.loads(cursor) if cursor else {}
+    after, waiting = int(state.get("after", 0)), set(state.get("waiting", []))
+    newest = after
+    for name in EVIDENCE:
+        page: str | None = None
+        while True:  # Dagster returns at most 10,000 events a call
+            result = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey(name), after_storage_id=after),
+                limit=10_000,
+                cursor=page,
+                ascending=True,
+            )
+            for record in result.records:
+                if record.partition_key:
+                    waiting.add(shards.dataset_of(record.partition_key))
+                newest = max(newest, record.storage_id)
+            if not result.has_more:
+                break
+            page = result.cursor
+    partitions = instance.get_dynamic_partitions(PARTITIONS_NAME)
+    registry = load_registry()
+    references = []
+    for key in partitions:
+        try:
+            if registry.entry(key).reference is not None:
+                references.append(key)
+        except RegistryError:
+            continue
+    ready = _ready(instance)
+    if waiting & {shards.dataset_of(r) for r in references}:
+        waiting |= {shards.dataset_of(p) for p in ready}
+    missing_references = sorted(set(references) - ready)
+    requests, reasons, still = [], [], set()
+    for dataset in sorted(waiting):
+        members = [p for p in partitions if shards.dataset_of(p) == dataset]
+        missing = [p for p in members if p not in ready] + missing_references
+        if missing:
+            still.add(dataset)
+            reasons.append(
+                f"{dataset}: waiting for the evidence of {', '.join(missing[:5])}"
+                + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            )
+            continue
+        requests += [dg.RunRequest(run_key=f"decide:{p}:{newest}", partition_key=p) for p in members]
+    return requests, json.dumps({"after": newest, "waiting": sorted(still)}), reasons
+
+
+@dg.sensor(
+    job_name="decide",
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    minimum_interval_seconds=60,
+    description="For a cluster (docs/scaling.md): starts `decide` for a sub-dataset's partitions once the evidence "
+    "of all its shards and of every reference partition is materialized, and again when that evidence changes. "
+    "Turn it on when runs on many machines gather the evidence (`arhn run --phase evidence`).",
+)
+def decide_when_evidence_is_in(context: dg.SensorEvaluationContext):
+    requests, cursor, reasons = decide_requests(context.instance, context.cursor)
+    if requests:
+        return dg.SensorResult(run_requests=requests, cursor=cursor)
+    return dg.SensorResult(skip_reason="; ".join(reasons) or "no new evidence", cursor=cursor)

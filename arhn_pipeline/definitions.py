@@ -6,7 +6,7 @@ from typing import Any
 import dagster as dg
 
 from arhn_pipeline import settings, storage
-from arhn_pipeline.automation import automation_sensor, nightly_refresh, with_automation
+from arhn_pipeline.automation import automation_sensor, decide_when_evidence_is_in, nightly_refresh, with_automation
 from arhn_pipeline.compare import assets as compare_assets
 from arhn_pipeline.dagster_patch import sleep_while_waiting_for_slots
 from arhn_pipeline.engine.base import LLMEngine
@@ -132,7 +132,13 @@ def build_defs(llm: LLMEngine | None = None, duckdb: DuckDBStore | None = None) 
             compare_job,
         ],
         loggers={TERMINAL_LOGGER: terminal_logger, FILE_LOGGER: file_logger},
-        sensors=[source_registry_sensor, automation_sensor, dead_run_sensor, llm_batch_sensor],
+        sensors=[
+            source_registry_sensor,
+            automation_sensor,
+            dead_run_sensor,
+            llm_batch_sensor,
+            decide_when_evidence_is_in,
+        ],
         schedules=[nightly_refresh],
         # One process per run: the engine loads once and serves every LLM step of the run.
         executor=dg.in_process_executor,

@@ -342,34 +342,26 @@ class DuckDBStore(DuckDBResource):
         `llm_calls_asked_twice`; the caller uses the stored answer, so every decision cites the call it read."""
         if not records:
             return []
-        frame = pl.DataFrame(
-            [
-                {
-                    **vars(r),  # a shallow copy: asdict would deep-copy every message list
-                    "messages": json.dumps(r.messages, ensure_ascii=False),
-                    "sampling": json.dumps(r.sampling),
-                    "structured": json.dumps(r.structured) if r.structured is not None else None,
-                }
-                for r in records
-            ],
-            schema_overrides={"structured": pl.String, "finish_reason": pl.String, "cached_prompt_tokens": pl.Int64},
-            infer_schema_length=None,
-        ).unique("call_id", keep="first", maintain_order=True)
+        frame = calls_frame(records)
+        lake = self.where().is_lake
         with self.get_connection() as conn, transaction(conn):
             conn.register("_calls_batch", frame)
-            repeated = [
-                k
-                for (k,) in conn.execute(
-                    "SELECT call_id FROM _calls_batch SEMI JOIN llm_calls USING (call_id)"
-                ).fetchall()
-            ]
-            conn.execute(
-                """INSERT INTO llm_calls
-                SELECT call_id, model, engine, template, template_version, messages::JSON, sampling::JSON,
-                       structured::JSON, response, finish_reason, prompt_tokens, completion_tokens,
-                       cached_prompt_tokens, batch_seconds, batch_size, NULL, now()
-                FROM _calls_batch ANTI JOIN llm_calls USING (call_id)"""
-            )
+            if lake:  # no primary key: the batch's keys joined against the table (a scan of its key column)
+                repeated = [
+                    k
+                    for (k,) in conn.execute(
+                        "SELECT call_id FROM _calls_batch SEMI JOIN llm_calls USING (call_id)"
+                    ).fetchall()
+                ]
+                conn.execute(f"INSERT INTO llm_calls {_CALL_ROWS} ANTI JOIN llm_calls USING (call_id)")
+            else:  # the file's primary key index answers per key, whatever the table's size (bench/call_store.py)
+                stored = {
+                    k
+                    for (k,) in conn.execute(
+                        f"INSERT OR IGNORE INTO llm_calls {_CALL_ROWS} RETURNING call_id"
+                    ).fetchall()
+                }
+                repeated = [k for k in frame["call_id"].to_list() if k not in stored]
             if repeated:
                 conn.execute(
                     "INSERT INTO llm_calls_asked_twice SELECT call_id, model, template, now() "
@@ -422,6 +414,30 @@ class DuckDBStore(DuckDBResource):
     def mean_completion_tokens(self, model: str, template: str) -> float | None:
         with self.reading() as conn:
             return mean_completion_tokens(conn, model, template)
+
+
+def calls_frame(records: list[CallRecord]) -> pl.DataFrame:
+    """A batch of answers as a frame (JSON columns as text), one row per key (the first)."""
+    return pl.DataFrame(
+        [
+            {
+                **vars(r),  # a shallow copy: asdict would deep-copy every message list
+                "messages": json.dumps(r.messages, ensure_ascii=False),
+                "sampling": json.dumps(r.sampling),
+                "structured": json.dumps(r.structured) if r.structured is not None else None,
+            }
+            for r in records
+        ],
+        schema_overrides={"structured": pl.String, "finish_reason": pl.String, "cached_prompt_tokens": pl.Int64},
+        infer_schema_length=None,
+    ).unique("call_id", keep="first", maintain_order=True)
+
+
+# a batch of answers (calls_frame, registered as _calls_batch) as llm_calls rows
+_CALL_ROWS = """SELECT call_id, model, engine, template, template_version, messages::JSON, sampling::JSON,
+    structured::JSON, response, finish_reason, prompt_tokens, completion_tokens, cached_prompt_tokens,
+    batch_seconds, batch_size, NULL, now()
+FROM _calls_batch"""
 
 
 def known_call_ids(conn: duckdb.DuckDBPyConnection, keys: Iterable[str]) -> set[str]:

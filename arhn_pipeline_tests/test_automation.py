@@ -163,3 +163,63 @@ def test_new_reviews_of_a_partition_request_its_qualification_and_decisions_only
     assert by_asset == {"judge_qualification": {"a"}, "relabeled": {"a"}}
     after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
     assert after.total_requested == 0
+
+
+def test_decide_starts_once_every_shard_and_every_reference_has_its_evidence(tmp_path, monkeypatch):
+    """The cluster's ordering (decide_when_evidence_is_in): geo in two shards and bio, each with a reference,
+    gathered one partition at a time as separate machines would. No `decide` is requested while a shard of geo
+    or the reference bio lacks evidence (the reason names what is missing); then each partition once; nothing
+    again for the same evidence; new evidence of a reference re-decides every sub-dataset. The requested runs
+    succeed."""
+    from arhn_pipeline.automation import decide_requests, decide_when_evidence_is_in
+    from arhn_pipeline.definitions import build_defs
+    from arhn_pipeline.sources.registry import load_registry
+    from arhn_pipeline.store import DuckDBStore
+    from arhn_pipeline_tests.conftest import SCRIPTED_LLM_OPS
+    from arhn_pipeline_tests.test_shards import sample
+
+    registry = write_registry(tmp_path / "sources.yaml", {"geo": sample("sample_geo", 2), "bio": sample("sample_bio")})
+    monkeypatch.setenv("ARHN_SOURCES", str(registry))
+    keys = load_registry(registry).names()
+    assert sorted(keys) == ["bio", "geo.shard0of2", "geo.shard1of2"]
+    defs = build_defs(engine("sample_oracle"), DuckDBStore(database=str(tmp_path / "arhn.duckdb")))
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("subset", keys)
+    evidence = defs.resolve_job_def("gather_evidence")
+    from arhn_pipeline.definitions import job_run_config
+
+    config = job_run_config(evidence, SCRIPTED_LLM_OPS)
+
+    def gather(key: str) -> None:
+        assert evidence.execute_in_process(partition_key=key, instance=instance, run_config=config).success
+
+    def tick(cursor: str | None) -> tuple[list[str], str, str]:
+        context = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs)
+        result = decide_when_evidence_is_in(context)
+        assert isinstance(result, dg.SensorResult) and result.cursor is not None
+        requested = sorted(r.partition_key for r in result.run_requests or [])
+        reason = result.skip_reason.skip_message if result.skip_reason else ""
+        return requested, result.cursor, reason or ""
+
+    requested, cursor, reason = tick(None)
+    assert requested == [] and reason == "no new evidence"
+    gather("geo.shard0of2")
+    requested, cursor, reason = tick(cursor)
+    assert requested == [] and "geo: waiting for the evidence of geo.shard1of2, bio" in reason
+    gather("geo.shard1of2")
+    requested, cursor, reason = tick(cursor)
+    assert requested == [] and "waiting for the evidence of bio" in reason  # the reference is not in yet
+    gather("bio")
+    requested, cursor, _ = tick(cursor)
+    assert requested == ["bio", "geo.shard0of2", "geo.shard1of2"]
+    assert tick(cursor)[0] == []  # the same evidence: nothing again
+    decide = defs.resolve_job_def("decide")
+    for key in requested:
+        assert decide.execute_in_process(partition_key=key, instance=instance).success
+    assert tick(cursor)[0] == []  # decisions are not evidence
+    gather("bio")  # a reference's evidence re-made: every sub-dataset's qualification changed
+    requested, cursor, _ = tick(cursor)
+    assert requested == ["bio", "geo.shard0of2", "geo.shard1of2"]
+    # run keys differ per change of evidence, so Dagster runs each request once per change
+    first, _, _ = decide_requests(instance, None)
+    assert len({r.run_key for r in first}) == 3

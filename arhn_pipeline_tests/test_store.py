@@ -100,3 +100,20 @@ def test_rows_that_do_not_match_the_declared_schema_are_refused_naming_the_colum
     assert db.execute("SELECT count(*) FROM rankings").fetchone() == (0,)
     replace_partition(db, "rankings", "a", good)
     assert db.execute("SELECT count(*) FROM rankings").fetchone() == (2,)
+
+
+def test_a_key_stored_twice_in_the_file_keeps_the_first_answer_and_is_counted(tmp_path):
+    """Two stores on one DuckDB file (two runs one after the other on the same keys): the file's primary key
+    keeps the first answer, the second store is told which keys were there, and each repeat is counted."""
+    from arhn_pipeline.store import DuckDBStore
+    from arhn_pipeline_tests.test_ducklake import _record
+
+    path = str(tmp_path / "calls.duckdb")
+    one, two = DuckDBStore(database=path), DuckDBStore(database=path)
+    assert one.store_calls([_record("k1", "a1"), _record("k2", "a2")]) == []
+    assert two.store_calls([_record("k2", "b2"), _record("k3", "b3"), _record("k3", "b3 again")]) == ["k2"]
+    found = two.lookup_calls(["k1", "k2", "k3", "k4"])
+    assert {k: c.response for k, c in found.items()} == {"k1": "a1", "k2": "a2", "k3": "b3"}
+    with one.get_connection() as conn:
+        assert conn.execute("SELECT call_id FROM llm_calls_asked_twice").fetchall() == [("k2",)]
+        assert conn.execute("SELECT count(*) FROM llm_calls").fetchone() == (3,)
