@@ -138,7 +138,7 @@ def decide_requests(instance: dg.DagsterInstance, cursor: str | None) -> tuple[l
     requests, reasons, still = [], [], set()
     for dataset in sorted(waiting):
         members = [p for p in partitions if shards.dataset_of(p) == dataset]
-        missing = [p for p in members if p not in ready] + missing_references
+        missing = list(dict.fromkeys([p for p in members if p not in ready] + missing_references))
         if missing:
             still.add(dataset)
             reasons.append(

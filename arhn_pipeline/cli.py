@@ -221,10 +221,7 @@ def run(
         elif any(j not in per_partition for j, _ in steps):
             rows.append(("collection", "not run", "", f"{len(failed)} partition(s) failed"))
         click.echo("\n".join(text_table(["partition", "result", "job / step", "reason"], rows, max_cell=300)))
-    click.echo(
-        "Open the UI:  DAGSTER_HOME=$PWD/var/dagster .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000"
-        "  (then http://127.0.0.1:3000)"
-    )
+    click.echo(f"Open the UI:  {_ui_command()}  (then http://127.0.0.1:3000)")
     example = _explain_example([p for p in chosen if p not in failed])
     if example:
         click.echo(f"Audit a relabeled negative:  .venv/bin/arhn explain {example}")
@@ -354,6 +351,16 @@ def _print_plan(registry, chosen: list[str], ops: dict, prices: dict, budget: fl
             conn.close()
     for line in plan.lines(plans, per_request, engine_start=llm.engine_name == "vllm"):
         click.echo(line)
+
+
+def _ui_command() -> str:
+    """The command that opens the UI on this run's instance (the default state folder: as the README has it)."""
+    import shlex
+
+    home = settings.dagster_home().resolve()
+    if home == (settings.PROJECT_ROOT / "var" / "dagster").resolve():
+        return "DAGSTER_HOME=$PWD/var/dagster .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000"
+    return f"DAGSTER_HOME={shlex.quote(str(home))} .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000"
 
 
 def _explain_example(subsets: list[str]) -> str | None:

@@ -24,7 +24,7 @@ from arhn_pipeline_tests.test_kill_resume import kill_mid_snippets_then_rerun
 
 SAMPLES = ["sample_geo", "sample_bio", "sample_fin"]
 # columns that record when or how fast, not what: left out of the row-for-row comparison
-TIMING = {"created_at", "stored_at", "made_at", "batch_seconds", "failed_at", "seconds", "train_seconds"}
+TIMING = {"created_at", "stored_at", "made_at", "batch_seconds", "failed_at", "seconds", "train_seconds", "compared_at"}
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +74,8 @@ def finish(proc: subprocess.Popen) -> tuple[float, float]:
     return float(marks["start"]), float(marks["end"])
 
 
-def tables(conn: duckdb.DuckDBPyConnection) -> dict[str, list[tuple]]:
-    """Every table of the pipeline, its rows sorted, without the timing columns."""
+def tables(conn: duckdb.DuckDBPyConnection, leave_out: set[str] = TIMING) -> dict[str, list[tuple]]:
+    """Every table of the pipeline, its rows sorted, without the timing columns (or `leave_out`)."""
     names = [
         t
         for (t,) in conn.execute(
@@ -85,7 +85,7 @@ def tables(conn: duckdb.DuckDBPyConnection) -> dict[str, list[tuple]]:
     ]
     out = {}
     for name in names:
-        cols = [c for c, *_ in conn.execute(f"DESCRIBE {name}").fetchall() if c not in TIMING]
+        cols = [c for c, *_ in conn.execute(f"DESCRIBE {name}").fetchall() if c not in leave_out]
         listed = ", ".join(f'"{c}"' for c in cols)
         out[name] = conn.execute(f"SELECT {listed} FROM {name} ORDER BY ALL").fetchall()
     return out
@@ -291,3 +291,100 @@ def test_dagster_dev_on_the_postgres_instance_runs_a_partition_into_ducklake(pg,
     with storage.session(lake_of(env), read_only=True) as conn:
         assert conn.execute("SELECT count(*) FROM candidates WHERE subset = 'sample_geo'").fetchone() == (176,)
         assert conn.execute("SELECT count(*) FROM decisions WHERE subset = 'sample_geo'").fetchone()[0] > 0
+
+
+def test_the_cluster_walk_through_two_workers_one_killed_equal_one_process(pg, tmp_path, monkeypatch):
+    """docs/scaling.md walked on one machine as the cluster's stand-in: the tables on DuckLake and the Dagster
+    instance on PostgreSQL (deploy/dagster.yaml); geo in two shards and the reference bio. `arhn ingest` reads
+    every shard; two workers gather the evidence of different shards at once, and worker A is killed
+    (SIGKILL) in the middle of its snippets. The decide sensor then waits for A's shard; worker B takes the
+    shard over, its start reaps A's run (failed), and once the shard's evidence is in the sensor requests
+    `decide` for every partition, which B runs. Every table equals what one process writes into a DuckDB file
+    for the same sources."""
+    import shutil
+
+    import psycopg2
+
+    from arhn_pipeline.automation import decide_requests
+    from arhn_pipeline_tests.conftest import write_registry
+    from arhn_pipeline_tests.test_cli import BIN
+    from arhn_pipeline_tests.test_shards import sample
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(PROJECT / "deploy" / "dagster.yaml", home / "dagster.yaml")
+    instance_db = pg.create("walk_instance")
+    registry = write_registry(tmp_path / "sources.yaml", {"geo": sample("sample_geo", 2), "bio": sample("sample_bio")})
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"ops": {**SCRIPTED_LLM_OPS, "snippets": {"config": {"batch_size": 8}}}}))
+    env = lake_env(pg, tmp_path, "walk", DAGSTER_HOME=str(home), ARHN_SOURCES=str(registry))
+    env.update(ARHN_VAR_DIR=str(tmp_path / "var"), ARHN_SCRIPT_LATENCY="0.1")
+    env["ARHN_DAGSTER_PG_URL"] = f"postgresql+psycopg2://{pg.user}@127.0.0.1:{pg.port}/walk_instance"
+    env.pop("ARHN_FAULT", None)
+
+    def arhn(*args: str, **extra: str) -> subprocess.CompletedProcess:
+        where = {k: v for k, v in {**env, **extra}.items() if v}  # an empty value: the variable unset
+        return subprocess.run(
+            [BIN / "arhn", *args], env=where, cwd=PROJECT, capture_output=True, text=True, timeout=900
+        )
+
+    evidence = [str(BIN / "arhn"), "run", "--phase", "evidence", "--no-train", "--config", str(config)]
+    assert (done := arhn("ingest", "--subset", "geo", "--subset", "bio")).returncode == 0, done.stderr[-3000:]
+    a = subprocess.Popen(
+        [*evidence, "--subset", "geo.shard0of2"],
+        env={**env, "ARHN_FAULT": "llm_batch:3"},  # worker A: SIGKILL once its third batch of answers is in
+        cwd=PROJECT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    b = subprocess.run(
+        [*evidence, "--subset", "geo.shard1of2", "--subset", "bio"], env=env, cwd=PROJECT, capture_output=True,
+        text=True, timeout=900,
+    )  # fmt: skip
+    assert a.wait(900) == -signal.SIGKILL and b.returncode == 0, b.stderr[-3000:]
+
+    for name in ("DAGSTER_HOME", "ARHN_DAGSTER_PG_URL", "ARHN_SOURCES"):
+        monkeypatch.setenv(name, env[name])
+    import dagster as dg
+
+    instance = dg.DagsterInstance.get()
+    requests, cursor, reasons = decide_requests(instance, None)
+    waiting = "waiting for the evidence of geo.shard0of2"  # bio too: geo's shards are a reference for its judges
+    assert requests == [] and reasons == [f"bio: {waiting}", f"geo: {waiting}"], reasons
+
+    taken_over = arhn(*evidence[1:], "--subset", "geo.shard0of2")  # worker B takes the killed worker's shard
+    assert taken_over.returncode == 0, taken_over.stderr[-3000:]
+    assert "failed: its process" in taken_over.stderr and "(killed or crashed)" in taken_over.stderr
+    session = psycopg2.connect(instance_db)
+    try:
+        with session.cursor() as cur:
+            cur.execute("SELECT status, pipeline_name, partition FROM runs ORDER BY create_timestamp")
+            recorded = cur.fetchall()
+        # three ingests, A's run (failed by the reaper), B's two and its take-over: every other run succeeded
+        assert [r for r in recorded if r[0] != "SUCCESS"] == [("FAILURE", "gather_evidence", "geo.shard0of2")]
+        assert len(recorded) == 7, recorded
+    finally:
+        session.close()
+    requests, cursor, _ = decide_requests(instance, cursor)
+    partitions = sorted(r.partition_key for r in requests)
+    assert partitions == ["bio", "geo.shard0of2", "geo.shard1of2"]
+    decided = arhn("run", "--phase", "decide", "--no-train", *(x for p in partitions for x in ("--subset", p)))
+    assert decided.returncode == 0, decided.stderr[-3000:]
+
+    one = tmp_path / "one"
+    single = arhn(
+        "run", "--no-train", "--config", str(config), "--subset", "geo", "--subset", "bio",
+        ARHN_STORAGE="duckdb", ARHN_VAR_DIR=str(one), ARHN_DB=str(one / "arhn.duckdb"), DAGSTER_HOME="",
+        ARHN_DAGSTER_PG_URL="",
+    )  # fmt: skip
+    assert single.returncode == 0 and (one / "arhn.duckdb").exists(), single.stdout[-3000:] + single.stderr[-3000:]
+    assert f"Open the UI:  DAGSTER_HOME={one / 'dagster'} " in single.stdout  # this run's instance, not the default
+    leave_out = TIMING | {"batch_size"}  # the batch a call was answered in depends on where the kill fell
+    with connect(str(one / "arhn.duckdb"), read_only=True) as conn:
+        expected = tables(conn, leave_out)
+    with storage.session(lake_of(env), read_only=True) as conn:
+        shared = tables(conn, leave_out)
+    assert set(shared) == set(expected)
+    for name in sorted(expected):
+        assert shared[name] == expected[name], name
+    assert len(expected["decisions"]) > 0 and shared["llm_calls_asked_twice"] == []
