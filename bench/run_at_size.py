@@ -5,6 +5,7 @@ vectors the first run stored (warm).
 
     .venv/bin/python bench/run_at_size.py                     # 100,000 queries
     .venv/bin/python bench/run_at_size.py --queries 10000     # quick
+    .venv/bin/python bench/run_at_size.py --folder F --runs warm   # again, with the vectors a cold run stored in F
 
 The texts: the TREC DL 2019 / 2020 judged hard-negative files in ../shared/data/judged (94 real queries, each with
 its highest-graded passage and the next 30 BM25 hits, some of them human-confirmed false negatives). Query i of
@@ -33,6 +34,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -106,6 +108,9 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=13)
     ap.add_argument("--folder", type=Path, default=None, help="work folder (default: a temporary one, removed)")
+    ap.add_argument(
+        "--runs", default="cold,warm", help="which runs: cold,warm (default) or warm (the folder's vectors kept)"
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="arhn-at-size-") as tmp:
         folder = args.folder or Path(tmp)
@@ -125,8 +130,12 @@ def main() -> None:
         config.write_text(yaml.safe_dump(RUN_CONFIG))
         embeddings = folder / "embeddings"
         results = {}
-        for label in ("cold", "warm"):
+        labels = args.runs.split(",")
+        if labels[0] == "warm" and not any(embeddings.glob("*/*")):
+            raise SystemExit(f"--runs warm needs the vectors of an earlier cold run in {embeddings}")
+        for label in labels:
             state = folder / f"state-{label}"
+            shutil.rmtree(state, ignore_errors=True)
             state.mkdir()
             print(f"\n--- {label}: arhn run --subset {subset} --no-train (vectors in {embeddings})", flush=True)
             seconds, peak, out = run(state, embeddings, sources, config, subset)

@@ -60,55 +60,71 @@ def rlhn_evidence(conn: duckdb.DuckDBPyConnection, subset: str) -> pl.DataFrame:
     return conn.execute(RLHN_EVIDENCE, {"s": subset}).pl()
 
 
-def _joined(*parts: str | None) -> str | None:
-    named = list(dict.fromkeys(p for p in parts if p))
-    return " | ".join(named) if named else None
+# The evidence ARHN's rule reads (arhn.Evidence's fields): the rule runs once per distinct combination, which
+# is few (ranks are small integers), and its answer is joined back to every row that has it. A partition of
+# 1.6 M pairs decides in seconds and in the memory of its frames, not of a Python object per decision.
+_ARHN_FIELDS = ["role", "snippet_status", "rank", "positive_rank", "placed", "positive_placed"]
+
+
+def _text_or_none(column: str) -> pl.Expr:
+    """The column's text, or null where it is null or empty."""
+    return pl.when(pl.col(column) == "").then(None).otherwise(pl.col(column))
+
+
+def _joined_models(first: str, second: str) -> pl.Expr:
+    """The models of two pieces of evidence: each named once (" | " between two different ones), or null."""
+    a, b = _text_or_none(first), _text_or_none(second)
+    return (
+        pl.when(a.is_null())
+        .then(b)
+        .when(b.is_null() | (a == b))
+        .then(a)
+        .otherwise(pl.concat_str([a, b], separator=" | "))
+    )
+
+
+def _decision_frame(rows: pl.DataFrame, subset: str) -> pl.DataFrame:
+    """Decision rows in the table's columns; the gate's columns empty, the proposal the rule's."""
+    filled = rows.with_columns(
+        subset=pl.lit(subset),
+        judge=pl.lit(None, pl.String),
+        proposed_action=pl.col("action"),
+        proposed_rule=pl.col("rule"),
+        gate=pl.lit(None, pl.String),
+    )
+    missing = [pl.lit(None, dtype).alias(name) for name, dtype in DECISION_SCHEMA.items() if name not in filled.columns]
+    return filled.with_columns(missing).select([pl.col(name).cast(dtype) for name, dtype in DECISION_SCHEMA.items()])
 
 
 def arhn_decisions(
     evidence: pl.DataFrame, subset: str, methods: Sequence[ArhnMethod], allow_unverified: bool
 ) -> pl.DataFrame:
-    rows = []
-    for ev in evidence.iter_rows(named=True):
-        e = arhn.Evidence(
-            role=ev["role"],
-            snippet_status=ev["snippet_status"],
-            rank=ev["rank"],
-            positive_rank=ev["positive_rank"],
-            placed=bool(ev["placed"]),
-            positive_placed=bool(ev["positive_placed"]),
-        )
-        versions = (
-            f"snippets={ev['snippet_version'] or '-'},rankings={ev['ranking_version'] or '-'},rules={RULES_VERSION}"
-        )
-        for method in methods:
+    """One row per (candidate, method), in the evidence's order and the methods' within it."""
+    ev = evidence.with_row_index("_row").with_columns(
+        pl.col("placed").fill_null(False).cast(pl.Boolean), pl.col("positive_placed").fill_null(False).cast(pl.Boolean)
+    )
+    ruled = []
+    for combo in ev.select(_ARHN_FIELDS).unique().iter_rows(named=True):
+        e = arhn.Evidence(**combo)
+        for index, method in enumerate(methods):
             action, rule = arhn.decide(e, method, allow_unverified)
-            rows.append(
-                dict(
-                    subset=subset,
-                    method=f"arhn:{method}",
-                    query_id=ev["query_id"],
-                    passage_id=ev["passage_id"],
-                    role=ev["role"],
-                    action=action,
-                    rule=rule,
-                    snippet_status=ev["snippet_status"],
-                    snippet=ev["snippet"],
-                    snippet_call_id=ev["snippet_call_id"],
-                    rank=ev["rank"],
-                    positive_rank=ev["positive_rank"],
-                    rank_call_ids=ev["rank_call_ids"],
-                    verdict=None,
-                    verdict_call_id=None,
-                    prompt_versions=versions,
-                    model=_joined(ev["snippet_model"], ev["ranking_model"]),
-                    judge=None,
-                    proposed_action=action,
-                    proposed_rule=rule,
-                    gate=None,
-                )
-            )
-    return pl.DataFrame(rows, schema=DECISION_SCHEMA)
+            ruled.append({**combo, "_method": index, "method": f"arhn:{method}", "action": str(action), "rule": rule})
+    schema = {**{k: ev.schema[k] for k in _ARHN_FIELDS}, "_method": pl.Int64, "method": pl.String}
+    table = pl.DataFrame(ruled, schema={**schema, "action": pl.String, "rule": pl.String})
+    rows = (
+        ev.join(table, on=_ARHN_FIELDS, how="inner", nulls_equal=True)
+        .sort("_row", "_method")
+        .with_columns(
+            prompt_versions=pl.format(
+                "snippets={},rankings={},rules={}",
+                _text_or_none("snippet_version").fill_null("-"),
+                _text_or_none("ranking_version").fill_null("-"),
+                pl.lit(RULES_VERSION),
+            ),
+            model=_joined_models("snippet_model", "ranking_model"),
+        )
+    )
+    return _decision_frame(rows, subset)
 
 
 def rlhn_decisions(
@@ -118,49 +134,65 @@ def rlhn_decisions(
     max_flagged: int,
     count: RlhnCount,
 ) -> pl.DataFrame:
-    rows = []
-    for (qid,), group in evidence.group_by("query_id", maintain_order=True):
-        negs = group.filter(pl.col("role") == Role.NEGATIVE)
-        stages = ",".join(negs["stage"].drop_nulls().unique(maintain_order=True).to_list()) or "-"
-        versions = (
-            f"judgments={','.join(negs['template_version'].drop_nulls().unique(maintain_order=True).to_list()) or '-'}"
-            f",stage={stages},rules={RULES_VERSION}"
+    """One row per (candidate, technique), query by query, each query's rows per technique in the evidence's
+    order. RLHN's rule reads a query's verdicts together: it runs once per distinct list of verdicts."""
+    negative = pl.col("role") == Role.NEGATIVE
+    ev = evidence.with_row_index("_row").with_columns(
+        _query_first=pl.col("_row").min().over("query_id"),
+        _k=negative.cast(pl.Int64).cum_sum().over("query_id") - 1,  # the negative's place among its query's
+        label=pl.when(pl.col("verdict_status") == ParseStatus.DEGENERATE)
+        .then(pl.lit(rlhn.DEGENERATE))
+        .otherwise(pl.col("verdict")),
+    )
+    queries = (
+        ev.group_by("query_id", maintain_order=True)
+        .agg(
+            labels=pl.col("label").filter(negative),
+            stages=pl.col("stage").filter(negative).drop_nulls().unique(maintain_order=True),
+            versions=pl.col("template_version").filter(negative).drop_nulls().unique(maintain_order=True),
         )
-        labels = [
-            "degenerate" if s == ParseStatus.DEGENERATE else v
-            for v, s in zip(negs["verdict"].to_list(), negs["verdict_status"].to_list(), strict=True)
-        ]
-        for technique in techniques:
-            pos_decision, neg_decisions = rlhn.decide_query(labels, technique, max_flagged, count)
-            decided = iter(neg_decisions)
-            for ev in group.iter_rows(named=True):
-                action, rule = pos_decision if ev["role"] == Role.POSITIVE else next(decided)
-                rows.append(
-                    dict(
-                        subset=subset,
-                        method=f"rlhn:{technique}",
-                        query_id=qid,
-                        passage_id=ev["passage_id"],
-                        role=ev["role"],
-                        action=action,
-                        rule=rule,
-                        snippet_status=None,
-                        snippet=None,
-                        snippet_call_id=None,
-                        rank=None,
-                        positive_rank=None,
-                        rank_call_ids=None,
-                        verdict=ev["verdict"],
-                        verdict_call_id=ev["verdict_call_id"],
-                        prompt_versions=versions,
-                        model=ev["model"],
-                        judge=None,
-                        proposed_action=action,
-                        proposed_rule=rule,
-                        gate=None,
-                    )
-                )
-    return pl.DataFrame(rows, schema=DECISION_SCHEMA)
+        .with_columns(
+            prompt_versions=pl.format(
+                "judgments={},stage={},rules={}",
+                pl.when(pl.col("versions").list.len() > 0)
+                .then(pl.col("versions").list.join(","))
+                .otherwise(pl.lit("-")),
+                pl.when(pl.col("stages").list.len() > 0).then(pl.col("stages").list.join(",")).otherwise(pl.lit("-")),
+                pl.lit(RULES_VERSION),
+            )
+        )
+    )
+    memo: dict[tuple, tuple[str, str, list[str], list[str]]] = {}
+
+    def ruled(labels: Sequence[str | None], technique: RlhnTechnique) -> tuple[str, str, list[str], list[str]]:
+        key = (technique, *labels)
+        if key not in memo:
+            (pos_action, pos_rule), negs = rlhn.decide_query(list(labels), technique, max_flagged, count)
+            memo[key] = (str(pos_action), pos_rule, [str(a) for a, _ in negs], [r for _, r in negs])
+        return memo[key]
+
+    frames = []
+    label_lists = queries["labels"].to_list()
+    for index, technique in enumerate(techniques):
+        decided = [ruled(labels, technique) for labels in label_lists]
+        per_query = queries.select("query_id", "prompt_versions").with_columns(
+            pl.Series("pos_action", [d[0] for d in decided], pl.String),
+            pl.Series("pos_rule", [d[1] for d in decided], pl.String),
+            pl.Series("neg_actions", [d[2] for d in decided], pl.List(pl.String)),
+            pl.Series("neg_rules", [d[3] for d in decided], pl.List(pl.String)),
+        )
+        frames.append(
+            ev.join(per_query, on="query_id", how="left").with_columns(
+                _method=pl.lit(index),
+                method=pl.lit(f"rlhn:{technique}"),
+                action=pl.when(negative).then(pl.col("neg_actions").list.get(pl.col("_k"))).otherwise("pos_action"),
+                rule=pl.when(negative).then(pl.col("neg_rules").list.get(pl.col("_k"))).otherwise("pos_rule"),
+            )
+        )
+    if not frames:
+        return pl.DataFrame(schema=DECISION_SCHEMA)
+    rows = pl.concat(frames).sort("_query_first", "_method", "_row")
+    return _decision_frame(rows, subset)
 
 
 class DecisionSettings(Protocol):
