@@ -178,16 +178,29 @@ def rlhn_decisions(
         per_query = queries.select("query_id", "prompt_versions").with_columns(
             pl.Series("pos_action", [d[0] for d in decided], pl.String),
             pl.Series("pos_rule", [d[1] for d in decided], pl.String),
-            pl.Series("neg_actions", [d[2] for d in decided], pl.List(pl.String)),
-            pl.Series("neg_rules", [d[3] for d in decided], pl.List(pl.String)),
+        )
+        # the negatives' decisions one row each, keyed by (query, place among its negatives): joined to the
+        # rows by key, never a query's whole list carried on each of its rows
+        per_negative = (
+            queries.select("query_id")
+            .with_columns(
+                pl.Series("neg_action", [d[2] for d in decided], pl.List(pl.String)),
+                pl.Series("neg_rule", [d[3] for d in decided], pl.List(pl.String)),
+            )
+            .explode("neg_action", "neg_rule")
+            .drop_nulls("neg_action")
+            .with_columns(_k=pl.int_range(pl.len()).over("query_id"))
         )
         frames.append(
-            ev.join(per_query, on="query_id", how="left").with_columns(
+            ev.join(per_query, on="query_id", how="left")
+            .join(per_negative, on=["query_id", "_k"], how="left")
+            .with_columns(
                 _method=pl.lit(index),
                 method=pl.lit(f"rlhn:{technique}"),
-                action=pl.when(negative).then(pl.col("neg_actions").list.get(pl.col("_k"))).otherwise("pos_action"),
-                rule=pl.when(negative).then(pl.col("neg_rules").list.get(pl.col("_k"))).otherwise("pos_rule"),
+                action=pl.when(negative).then(pl.col("neg_action")).otherwise("pos_action"),
+                rule=pl.when(negative).then(pl.col("neg_rule")).otherwise("pos_rule"),
             )
+            .drop("neg_action", "neg_rule", "pos_action", "pos_rule")
         )
     if not frames:
         return pl.DataFrame(schema=DECISION_SCHEMA)
