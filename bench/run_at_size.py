@@ -19,7 +19,7 @@ docs/measurements.md "The CPU judge at scale" for the embedding rates).
 The CPU default, as a user without a GPU runs a sub-dataset this size: the packaged small LLM is not a judge,
 so `rankings` uses the scorer (the shipped trained judge), `judgments` the trained judge alone (the LLM judge
 needs a judge worth asking); `snippets` are skipped by config (1.6 M calls of the small model would take
-about a day and are not a judge's evidence). The shipped judge was trained on these DL years: its verdicts here
+about a week at 0.4 s each, and it does not judge). The shipped judge was trained on these DL years: its verdicts here
 are in-sample, and no reference exists for the generated partition, so the methods are withheld by the gate;
 this run measures time and memory, not quality.
 
