@@ -117,3 +117,20 @@ def test_a_key_stored_twice_in_the_file_keeps_the_first_answer_and_is_counted(tm
     with one.get_connection() as conn:
         assert conn.execute("SELECT call_id FROM llm_calls_asked_twice").fetchall() == [("k2",)]
         assert conn.execute("SELECT count(*) FROM llm_calls").fetchone() == (3,)
+
+
+def test_a_lookup_finds_the_same_answers_by_the_index_in_chunks_and_by_the_join(tmp_path):
+    """Few keys go to the primary key's index, INDEXED_LOOKUP_CHUNK a statement; many go to one join: both
+    find every stored key and nothing else."""
+    from arhn_pipeline import store as store_module
+    from arhn_pipeline.store import DuckDBStore
+    from arhn_pipeline_tests.test_ducklake import _record
+
+    calls = DuckDBStore(database=str(tmp_path / "calls.duckdb"))
+    calls.store_calls([_record(f"k{i}", f"a{i}") for i in range(2_500)])
+    few = [f"k{i}" for i in range(0, 2_500, 2)] + [f"absent{i}" for i in range(1_000)]  # 2,250 keys: 3 chunks
+    many = [f"k{i}" for i in range(2_500)] + [f"absent{i}" for i in range(store_module.INDEXED_LOOKUP_MAX)]
+    assert len(few) > 2 * store_module.INDEXED_LOOKUP_CHUNK and len(many) > store_module.INDEXED_LOOKUP_MAX
+    found = calls.lookup_calls(few)
+    assert {k: c.response for k, c in found.items()} == {f"k{i}": f"a{i}" for i in range(0, 2_500, 2)}
+    assert {k: c.response for k, c in calls.lookup_calls(many).items()} == {f"k{i}": f"a{i}" for i in range(2_500)}
