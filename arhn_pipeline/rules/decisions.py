@@ -109,8 +109,9 @@ def arhn_decisions(
         for index, method in enumerate(methods):
             action, rule = arhn.decide(e, method, allow_unverified)
             ruled.append({**combo, "_method": index, "method": f"arhn:{method}", "action": str(action), "rule": rule})
-    schema = {**{k: ev.schema[k] for k in _ARHN_FIELDS}, "_method": pl.Int64, "method": pl.String}
-    table = pl.DataFrame(ruled, schema={**schema, "action": pl.String, "rule": pl.String})
+    schema: dict[str, pl.DataType | type[pl.DataType]] = {k: ev.schema[k] for k in _ARHN_FIELDS}
+    schema.update(_method=pl.Int64, method=pl.String, action=pl.String, rule=pl.String)
+    table = pl.DataFrame(ruled, schema=schema)
     rows = (
         ev.join(table, on=_ARHN_FIELDS, how="inner", nulls_equal=True)
         .sort("_row", "_method")
@@ -162,7 +163,7 @@ def rlhn_decisions(
             )
         )
     )
-    memo: dict[tuple, tuple[str, str, list[str], list[str]]] = {}
+    memo: dict[tuple[str | None, ...], tuple[str, str, list[str], list[str]]] = {}
 
     def ruled(labels: Sequence[str | None], technique: RlhnTechnique) -> tuple[str, str, list[str], list[str]]:
         key = (technique, *labels)
