@@ -358,9 +358,10 @@ def _ui_command() -> str:
     import shlex
 
     home = settings.dagster_home().resolve()
-    if home == (settings.PROJECT_ROOT / "var" / "dagster").resolve():
-        return "DAGSTER_HOME=$PWD/var/dagster .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000"
-    return f"DAGSTER_HOME={shlex.quote(str(home))} .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000"
+    shown = (
+        "$PWD/var/dagster" if home == (settings.PROJECT_ROOT / "var" / "dagster").resolve() else shlex.quote(str(home))
+    )
+    return f"DAGSTER_HOME={shown} .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000"
 
 
 def _explain_example(subsets: list[str]) -> str | None:

@@ -326,14 +326,15 @@ class DuckDBStore(DuckDBResource):
 
     def lookup_calls(self, keys: Iterable[str]) -> dict[str, StoredCall]:
         """The stored answers of these keys. A few keys (a batch's, on the DuckDB file) are looked up as lists
-        of values, which DuckDB answers from the primary key's index whatever the table's size; many keys (a
-        stage's, or any on DuckLake, which has no index) as one join (bench/call_store.py)."""
+        of values, which DuckDB answers from the primary key's index instead of scanning the table; many keys
+        (a stage's, or any on DuckLake, which has no index) as one join (bench/call_store.py)."""
         wanted = list(set(keys))
         if not wanted:
             return {}
+        indexed = len(wanted) <= INDEXED_LOOKUP_MAX and not self.where().is_lake
         select = "SELECT call_id, response, finish_reason FROM llm_calls WHERE call_id"
         with self.reading() as conn:
-            if len(wanted) <= INDEXED_LOOKUP_MAX and not self.where().is_lake:
+            if indexed:
                 rows = []
                 for start in range(0, len(wanted), INDEXED_LOOKUP_CHUNK):
                     chunk = wanted[start : start + INDEXED_LOOKUP_CHUNK]
@@ -361,7 +362,7 @@ class DuckDBStore(DuckDBResource):
                     ).fetchall()
                 ]
                 conn.execute(f"INSERT INTO llm_calls {_CALL_ROWS} ANTI JOIN llm_calls USING (call_id)")
-            else:  # the file's primary key index answers per key, whatever the table's size (bench/call_store.py)
+            else:  # the file's primary key finds the repeats: no join over the table (bench/call_store.py)
                 stored = {
                     k
                     for (k,) in conn.execute(
@@ -442,7 +443,8 @@ def calls_frame(records: list[CallRecord]) -> pl.DataFrame:
 
 # Key look-ups up to this many go to the primary key's index, this many values a statement (DuckDB scans the
 # index for an IN list of up to `index_scan_max_count` values, 2,048 by default): 2 ms for 64 keys against 80 ms
-# for the join at 3 M rows, flat as the table grows (bench/call_store.py)
+# for the join at 3 M rows on one open connection; 64 ms at 10 M rows, where a new connection loads the index
+# (bench/call_store.py)
 INDEXED_LOOKUP_MAX, INDEXED_LOOKUP_CHUNK = 10_000, 1_000
 
 # a batch of answers (calls_frame, registered as _calls_batch) as llm_calls rows

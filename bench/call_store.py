@@ -40,7 +40,14 @@ def key(i: int) -> str:
     return hashlib.sha256(f"filled {i}".encode()).hexdigest()
 
 
-def record(call_id: str):
+def record(
+    call_id: str,
+    content: str | None = None,
+    response: str = "NO_ANSWER",
+    tokens: tuple[int, int] = (60, 3),
+    batch_size: int = BATCH,
+):
+    """One stored answer as the snippets stage records it (also bench/scale.py's batches)."""
     from arhn_pipeline.store import CallRecord
 
     return CallRecord(
@@ -49,16 +56,16 @@ def record(call_id: str):
         engine="scripted",
         template="snippets/snippet.prompt.yaml",
         template_version="v",
-        messages=[{"role": "user", "content": "a new question " + call_id[:8]}],
+        messages=[{"role": "user", "content": content if content is not None else "a new question " + call_id[:8]}],
         sampling={"temperature": 0.0},
         structured=None,
-        response="NO_ANSWER",
+        response=response,
         finish_reason="stop",
-        prompt_tokens=60,
-        completion_tokens=3,
+        prompt_tokens=tokens[0],
+        completion_tokens=tokens[1],
         cached_prompt_tokens=None,
         batch_seconds=1.0,
-        batch_size=BATCH,
+        batch_size=batch_size,
     )
 
 

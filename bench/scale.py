@@ -90,30 +90,16 @@ def commit_seconds(env: dict[str, str], storage_kind: str, db: Path, size: int, 
     commit), in this process with the run processes' environment."""
     import statistics
 
-    from arhn_pipeline.store import CallRecord, DuckDBStore
+    from call_store import record
+
+    from arhn_pipeline.store import DuckDBStore
 
     os.environ.update({k: v for k, v in env.items() if k.startswith("ARHN_DUCKLAKE")})
     store = DuckDBStore(database=str(db), storage=storage_kind)
     seconds = []
     for i in range(repeats):
         batch = [
-            CallRecord(
-                call_id=f"{storage_kind}-{size}-{i}-{j}",
-                model="m",
-                engine="scripted",
-                template="snippets/snippet.prompt.yaml",
-                template_version="v",
-                messages=[{"role": "user", "content": "word " * 200}],
-                sampling={"temperature": 0.0},
-                structured=None,
-                response="answer " * 30,
-                finish_reason="stop",
-                prompt_tokens=245,
-                completion_tokens=30,
-                cached_prompt_tokens=None,
-                batch_seconds=1.0,
-                batch_size=size,
-            )
+            record(f"{storage_kind}-{size}-{i}-{j}", "word " * 200, "answer " * 30, (245, 30), size)
             for j in range(size)
         ]
         t0 = time.perf_counter()
