@@ -535,7 +535,7 @@ def agreement(subset: str, detectors: tuple[str, ...]) -> None:
     "--detector",
     "detectors",
     multiple=True,
-    help="rows to add: margin:M, judge:NAME (default: margin:0.1)",
+    help="rows to add: margin:M, judge:NAME (default: margin:0.05, the relative_margin variant's filter)",
 )
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write a CSV")
 @click.option("--markdown", "as_markdown", is_flag=True, help="print the one wide Markdown table (as in the UI)")
@@ -553,7 +553,7 @@ def compare(subsets: tuple[str, ...], detectors: tuple[str, ...], csv_path: Path
             raise click.ClickException("no partition has decisions yet: run `arhn run` first")
         conn = snapshot(conn, chosen, whole=("retriever_eval", "reranker_eval"))  # embedding may take minutes
     references = {n: e for n, e in registry.items() if n in chosen and e.reference is not None}
-    wanted = list(dict.fromkeys(list(detectors or ["margin:0.1"]) + cmp.stored_stages(conn, chosen)))
+    wanted = list(dict.fromkeys(list(detectors or cmp.DEFAULT_DETECTORS) + cmp.stored_stages(conn, chosen)))
     from arhn_pipeline import embeddings
 
     with embeddings.reporting(_progress):  # a detector embeds every negative: a line every 30 s

@@ -102,4 +102,7 @@ VARIANTS = {
     "rlhn_hn_remove": "rlhn:hn_remove",
     "rlhn_remove": "rlhn:remove",
     "pruned": "pruned",
+    # the filter a user would otherwise run: sentence-transformers' relative_margin (NV-Retriever's TopK-PercPos)
+    # with all-MiniLM-L6-v2 at its documented 0.05, on the original collection (no judge, no gate)
+    "relative_margin": "margin:0.05",
 }

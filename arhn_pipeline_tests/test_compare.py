@@ -69,6 +69,29 @@ def test_a_reranker_trained_on_a_toy_set_changes_its_scores_and_learns_it(tmp_pa
     assert positives.mean() > negatives.mean()  # it learned the toy set: positives above their negatives
 
 
+def test_the_relative_margin_variant_leaves_out_the_negatives_near_the_positive():
+    """The filter a user would otherwise run, as a training variant: a negative is left out when its cosine to the
+    query (MiniLM) is at least 0.95 x the best positive's, computed here from the model's own vectors."""
+    from arhn_pipeline.train.core import margin_filtered
+
+    rows = [
+        {"query": "what temperature does water boil at", "pos": ["Water boils at 100 degrees Celsius at sea level."],
+         "neg": ["At sea level water boils at 100 degrees Celsius (212 F).", "Giraffes are the tallest land animals.",
+                 "The boiling point of ethanol is 78 degrees Celsius.", "Paris is the capital of France."]},
+        {"query": "who wrote hamlet", "pos": [], "neg": ["Hamlet is a tragedy."]},  # no positive: left as it is
+        {"query": "who wrote macbeth", "pos": ["Shakespeare wrote Macbeth."], "neg": []},
+    ]  # fmt: skip
+    out = margin_filtered([dict(r) for r in rows], 0.05)
+    model = embeddings.load()
+    q = model.encode([rows[0]["query"]], normalize_embeddings=True)[0]
+    p = model.encode(rows[0]["pos"], normalize_embeddings=True) @ q
+    n = model.encode(rows[0]["neg"], normalize_embeddings=True) @ q
+    expected = [t for t, s in zip(rows[0]["neg"], n, strict=True) if s < 0.95 * p.max()]
+    assert out[0]["neg"] == expected
+    assert rows[0]["neg"][0] not in expected and "Paris is the capital of France." in expected  # both sides seen
+    assert out[0]["pos"] == rows[0]["pos"] and out[1:] == rows[1:]  # positives and the other rows untouched
+
+
 def test_gate_summary_reads_the_gate_reasons():
     applied = "applied: kappa 0.519 >= 0.2 on 1025 labelled negatives of trec_dl19_judged"
     assert cmp.gate_summary(10, 0, [applied]) == "applied (kappa 0.519)"
@@ -102,7 +125,9 @@ def test_the_comparison_has_a_row_per_method_and_eval_set_and_agrees_with_arhn_a
     steps += [("build_collection", None)]
     # arhn:F is withheld (the oracle ranks every false negative above its positive: F has nothing to filter), so
     # its collection is the original's: its retriever is the original's model, reused, not trained again
-    steps += [("train_retriever", v) for v in ("original", "arhn_R", "arhn_F")] + [("evaluate_retrievers", None)]
+    # relative_margin: the original collection less what sentence-transformers' relative_margin filter flags
+    variants = ("original", "arhn_R", "arhn_F", "relative_margin")
+    steps += [("train_retriever", v) for v in variants] + [("evaluate_retrievers", None)]
     steps += [("train_reranker", v) for v in ("original", "arhn_R")] + [("evaluate_rerankers", None)]
     steps += [("compare_methods", None)]
     for job_name, partition in steps:
@@ -115,13 +140,13 @@ def test_the_comparison_has_a_row_per_method_and_eval_set_and_agrees_with_arhn_a
 
     conn = duckdb.connect(str(tmp_path / "arhn.duckdb"), read_only=True)
     rows = conn.execute("SELECT method, eval_set, count(*) FROM method_comparison GROUP BY ALL ORDER BY ALL").fetchall()
-    trained = {"original", "arhn:R", "arhn:F", "untrained"}
+    trained = {"original", "arhn:R", "arhn:F", "margin:0.05", "untrained"}
     assert [(m, e) for m, e, _ in rows if m in trained] == [(m, "samples") for m in sorted(trained)]
     assert all(n == 1 for *_, n in rows)  # one row per method and eval set
     methods = {m for m, _, _ in rows}
     assert methods == {
         "original", "arhn:R", "arhn:F", "arhn:R+F", "rlhn:rlhn", "rlhn:hn_remove", "rlhn:remove", "pruned:pruned",
-        "margin:0.1", "stage:minilm_margin", "untrained",
+        "margin:0.05", "stage:minilm_margin", "untrained",
     }  # fmt: skip
     assert all(e is None for m, e, _ in rows if m not in trained)
     figures = conn.execute(
@@ -135,7 +160,8 @@ def test_the_comparison_has_a_row_per_method_and_eval_set_and_agrees_with_arhn_a
         ).fetchall()
     }
     for method, retriever, reranker in figures:
-        variant = {"original": "original", "arhn:R": "arhn_R", "arhn:F": "arhn_F", "untrained": "base"}[method]
+        variant = {"original": "original", "arhn:R": "arhn_R", "arhn:F": "arhn_F", "margin:0.05": "relative_margin",
+                   "untrained": "base"}[method]  # fmt: skip
         assert retriever == stored[(variant, "retriever")]
         assert reranker == stored.get((variant, "reranker"))  # the untrained row has no reranker
     same = dict(conn.execute("SELECT variant, ndcg_at_10 FROM retriever_eval").fetchall())

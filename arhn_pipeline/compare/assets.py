@@ -18,7 +18,7 @@ class MethodComparisonConfig(dg.Config):
         default=None, description="partitions to compare (default: every partition with decisions)"
     )
     detectors: list[str] = Field(
-        default_factory=lambda: ["margin:0.1"],
+        default_factory=lambda: list(core.DEFAULT_DETECTORS),
         description="detectors to add as rows (flags only): margin:M, judge:NAME, stage:NAME; the cascade's "
         "stages stored for the partitions are added by themselves",
     )

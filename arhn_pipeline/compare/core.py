@@ -23,9 +23,12 @@ from arhn_pipeline.qualify.core import WITHHELD_RULE, judges_trained_on
 from arhn_pipeline.schema import frame_schema
 from arhn_pipeline.sources.registry import SourceEntry
 from arhn_pipeline.train.core import method_variant
-from arhn_pipeline.vocab import Action
+from arhn_pipeline.vocab import VARIANTS, Action
 
 ORIGINAL = "original"
+# the filter a user would otherwise run (sentence-transformers' relative_margin): a row by default, with the
+# downstream figures of its own training variant
+DEFAULT_DETECTORS = (VARIANTS["relative_margin"],)
 UNTRAINED = "untrained"  # the base retriever / the first stage, untrained: downstream figures only
 
 COMPARISON_SCHEMA = frame_schema("method_comparison", exclude=("compared_at",))  # schema.py declares the columns

@@ -37,10 +37,30 @@ def variant_rows(
     """The BGE-shaped rows a variant trains on (the retriever and the reranker alike): the original collection,
     a cleaning method's, or the pruned collection named `pruned_name`; only `subsets` when given."""
     method = VARIANTS[variant]
-    data = list(rows(conn, "", pruned=pruned_name) if method == "pruned" else rows(conn, method, subsets))
+    if method.startswith("margin:"):
+        data = margin_filtered(list(rows(conn, "original", subsets)), float(method.split(":", 1)[1]))
+    else:
+        data = list(rows(conn, "", pruned=pruned_name) if method == "pruned" else rows(conn, method, subsets))
     if not subsets:
         return data
     return [r for r in data if r["subset"] in subsets or shards.dataset_of(r["subset"]) in subsets]
+
+
+def margin_filtered(data: list[dict[str, Any]], margin: float) -> list[dict[str, Any]]:
+    """The rows with every negative the relative-margin filter flags left out: a negative whose cosine to the query
+    (all-MiniLM-L6-v2) is at least (1 - margin) x the best positive's, the rule of `margin:M` in `arhn agreement`
+    (judgments.core.margin_labels). A query keeps its row even when no negative is left."""
+    from arhn_pipeline import embeddings
+    from arhn_pipeline.judgments.core import NONE, margin_label_sets
+
+    kept = [r for r in data if r["pos"] and r["neg"]]  # nothing to compare against, or nothing to filter
+    items = [(r["query"], r["pos"], r["neg"]) for r in kept]
+    labels = {id(r): lab for r, (lab, _) in zip(kept, margin_label_sets(embeddings.load(), items, margin), strict=True)}
+    out = []
+    for r in data:
+        flags = labels.get(id(r))
+        out.append(r if flags is None else {**r, "neg": [n for n, f in zip(r["neg"], flags, strict=True) if f == NONE]})
+    return out
 
 
 def method_variant(method: str) -> str | None:
