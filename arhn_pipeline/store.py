@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from pydantic import Field, PrivateAttr
 
 from arhn_pipeline import faults, settings
 from arhn_pipeline.schema import create_schema
-from arhn_pipeline.storage import Storage, StorageError, from_env, session
+from arhn_pipeline.storage import Storage, StorageError, from_env, open_connection, session, writing
 from arhn_pipeline.vocab import BATCH_COLLECTED
 
 PARTITIONED_TABLES = ("queries", "candidates", "quarantine")  # written by raw_triplets
@@ -323,6 +323,27 @@ class DuckDBStore(DuckDBResource):
             return
         with self.get_connection() as conn:
             yield conn
+
+    @contextmanager
+    def staged_writer(self) -> Iterator[tuple[duckdb.DuckDBPyConnection, Callable[[], Any]]]:
+        """A connection for a long piece of work that reads the store while it stages its rows elsewhere and
+        writes them only at its end (the ingest), and `lock`: a context manager to hold around those writes.
+        On DuckLake the connection can write but holds no write lock: `lock()` takes it, so another run's writes
+        go on while this work streams. On the DuckDB file: `get_connection` (the file's own lock); `lock()`
+        does nothing."""
+        where = self.where()
+        if not where.is_lake:
+            with self.get_connection() as conn:
+                yield conn, nullcontext
+            return
+        if not self._schema_ready:
+            with self.get_connection():
+                pass  # makes the schema, under the lock
+        conn = open_connection(where)
+        try:
+            yield conn, lambda: writing(where)
+        finally:
+            conn.close()
 
     def lookup_calls(self, keys: Iterable[str]) -> dict[str, StoredCall]:
         """The stored answers of these keys. A few keys (a batch's, on the DuckDB file) are looked up as lists

@@ -201,6 +201,59 @@ def test_reads_go_on_while_another_run_holds_the_write_lock(pg, tmp_path, monkey
     assert done["write"] == [] and store.lookup_calls(["k2"])["k2"].response == "a2"
 
 
+def test_an_ingest_streams_while_another_run_writes_and_takes_the_lock_only_to_swap_its_rows(pg, tmp_path, monkeypatch):
+    """On DuckLake the ingest stages the whole source (its passages too) without the write lock: while another
+    run holds the lock it reads every line and writes nothing; it waits only for its one swap transaction, and
+    then the tables equal an ingest of the same source into a DuckDB file."""
+    import threading
+    from contextlib import contextmanager
+
+    from arhn_pipeline.raw_triplets.ingest import ingest
+    from arhn_pipeline.sources.registry import load_registry
+
+    env = lake_env(pg, tmp_path, "ingestlock")
+    for name in ("ARHN_DUCKLAKE_CATALOG", "ARHN_DUCKLAKE_DATA"):
+        monkeypatch.setenv(name, env[name])
+    store = DuckDBStore(database="", storage="ducklake")
+    entry = load_registry(PROJECT / "sources.yaml")["sample_geo"]
+    staged, done = threading.Event(), {}
+
+    def run() -> None:
+        with store.staged_writer() as (conn, lock):
+
+            @contextmanager
+            def swap_lock():
+                staged.set()  # every line read and staged: the swap comes next
+                with lock():
+                    yield
+
+            done["stats"] = ingest(conn, "sample_geo", entry, batch_size=4, commit_lock=swap_lock)
+
+    with store.get_connection():
+        pass  # the schema, made before the lock is taken below
+    with storage.writing(lake_of(env)):  # another run's write, held
+        worker = threading.Thread(target=run)
+        worker.start()
+        assert staged.wait(120), "the ingest did not stage its source while another run held the lock"
+        with store.reading() as conn:  # nothing written yet: no query, no passage
+            assert conn.execute(
+                "SELECT (SELECT count(*) FROM queries), (SELECT count(*) FROM passages)"
+            ).fetchone() == (
+                0,
+                0,
+            )
+        worker.join(2)
+        assert worker.is_alive() and "stats" not in done  # the swap waits for the lock
+    worker.join(120)
+    assert done["stats"].queries == 16 and done["stats"].negatives == 160
+    with store.reading() as conn:
+        lake_tables = tables(conn)
+    monkeypatch.setenv("ARHN_STORAGE", "duckdb")
+    with connect(str(tmp_path / "one.duckdb")) as file_db:
+        ingest(file_db, "sample_geo", entry, batch_size=4)
+        assert lake_tables == tables(file_db) and lake_tables["passages"]
+
+
 def test_the_storage_setting_names_what_is_missing(monkeypatch):
     monkeypatch.setenv("ARHN_STORAGE", "ducklake")
     monkeypatch.delenv("ARHN_DUCKLAKE_CATALOG", raising=False)

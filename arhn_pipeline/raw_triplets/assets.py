@@ -59,9 +59,12 @@ def raw_triplets(context: dg.AssetExecutionContext, config: RawTripletsConfig, d
         raise dg.Failure(description=f"{exc}; fix the entry (the other partitions are not affected)") from None
     context.log.info(f"ingesting {subset} from {entry.location}")
     limits = Limits(max_line_bytes=config.max_line_bytes, max_text_chars=config.max_text_chars)
-    with duckdb.get_connection() as conn:
+    # on DuckLake the ingest streams without the write lock and takes it for its last transaction alone
+    with duckdb.staged_writer() as (conn, lock):
         try:
-            stats = ingest(conn, subset, entry, batch_size=config.batch_size, limits=limits, reader=config.reader)
+            stats = ingest(
+                conn, subset, entry, batch_size=config.batch_size, limits=limits, reader=config.reader, commit_lock=lock
+            )
         except SourceError as exc:  # the file as a whole (missing, not UTF-8 text, no valid row): one clear line
             raise dg.Failure(description=str(exc)) from None
         preview = _preview(conn, subset)

@@ -48,7 +48,7 @@ from arhn_pipeline.sources.readers import (
 )
 from arhn_pipeline.sources.registry import SourceEntry
 from arhn_pipeline.sources.rows import RowError, Triplet
-from arhn_pipeline.store import PARTITIONED_TABLES, delete_partition, transaction
+from arhn_pipeline.store import PARTITIONED_TABLES
 
 __all__ = ["STAGING_PREFIX", "IngestStats", "Limits", "NoValidRows", "ingest"]
 
@@ -65,11 +65,15 @@ def ingest(
     limits: Limits = Limits(),  # noqa: B008 (frozen: one shared default is safe)
     reader: str = "columnar",
     checkpoint: bool = True,
+    commit_lock: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
 ) -> IngestStats:
     """Replace `subset`'s rows with the source's: all or nothing.
 
-    Batches go to staging tables, committed as they come (one long transaction would hold every appended
-    row); one short transaction then swaps them in for the partition's old rows.
+    Batches are staged as they come (Parquet files, staging.py), with their passages not stored yet; nothing is
+    written to the store's tables until one transaction swaps them in for the partition's old rows, the new
+    passages with them. Only that transaction runs inside `commit_lock()` (DuckLake's write lock, taken by
+    the caller's DuckDBStore.staged_writer): the streaming before it only reads the store, so ingests of
+    several shards stream at once and take turns for their swaps.
     A source without one valid row raises NoValidRows (with the commonest reasons) and changes nothing.
     `reader`: columnar (default) or per_line (the reference path; both give the same tables). `checkpoint`:
     write the rows into the database file before returning (else DuckDB does it later).
@@ -79,7 +83,10 @@ def ingest(
     stage = Stage(conn, subset)
     with checkpoint_after(conn, checkpoint):
         try:
-            return _staged(conn, subset, entry, batch_size, limits, reader, stage)
+            stats = _staged(conn, subset, entry, batch_size, limits, reader, stage)
+            with commit_lock():
+                stage.swap(conn, subset, PARTITIONED_TABLES)
+            return stats
         finally:
             stage.remove(conn)
 
@@ -93,7 +100,7 @@ def _staged(
     reader: str,
     stage: Stage,
 ) -> IngestStats:
-    """The source into the staging tables, then swapped in for the partition's rows (one short transaction)."""
+    """The source's rows staged (or NoValidRows, nothing staged being kept)."""
     # DuckDB runs each statement of the streaming part on the thread that asks it (`threads` is the database's,
     # restored after): a chunk's statements are too small to gain from DuckDB's own threads, spread over them
     # they cost more CPU (synchronizing, waking) than they save, and the parsing workers already keep every core
@@ -118,10 +125,6 @@ def _staged(
             f"source {entry.name!r}: {entry.location}: none of its {stats.lines} lines is a valid row ({shown}); "
             "the partition's stored rows are kept"
         )
-    with transaction(conn):
-        delete_partition(conn, subset, PARTITIONED_TABLES)
-        for table in PARTITIONED_TABLES:
-            conn.execute(f"INSERT INTO {table} BY NAME SELECT * FROM {stage.rows(table)}")
     return stats
 
 

@@ -13,7 +13,7 @@ import duckdb
 import polars as pl
 
 from arhn_pipeline import faults, shards
-from arhn_pipeline.raw_triplets.staging import Stage, insert_new_passages
+from arhn_pipeline.raw_triplets.staging import Stage
 from arhn_pipeline.sources.readers import MAX_LINE_BYTES, iter_records
 from arhn_pipeline.sources.registry import SourceEntry
 from arhn_pipeline.sources.rows import MAX_TEXT_CHARS, RowError, Triplet, parse_row
@@ -142,7 +142,7 @@ class Batch:
                 schema={"passage_id": pl.String, "title": pl.String, "text": pl.String},
             )
             conn.register("_passages_batch", passages)
-            insert_new_passages(conn, "_passages_batch")
+            self.stage.add_passages(conn, "_passages_batch")
             conn.unregister("_passages_batch")
         for table, rows in (
             ("queries", self.queries),

@@ -17,31 +17,36 @@ from pathlib import Path
 import duckdb
 
 from arhn_pipeline import storage
+from arhn_pipeline.store import delete_partition, transaction
 
 # The directories of staged rows start with this, then the ingesting process's id.
 STAGING_PREFIX = "arhn-ingest-"
 
 
 class Stage:
-    """Where an ingest's rows wait for the swap. Queries and candidates (the bulk) as Parquet files, a file per
-    batch, which the swap reads once: no rows pass through DuckDB's log and checkpoints twice (rows staged in a
-    table were written to it, then again to the partition's tables; 12.0 -> 10.0 s at 1.6 M pairs,
-    docs/measurements.md). The quarantine (a few rows) in a table. The files go under DuckDB's temporary
-    directory (beside the database file, `<file>.tmp`) or the system's for a database in memory; a run killed
-    mid-ingest leaves its directory, which the next ingest removes once its process is gone, and its table,
-    which the next run of the subset replaces."""
+    """Where an ingest's rows wait for the swap. Queries, candidates and new passages (the bulk) as Parquet files,
+    a file per batch, which the swap reads once: no rows pass through DuckDB's log and checkpoints twice (rows
+    staged in a table were written to it, then again to the partition's tables; 12.0 -> 10.0 s at 1.6 M pairs,
+    docs/measurements.md). The quarantine (a few rows) and the ids of the passages staged so far in temporary
+    tables of the ingest's connection. Nothing is written to the store's tables before the swap: on DuckLake the
+    ingest streams without the write lock and takes it for the swap alone (ingest.py). The files go under
+    DuckDB's temporary directory (beside the database file, `<file>.tmp`) or the system's for a database in
+    memory; a run killed mid-ingest leaves its directory, which the next ingest removes once its process is
+    gone."""
 
     def __init__(self, conn: duckdb.DuckDBPyConnection, subset: str) -> None:
         tag = hashlib.sha256(subset.encode()).hexdigest()[:12]
         self.quarantine = f"_stage_quarantine_{tag}"
-        conn.execute(f"CREATE OR REPLACE TABLE {self.quarantine} AS SELECT * FROM quarantine LIMIT 0")
+        self.passage_ids = f"_stage_passage_ids_{tag}"
+        conn.execute(f"CREATE OR REPLACE TEMP TABLE {self.quarantine} AS SELECT * FROM quarantine LIMIT 0")
+        conn.execute(f"CREATE OR REPLACE TEMP TABLE {self.passage_ids} (passage_id VARCHAR)")
         (temp,) = conn.execute("SELECT current_setting('temp_directory')").fetchone() or ("",)
         self.root = Path(temp) if temp and os.path.isabs(temp) else Path(tempfile.gettempdir())
         self.made_root = not self.root.exists()
         self.root.mkdir(parents=True, exist_ok=True)
         _remove_orphans(self.root)
         self.dir = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=self.root))
-        self.files = {"queries": 0, "candidates": 0}
+        self.files = {"queries": 0, "candidates": 0, "passages": 0}
 
     def append(self, conn: duckdb.DuckDBPyConnection, table: str, select: str, params: dict | None = None) -> None:
         """The rows of `select` (the columns of `table`, by name) staged for `table`."""
@@ -51,6 +56,34 @@ class Stage:
         self.files[table] += 1
         path = self.dir / f"{table}-{self.files[table]:06d}.parquet"
         conn.execute(f"COPY ({select}) TO '{_sql_text(str(path))}' (FORMAT parquet)", params)
+
+    def add_passages(self, conn: duckdb.DuckDBPyConnection, rows: str) -> None:
+        """The passages of the table `rows` (passage_id, title, text; one row per id) neither stored nor staged
+        by this ingest yet, staged (the first text seen of an id is the one kept). The ids are looked up for
+        the rows' ids (a hash table built on the chunk's rows, not on every stored or staged id)."""
+        new = f"""SELECT passage_id, title, text FROM {rows}
+            ANTI JOIN (SELECT passage_id FROM passages SEMI JOIN {rows} USING (passage_id)) USING (passage_id)
+            ANTI JOIN (SELECT passage_id FROM {self.passage_ids} SEMI JOIN {rows} USING (passage_id))
+                USING (passage_id)"""
+        conn.execute(f"CREATE OR REPLACE TEMP TABLE _stage_new_passages AS {new}")
+        if conn.execute("SELECT count(*) FROM _stage_new_passages").fetchone() != (0,):
+            self.append(conn, "passages", "SELECT * FROM _stage_new_passages")
+            conn.execute(f"INSERT INTO {self.passage_ids} SELECT passage_id FROM _stage_new_passages")
+        conn.execute("DROP TABLE _stage_new_passages")
+
+    def swap(self, conn: duckdb.DuckDBPyConnection, subset: str, tables: tuple[str, ...]) -> None:
+        """The staged rows in for the partition's, in one transaction of `conn` (the caller holds the write
+        lock): the new passages (those another ingest stored meanwhile left out), then `tables`' rows of
+        `subset` deleted and the staged ones inserted."""
+        staged = self.rows("passages")
+        with transaction(conn):
+            conn.execute(
+                f"""INSERT INTO passages (passage_id, title, text) SELECT passage_id, title, text FROM {staged}
+                ANTI JOIN (SELECT passage_id FROM passages SEMI JOIN {staged} USING (passage_id)) USING (passage_id)"""
+            )
+            delete_partition(conn, subset, tables)
+            for table in tables:
+                conn.execute(f"INSERT INTO {table} BY NAME SELECT * FROM {self.rows(table)}")
 
     def rows(self, table: str) -> str:
         """A table expression of the rows staged for `table`."""
@@ -62,6 +95,7 @@ class Stage:
 
     def remove(self, conn: duckdb.DuckDBPyConnection) -> None:
         conn.execute(f"DROP TABLE IF EXISTS {self.quarantine}")
+        conn.execute(f"DROP TABLE IF EXISTS {self.passage_ids}")
         shutil.rmtree(self.dir, ignore_errors=True)
         if self.made_root:
             with contextlib.suppress(OSError):  # another ingest's files are there
@@ -145,17 +179,6 @@ def release_freed_memory() -> None:
         _MALLOC_TRIM(0)
 
 
-def insert_new_passages(conn: duckdb.DuckDBPyConnection, rows: str) -> None:
-    """The passages of the table `rows` (passage_id, title, text; one row per id) not stored yet. The stored
-    ids are looked up for the rows' ids (their hash table built on the rows, not on every stored passage,
-    which an anti-join against `passages` would rebuild for each batch)."""
-    conn.execute(
-        f"""INSERT INTO passages (passage_id, title, text)
-        SELECT passage_id, title, text FROM {rows}
-        ANTI JOIN (SELECT passage_id FROM passages SEMI JOIN {rows} USING (passage_id)) USING (passage_id)"""
-    )
-
-
 def stage_chunk(
     conn: duckdb.DuckDBPyConnection,
     subset: str,
@@ -165,7 +188,7 @@ def stage_chunk(
     candidates: str,
     passages: str,
 ) -> tuple[int, int]:
-    """A chunk's kept rows into the staging tables, and its passages not stored yet into passages. `queries`,
+    """A chunk's kept rows staged, and its passages not stored or staged yet. `queries`,
     `candidates` (with each line's query_id) and `passages` (one row per passage id) name tables. Returns the
     chunk's (positives, negatives)."""
     stage.append(
@@ -181,7 +204,7 @@ def stage_chunk(
             score AS original_score, source_id AS source_passage_id FROM {candidates}""",
         {"subset": subset},
     )
-    insert_new_passages(conn, passages)
+    stage.add_passages(conn, passages)
     counts = conn.execute(
         f"SELECT count(*) FILTER (role = 'positive'), count(*) FILTER (role = 'negative') FROM {candidates}"
     ).fetchone()

@@ -51,8 +51,7 @@ class TrainedRerankerConfig(dg.Config):
 )
 def trained_reranker(context: dg.AssetExecutionContext, config: TrainedRerankerConfig, duckdb: DuckDBStore):
     variant = context.partition_key
-    with duckdb.get_connection() as conn:
-        data = variant_rows(conn, variant, config.subsets, config.pruned_name)
+    data = variant_rows(duckdb.reading, variant, config.subsets, config.pruned_name)
     if not data:
         raise dg.Failure(f"no triplets for variant {variant!r}: materialize relabeled / pruned_collection")
     out = core.reranker_dir(variant)

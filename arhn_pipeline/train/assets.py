@@ -47,8 +47,7 @@ class TrainedRetrieverConfig(dg.Config):
 def trained_retriever(context: dg.AssetExecutionContext, config: TrainedRetrieverConfig, duckdb: DuckDBStore):
     variant = context.partition_key
     method = VARIANTS[variant]
-    with duckdb.get_connection() as conn:
-        data = core.variant_rows(conn, variant, config.subsets, config.pruned_name)
+    data = core.variant_rows(duckdb.reading, variant, config.subsets, config.pruned_name)
     if not data:
         raise dg.Failure(f"no triplets for variant {variant!r} ({method}): materialize relabeled / pruned_collection")
     out = core.retriever_dir(variant)
@@ -69,6 +68,8 @@ def trained_retriever(context: dg.AssetExecutionContext, config: TrainedRetrieve
             "model_path": dg.MetadataValue.path(str(out)),
             "train_seconds": round(time.perf_counter() - t0, 1),
             "fingerprint": fp,
+            "queries": len(data),
+            "negatives": sum(len(r["neg"]) for r in data),
             **result,
         }
     )

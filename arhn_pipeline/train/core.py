@@ -14,6 +14,7 @@ import hashlib
 import json
 import random
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,18 +33,26 @@ def retriever_dir(variant: str) -> Path:
 
 
 def variant_rows(
-    conn: duckdb.DuckDBPyConnection, variant: str, subsets: list[str] | None = None, pruned_name: str = "pruned"
+    read: Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]],
+    variant: str,
+    subsets: list[str] | None = None,
+    pruned_name: str = "pruned",
 ) -> list[dict[str, Any]]:
     """The BGE-shaped rows a variant trains on (the retriever and the reranker alike): the original collection,
-    a cleaning method's, or the pruned collection named `pruned_name`; only `subsets` when given."""
+    a cleaning method's, the pruned collection named `pruned_name`, or the original less what the relative-margin
+    filter flags; only `subsets` when given. Read on a connection of `read()` (the store's `reading`); the
+    filter's embedding runs after it is closed."""
     method = VARIANTS[variant]
+    with read() as conn:
+        if method == "pruned":
+            data = list(rows(conn, "", pruned=pruned_name))
+        else:
+            data = list(rows(conn, "original" if method.startswith("margin:") else method, subsets))
+    if subsets:
+        data = [r for r in data if r["subset"] in subsets or shards.dataset_of(r["subset"]) in subsets]
     if method.startswith("margin:"):
-        data = margin_filtered(list(rows(conn, "original", subsets)), float(method.split(":", 1)[1]))
-    else:
-        data = list(rows(conn, "", pruned=pruned_name) if method == "pruned" else rows(conn, method, subsets))
-    if not subsets:
-        return data
-    return [r for r in data if r["subset"] in subsets or shards.dataset_of(r["subset"]) in subsets]
+        data = margin_filtered(data, float(method.split(":", 1)[1]))
+    return data
 
 
 def margin_filtered(data: list[dict[str, Any]], margin: float) -> list[dict[str, Any]]:
