@@ -252,15 +252,101 @@ def _steps(
 
 @main.command()
 @click.option("--subset", "subsets", multiple=True, help="partition(s) to ingest; default: the registry's default run")
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="partitions ingested at once, each in a process of its own, on DuckLake (each stages its rows without the "
+    "write lock and takes it only to swap them in); a DuckDB file has one writer process, so there they go one "
+    "after another",
+)
 @click.option("-v", "--verbose", is_flag=True, help="also show Dagster's events here")
 @click.pass_context
-def ingest(ctx: click.Context, subsets: tuple[str, ...], verbose: bool) -> None:
+def ingest(ctx: click.Context, subsets: tuple[str, ...], jobs: int, verbose: bool) -> None:
     """Ingest the chosen partitions (every shard of a sharded entry) and nothing else: `arhn run --phase ingest`.
     On a cluster, before the LLM stages, so that no GPU waits for a large source to be read."""
+    if jobs > 1:
+        from arhn_pipeline.sources.registry import load_registry
+
+        registry = load_registry()
+        chosen = registry.partitions(list(subsets) or [n for n, e in registry.items() if e.in_default_run])
+        if storage.from_env().is_lake and len(chosen) > 1:
+            _ingest_at_once(chosen, jobs, verbose)
+            return
+        if not storage.from_env().is_lake:
+            click.echo(
+                "--jobs: a DuckDB file has one writer process; the partitions ingest one after another", err=True
+            )
     ctx.invoke(
         run, subsets=subsets, train=False, rerankers=False, variants=(), config_file=None, price_specs=(),
         budget=None, yes=True, verbose=verbose, phase="ingest",
     )  # fmt: skip
+
+
+def _ingest_at_once(partitions: list[str], jobs: int, verbose: bool) -> None:
+    """`arhn ingest --subset P` for each partition, `jobs` processes at a time (each a run of its own in the
+    Dagster instance, its output in var/logs/); a line as each starts and ends, then one row per partition:
+    what it holds now, read back from the store. Stopped (SIGTERM, Ctrl-C), the running ones are stopped too."""
+    import subprocess
+
+    from arhn_pipeline.markdown import text_table
+
+    logs = settings.var_dir() / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    pending = list(partitions)
+    running: dict[str, tuple[subprocess.Popen, Any, float]] = {}  # partition -> (process, its log file, start)
+    ended: dict[str, tuple[int, float, Path]] = {}  # partition -> (exit status, seconds, log)
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                key = pending.pop(0)
+                log = logs / f"ingest-{stamp}-{key}.log"
+                out = log.open("w", encoding="utf-8")
+                command = [sys.executable, "-m", "arhn_pipeline.cli", "ingest", "--subset", key, *(["-v"] * verbose)]
+                running[key] = (subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT), out, time.monotonic())
+                _progress(f"ingesting {key} (its output: {log})")
+            time.sleep(0.2)
+            for key, (proc, out, started) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                out.close()
+                del running[key]
+                ended[key] = (proc.returncode, time.monotonic() - started, logs / f"ingest-{stamp}-{key}.log")
+                verdict = "done" if proc.returncode == 0 else f"failed (exit status {proc.returncode})"
+                _progress(f"{key}: {verdict} in {_duration(ended[key][1])}")
+    finally:
+        for proc, out, _ in running.values():
+            proc.terminate()
+            proc.wait(60)
+            out.close()
+    with _db(read_only=True) as conn:
+        held = {
+            subset: (queries, negatives, quarantined)
+            for subset, queries, negatives, quarantined in conn.execute(
+                """SELECT p.subset,
+                    (SELECT count(*) FROM queries q WHERE q.subset = p.subset),
+                    (SELECT count(*) FROM candidates c WHERE c.subset = p.subset AND c.role = 'negative'),
+                    (SELECT count(*) FROM quarantine x WHERE x.subset = p.subset)
+                FROM (SELECT unnest(?::VARCHAR[]) AS subset) p""",
+                [partitions],
+            ).fetchall()
+        }
+    rows = [
+        (
+            key,
+            "ok" if code == 0 else "failed",
+            *held.get(key, ("", "", "")),
+            _duration(seconds),
+            "" if code == 0 else log,
+        )
+        for key, (code, seconds, log) in ended.items()
+    ]
+    header = ["partition", "result", "queries", "negatives", "quarantined", "time", "log"]
+    click.echo("\n".join(text_table(header, rows, max_cell=200, numbers_right=True)))
+    if any(code != 0 for code, _, _ in ended.values()):
+        sys.exit(1)
 
 
 def _progress(message: str) -> None:

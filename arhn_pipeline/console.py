@@ -45,10 +45,12 @@ def _first_use_lock(folder: Path):
 
 
 def open_db(read_only: bool = False):
-    """The pipeline's DuckDB file; waits (and says so) while a run is writing to it."""
+    """The pipeline's tables (the DuckDB file, or DuckLake when ARHN_STORAGE says so); on the file, waits (and
+    says so) while a run is writing to it."""
+    from arhn_pipeline.storage import from_env
     from arhn_pipeline.store import connect
 
     path = settings.db_path()
-    if read_only and not path.exists():
+    if read_only and not path.exists() and not from_env().is_lake:
         raise click.ClickException(f"no pipeline database at {path} yet: run `arhn run` (or materialize in the UI)")
     return connect(str(path), read_only=read_only, on_wait=lambda m: click.echo(m, err=True))

@@ -348,8 +348,8 @@ def test_dagster_dev_on_the_postgres_instance_runs_a_partition_into_ducklake(pg,
 
 def test_the_cluster_walk_through_two_workers_one_killed_equal_one_process(pg, tmp_path, monkeypatch):
     """docs/scaling.md walked on one machine as the cluster's stand-in: the tables on DuckLake and the Dagster
-    instance on PostgreSQL (deploy/dagster.yaml); geo in two shards and the reference bio. `arhn ingest` reads
-    every shard; two workers gather the evidence of different shards at once, and worker A is killed
+    instance on PostgreSQL (deploy/dagster.yaml); geo in two shards and the reference bio. `arhn ingest --jobs 3`
+    reads every shard at once; two workers gather the evidence of different shards at once, and worker A is killed
     (SIGKILL) in the middle of its snippets. The decide sensor then waits for A's shard; worker B takes the
     shard over, its start reaps A's run (failed), and once the shard's evidence is in the sensor requests
     `decide` for every partition, which B runs. Every table equals what one process writes into a DuckDB file
@@ -382,7 +382,14 @@ def test_the_cluster_walk_through_two_workers_one_killed_equal_one_process(pg, t
         )
 
     evidence = [str(BIN / "arhn"), "run", "--phase", "evidence", "--no-train", "--config", str(config)]
-    assert (done := arhn("ingest", "--subset", "geo", "--subset", "bio")).returncode == 0, done.stderr[-3000:]
+    # the three partitions ingest at once, each in a process of its own (on DuckLake each takes the write lock
+    # only for its swap), and the command ends with a row per partition
+    done = arhn("ingest", "--jobs", "3", "--subset", "geo", "--subset", "bio")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stderr.count("ingesting ") == 3, done.stderr
+    ingested = {line.split()[0]: line.split()[1:] for line in done.stdout.splitlines()[1:]}
+    assert {k: v[0] for k, v in ingested.items()} == {"geo.shard0of2": "ok", "geo.shard1of2": "ok", "bio": "ok"}
+    assert sum(int(v[2]) for k, v in ingested.items() if k.startswith("geo")) == 160  # geo's negatives, whole
     a = subprocess.Popen(
         [*evidence, "--subset", "geo.shard0of2"],
         env={**env, "ARHN_FAULT": "llm_batch:3"},  # worker A: SIGKILL once its third batch of answers is in
