@@ -298,6 +298,12 @@ def _ingest_at_once(partitions: list[str], jobs: int, verbose: bool) -> None:
     pending = list(partitions)
     running: dict[str, tuple[subprocess.Popen, Any, float]] = {}  # partition -> (process, its log file, start)
     ended: dict[str, tuple[int, float, Path]] = {}  # partition -> (exit status, seconds, log)
+    import signal
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)  # as Ctrl-C: the running ingests are stopped below, none left behind
     try:
         while pending or running:
             while pending and len(running) < jobs:
@@ -316,6 +322,9 @@ def _ingest_at_once(partitions: list[str], jobs: int, verbose: bool) -> None:
                 ended[key] = (proc.returncode, time.monotonic() - started, logs / f"ingest-{stamp}-{key}.log")
                 verdict = "done" if proc.returncode == 0 else f"failed (exit status {proc.returncode})"
                 _progress(f"{key}: {verdict} in {_duration(ended[key][1])}")
+    except KeyboardInterrupt:
+        click.echo(f"arhn ingest: interrupted; stopped {', '.join(running) or 'nothing'}", err=True)
+        sys.exit(130)
     finally:
         for proc, out, _ in running.values():
             proc.terminate()
