@@ -464,7 +464,7 @@ def calls_frame(records: list[CallRecord]) -> pl.DataFrame:
 
 # Key look-ups up to this many go to the primary key's index, this many values a statement (DuckDB scans the
 # index for an IN list of up to `index_scan_max_count` values, 2,048 by default): 2 ms for 64 keys against 80 ms
-# for the join at 3 M rows on one open connection; 64 ms at 10 M rows, where a new connection loads the index
+# for the join at 3 M rows on one open connection; 64-73 ms at 10 M rows, where a new connection loads the index
 # (bench/call_store.py)
 INDEXED_LOOKUP_MAX, INDEXED_LOOKUP_CHUNK = 10_000, 1_000
 
