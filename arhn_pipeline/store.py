@@ -373,30 +373,21 @@ class DuckDBStore(DuckDBResource):
             return []
         frame = calls_frame(records)
         lake = self.where().is_lake
-        with self.get_connection() as conn, transaction(conn):
+        with self.get_connection() as conn:
             conn.register("_calls_batch", frame)
-            if lake:  # no primary key: the batch's keys joined against the table (a scan of its key column)
-                repeated = [
-                    k
-                    for (k,) in conn.execute(
-                        "SELECT call_id FROM _calls_batch SEMI JOIN llm_calls USING (call_id)"
-                    ).fetchall()
-                ]
-                conn.execute(f"INSERT INTO llm_calls {_CALL_ROWS} ANTI JOIN llm_calls USING (call_id)")
-            else:  # the file's primary key finds the repeats: no join over the table (bench/call_store.py)
-                stored = {
-                    k
-                    for (k,) in conn.execute(
-                        f"INSERT OR IGNORE INTO llm_calls {_CALL_ROWS} RETURNING call_id"
-                    ).fetchall()
-                }
-                repeated = [k for k in frame["call_id"].to_list() if k not in stored]
-            if repeated:
-                conn.execute(
-                    "INSERT INTO llm_calls_asked_twice SELECT call_id, model, template, now() "
-                    "FROM _calls_batch WHERE list_contains(?, call_id)",
-                    [repeated],
-                )
+            try:
+                with transaction(conn):
+                    repeated = _store_batch(conn, frame["call_id"].to_list(), lake)
+            except duckdb.ConstraintException:  # a key stored by another thread since the look-up: the slow way
+                with transaction(conn):
+                    stored = {
+                        k
+                        for (k,) in conn.execute(
+                            f"INSERT OR IGNORE INTO llm_calls {_CALL_ROWS} RETURNING call_id"
+                        ).fetchall()
+                    }
+                    repeated = [k for k in frame["call_id"].to_list() if k not in stored]
+                    _count_repeats(conn, repeated)
             conn.unregister("_calls_batch")
         return repeated
 
@@ -443,6 +434,43 @@ class DuckDBStore(DuckDBResource):
     def mean_completion_tokens(self, model: str, template: str) -> float | None:
         with self.reading() as conn:
             return mean_completion_tokens(conn, model, template)
+
+
+def _store_batch(conn: duckdb.DuckDBPyConnection, keys: list[str], lake: bool) -> list[str]:
+    """The batch `_calls_batch` into llm_calls but its keys stored already, which are returned (and counted).
+    DuckLake has no primary key: the repeats are the batch's keys joined against the table (a scan of its key
+    column). The file's repeats come from its primary key's index (IN lists, as `lookup_calls`), and the rest go
+    in with a plain INSERT: at 10 M rows, with the database open, `INSERT OR IGNORE` took 215 ms for 64 keys
+    (410 ms with `RETURNING`) and the plain INSERT 10-15 ms; the whole store_calls 976 -> 276 ms
+    (bench/call_store.py, docs/scaling.md)."""
+    if lake:
+        repeated = [
+            k
+            for (k,) in conn.execute("SELECT call_id FROM _calls_batch SEMI JOIN llm_calls USING (call_id)").fetchall()
+        ]
+        conn.execute(f"INSERT INTO llm_calls {_CALL_ROWS} ANTI JOIN llm_calls USING (call_id)")
+    else:
+        found: set[str] = set()
+        for start in range(0, len(keys), INDEXED_LOOKUP_CHUNK):
+            chunk = keys[start : start + INDEXED_LOOKUP_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            found.update(
+                k
+                for (k,) in conn.execute(f"SELECT call_id FROM llm_calls WHERE call_id IN ({marks})", chunk).fetchall()
+            )
+        repeated = [k for k in keys if k in found]  # in the batch's order
+        conn.execute(f"INSERT INTO llm_calls {_CALL_ROWS} WHERE NOT list_contains(?::VARCHAR[], call_id)", [repeated])
+    _count_repeats(conn, repeated)
+    return repeated
+
+
+def _count_repeats(conn: duckdb.DuckDBPyConnection, repeated: list[str]) -> None:
+    if repeated:
+        conn.execute(
+            "INSERT INTO llm_calls_asked_twice SELECT call_id, model, template, now() "
+            "FROM _calls_batch WHERE list_contains(?, call_id)",
+            [repeated],
+        )
 
 
 def calls_frame(records: list[CallRecord]) -> pl.DataFrame:

@@ -119,6 +119,39 @@ def test_a_key_stored_twice_in_the_file_keeps_the_first_answer_and_is_counted(tm
         assert conn.execute("SELECT count(*) FROM llm_calls").fetchone() == (3,)
 
 
+def test_a_key_stored_by_another_thread_after_the_look_up_is_kept_once_and_counted(tmp_path, monkeypatch):
+    """On the file a batch's repeats come from a look-up on the primary key and the rest go in with a plain
+    INSERT; a key another connection of the process commits in between (after this batch's transaction began)
+    makes that INSERT fail, and the batch is stored again the slow way: the first answer kept, the repeat
+    returned and counted, the other keys stored."""
+    from arhn_pipeline import store as store_module
+    from arhn_pipeline.store import DuckDBStore
+    from arhn_pipeline_tests.test_ducklake import _record
+
+    store = DuckDBStore(database=str(tmp_path / "calls.duckdb"))
+    store.store_calls([_record("k0", "a0")])
+    real, raced, failed = store_module._store_batch, [], []
+
+    def racing(conn, keys, lake):
+        if not raced:  # this batch's transaction reads (its snapshot is taken), then another thread stores k1
+            raced.append(True)
+            conn.execute("SELECT count(*) FROM llm_calls").fetchone()
+            assert store.store_calls([_record("k1", "first")]) == []
+        try:
+            return real(conn, keys, lake)
+        except Exception as exc:
+            failed.append(type(exc).__name__)
+            raise
+
+    monkeypatch.setattr(store_module, "_store_batch", racing)
+    assert store.store_calls([_record("k1", "second"), _record("k2", "b2"), _record("k0", "again")]) == ["k1", "k0"]
+    assert failed == ["ConstraintException"]  # the plain INSERT met k1: the slow way stored the batch
+    found = store.lookup_calls(["k0", "k1", "k2"])
+    assert {k: c.response for k, c in found.items()} == {"k0": "a0", "k1": "first", "k2": "b2"}
+    with store.get_connection() as conn:
+        assert sorted(conn.execute("SELECT call_id FROM llm_calls_asked_twice").fetchall()) == [("k0",), ("k1",)]
+
+
 def test_a_lookup_finds_the_same_answers_by_the_index_in_chunks_and_by_the_join(tmp_path):
     """Few keys go to the primary key's index, INDEXED_LOOKUP_CHUNK a statement; many go to one join: both
     find every stored key and nothing else."""
