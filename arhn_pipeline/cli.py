@@ -271,10 +271,11 @@ def ingest(ctx: click.Context, subsets: tuple[str, ...], jobs: int, verbose: boo
 
         registry = load_registry()
         chosen = registry.partitions(list(subsets) or [n for n, e in registry.items() if e.in_default_run])
-        if storage.from_env().is_lake and len(chosen) > 1:
+        lake = storage.from_env().is_lake
+        if lake and len(chosen) > 1:
             _ingest_at_once(chosen, jobs, verbose)
             return
-        if not storage.from_env().is_lake:
+        if not lake:
             click.echo(
                 "--jobs: a DuckDB file has one writer process; the partitions ingest one after another", err=True
             )
@@ -296,7 +297,9 @@ def _ingest_at_once(partitions: list[str], jobs: int, verbose: bool) -> None:
     logs.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     pending = list(partitions)
-    running: dict[str, tuple[subprocess.Popen, Any, float]] = {}  # partition -> (process, its log file, start)
+    running: dict[
+        str, tuple[subprocess.Popen, Any, Path, float]
+    ] = {}  # partition -> (process, log file, its path, start)
     ended: dict[str, tuple[int, float, Path]] = {}  # partition -> (exit status, seconds, log)
     import signal
 
@@ -311,22 +314,23 @@ def _ingest_at_once(partitions: list[str], jobs: int, verbose: bool) -> None:
                 log = logs / f"ingest-{stamp}-{key}.log"
                 out = log.open("w", encoding="utf-8")
                 command = [sys.executable, "-m", "arhn_pipeline.cli", "ingest", "--subset", key, *(["-v"] * verbose)]
-                running[key] = (subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT), out, time.monotonic())
+                process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+                running[key] = (process, out, log, time.monotonic())
                 _progress(f"ingesting {key} (its output: {log})")
             time.sleep(0.2)
-            for key, (proc, out, started) in list(running.items()):
+            for key, (proc, out, log, started) in list(running.items()):
                 if proc.poll() is None:
                     continue
                 out.close()
                 del running[key]
-                ended[key] = (proc.returncode, time.monotonic() - started, logs / f"ingest-{stamp}-{key}.log")
+                ended[key] = (proc.returncode, time.monotonic() - started, log)
                 verdict = "done" if proc.returncode == 0 else f"failed (exit status {proc.returncode})"
                 _progress(f"{key}: {verdict} in {_duration(ended[key][1])}")
     except KeyboardInterrupt:
         click.echo(f"arhn ingest: interrupted; stopped {', '.join(running) or 'nothing'}", err=True)
         sys.exit(130)
     finally:
-        for proc, out, _ in running.values():
+        for proc, out, _, _ in running.values():
             proc.terminate()
             proc.wait(60)
             out.close()

@@ -356,10 +356,7 @@ class DuckDBStore(DuckDBResource):
         select = "SELECT call_id, response, finish_reason FROM llm_calls WHERE call_id"
         with self.reading() as conn:
             if indexed:
-                rows = []
-                for start in range(0, len(wanted), INDEXED_LOOKUP_CHUNK):
-                    chunk = wanted[start : start + INDEXED_LOOKUP_CHUNK]
-                    rows += conn.execute(f"{select} IN ({', '.join('?' * len(chunk))})", chunk).fetchall()
+                rows = _on_the_index(conn, select, wanted)
             else:
                 rows = conn.execute(f"{select} IN (SELECT unnest(?))", [wanted]).fetchall()
         return {r[0]: StoredCall(*r) for r in rows}
@@ -450,18 +447,21 @@ def _store_batch(conn: duckdb.DuckDBPyConnection, keys: list[str], lake: bool) -
         ]
         conn.execute(f"INSERT INTO llm_calls {_CALL_ROWS} ANTI JOIN llm_calls USING (call_id)")
     else:
-        found: set[str] = set()
-        for start in range(0, len(keys), INDEXED_LOOKUP_CHUNK):
-            chunk = keys[start : start + INDEXED_LOOKUP_CHUNK]
-            marks = ", ".join("?" * len(chunk))
-            found.update(
-                k
-                for (k,) in conn.execute(f"SELECT call_id FROM llm_calls WHERE call_id IN ({marks})", chunk).fetchall()
-            )
+        found = {k for (k,) in _on_the_index(conn, "SELECT call_id FROM llm_calls WHERE call_id", keys)}
         repeated = [k for k in keys if k in found]  # in the batch's order
         conn.execute(f"INSERT INTO llm_calls {_CALL_ROWS} WHERE NOT list_contains(?::VARCHAR[], call_id)", [repeated])
     _count_repeats(conn, repeated)
     return repeated
+
+
+def _on_the_index(conn: duckdb.DuckDBPyConnection, select: str, keys: list[str]) -> list[tuple]:
+    """The rows of `select` (ending in `WHERE call_id`) for these keys, as IN lists of INDEXED_LOOKUP_CHUNK
+    values, which DuckDB answers from the file's primary key index."""
+    rows: list[tuple] = []
+    for start in range(0, len(keys), INDEXED_LOOKUP_CHUNK):
+        chunk = keys[start : start + INDEXED_LOOKUP_CHUNK]
+        rows += conn.execute(f"{select} IN ({', '.join('?' * len(chunk))})", chunk).fetchall()
+    return rows
 
 
 def _count_repeats(conn: duckdb.DuckDBPyConnection, repeated: list[str]) -> None:

@@ -90,7 +90,7 @@ def commit_seconds(env: dict[str, str], storage_kind: str, db: Path, size: int, 
     commit), in this process with the run processes' environment."""
     import statistics
 
-    from call_store import record
+    from call_store import new_key, record
 
     from arhn_pipeline.store import DuckDBStore
 
@@ -99,7 +99,7 @@ def commit_seconds(env: dict[str, str], storage_kind: str, db: Path, size: int, 
     seconds = []
     for i in range(repeats):
         batch = [
-            record(f"{storage_kind}-{size}-{i}-{j}", "word " * 200, "answer " * 30, (245, 30), size)
+            record(new_key(f"{storage_kind}-{size}-{i}-{j}"), "word " * 200, "answer " * 30, (245, 30), size)
             for j in range(size)
         ]
         t0 = time.perf_counter()

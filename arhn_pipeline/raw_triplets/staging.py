@@ -61,10 +61,9 @@ class Stage:
         """The passages of the table `rows` (passage_id, title, text; one row per id) neither stored nor staged
         by this ingest yet, staged (the first text seen of an id is the one kept). The ids are looked up for
         the rows' ids (a hash table built on the chunk's rows, not on every stored or staged id)."""
-        new = f"""SELECT passage_id, title, text FROM {rows}
-            ANTI JOIN (SELECT passage_id FROM passages SEMI JOIN {rows} USING (passage_id)) USING (passage_id)
-            ANTI JOIN (SELECT passage_id FROM {self.passage_ids} SEMI JOIN {rows} USING (passage_id))
-                USING (passage_id)"""
+        new = (
+            f"SELECT passage_id, title, text FROM {rows} {_not_in('passages', rows)} {_not_in(self.passage_ids, rows)}"
+        )
         conn.execute(f"CREATE OR REPLACE TEMP TABLE _stage_new_passages AS {new}")
         if conn.execute("SELECT count(*) FROM _stage_new_passages").fetchone() != (0,):
             self.append(conn, "passages", "SELECT * FROM _stage_new_passages")
@@ -78,8 +77,8 @@ class Stage:
         staged = self.rows("passages")
         with transaction(conn):
             conn.execute(
-                f"""INSERT INTO passages (passage_id, title, text) SELECT passage_id, title, text FROM {staged}
-                ANTI JOIN (SELECT passage_id FROM passages SEMI JOIN {staged} USING (passage_id)) USING (passage_id)"""
+                "INSERT INTO passages (passage_id, title, text) "
+                f"SELECT passage_id, title, text FROM {staged} {_not_in('passages', staged)}"
             )
             delete_partition(conn, subset, tables)
             for table in tables:
@@ -100,6 +99,12 @@ class Stage:
         if self.made_root:
             with contextlib.suppress(OSError):  # another ingest's files are there
                 self.root.rmdir()
+
+
+def _not_in(table: str, rows: str) -> str:
+    """An anti-join leaving out the rows of `rows` whose passage_id `table` holds; the hash table is built on
+    `rows` (the ids of `table` that are among them), not on every id `table` holds."""
+    return f"ANTI JOIN (SELECT passage_id FROM {table} SEMI JOIN {rows} USING (passage_id)) USING (passage_id)"
 
 
 def _sql_text(text: str) -> str:
