@@ -141,3 +141,64 @@ def test_progress_is_reported_while_the_engine_works_and_after_each_batch(db, st
     assert all(line.startswith("t.yaml: ") and "new calls answered (3 from cache)" in line for line in lines)
     assert lines[-1].startswith("t.yaml: 6/6 new calls answered") and "requests/s" in lines[-1]
     assert any("left" in line and "unknown" not in line for line in lines if "4/6" in line)
+
+
+class _WatchedStore:
+    """The test's store, whose `store_calls` of batch k waits (up to 5 s) for the engine to start batch k + 1,
+    and notes whether it did: storing in line with the engine, it never does."""
+
+    def __init__(self, store, started, fail_at=None):
+        self.store, self.started, self.fail_at = store, started, fail_at
+        self.saw_next_batch: list[bool] = []
+
+    def lookup_calls(self, keys):
+        return self.store.lookup_calls(keys)
+
+    def store_failures(self, failures):
+        self.store.store_failures(failures)
+
+    def store_calls(self, records):
+        k = len(self.saw_next_batch)
+        if k == self.fail_at:
+            self.saw_next_batch.append(False)
+            raise OSError("disk full")
+        last = k == len(self.started) - 1
+        self.saw_next_batch.append(True if last else self.started[k + 1].wait(5))
+        return self.store.store_calls(records)
+
+
+class _Starting(ScriptedEngine):
+    def generate(self, reqs):
+        STARTED[len(BATCHES)].set()
+        BATCHES.append(len(reqs))
+        return super().generate(reqs)
+
+
+STARTED: list = []
+
+
+def test_each_batch_is_stored_while_the_engine_answers_the_next(db, store):
+    import threading
+
+    STARTED[:] = [threading.Event() for _ in range(3)]
+    watched = _WatchedStore(store, STARTED)
+    calls, stats = cached_generate(watched, _Starting(model="echo_last_word"), requests(9), batch_size=3)
+    assert BATCHES == [3, 3, 3]
+    assert watched.saw_next_batch == [True, True, True]  # batches 1 and 2 were stored while the next was answered
+    assert [c.response for c in calls] == [f"word{i}" for i in range(9)]
+    # every answer is stored by the time the call returns, in the order answered
+    rows = db.execute("SELECT response FROM llm_calls ORDER BY created_at, response").fetchall()
+    assert sorted(r for (r,) in rows) == sorted(f"word{i}" for i in range(9))
+    _, again = cached_generate(store, _Starting(model="echo_last_word"), requests(9), batch_size=3)
+    assert (again.cache_hits, again.cache_misses) == (9, 0)
+
+
+def test_a_store_that_fails_while_the_engine_works_fails_the_stage_and_keeps_what_was_stored(db, store):
+    import threading
+
+    STARTED[:] = [threading.Event() for _ in range(3)]
+    watched = _WatchedStore(store, STARTED, fail_at=1)
+    with pytest.raises(OSError, match="disk full"):
+        cached_generate(watched, _Starting(model="echo_last_word"), requests(9), batch_size=3)
+    assert db.execute("SELECT count(*) FROM llm_calls").fetchone()[0] == 3  # the first batch; never the third
+    assert len(watched.saw_next_batch) == 2  # nothing stored after the failure

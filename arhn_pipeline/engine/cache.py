@@ -10,6 +10,7 @@ engine/batch_api.py.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -245,24 +246,47 @@ def _answer(
 ) -> None:
     """Stream the pending requests through the engine; the saver stores the answers as they come."""
     done = 0
-    for answer in engine.stream([req for _, req in pending], batch_size, lambda ix: _trace(pending[i][0] for i in ix)):
-        key, req = pending[answer.index]
-        saver.add(key, req, answer)
-        done += 1
-        if saver.due(answer.ends_batch):
-            saver.flush()
-            progress.settle(done)
+    try:
+        for answer in engine.stream(
+            [req for _, req in pending], batch_size, lambda ix: _trace(pending[i][0] for i in ix)
+        ):
+            key, req = pending[answer.index]
+            saver.add(key, req, answer)
+            done += 1
+            if saver.due(answer.ends_batch):
+                saver.hand_off()  # stored while the engine answers the next batch
+                progress.settle(done)
+    except BaseException:
+        # the engine failed: what was handed off is stored before its error goes up (a failed store of it is
+        # the lesser news, and shows again as calls asked on the next run)
+        with contextlib.suppress(Exception):
+            saver.wait()
+        raise
+
+
+# Whether an engine batch's answers are stored on a thread of their own while the engine answers the next batch
+# (bench/call_store.py's stage figures turn it off for their baseline).
+STORE_IN_BACKGROUND = True
 
 
 class _Saver:
     """Answers waiting to be stored, and the store of them in one short transaction. Each answer counts (the
-    answers handed back, the token totals, the failures) when it comes; the store only writes."""
+    answers handed back, the token totals, the failures) when it comes; the store only writes.
+
+    `hand_off` stores on a thread of its own, so the engine answers its next batch meanwhile: storing a batch
+    costs its transaction (and on DuckLake the wait for the write lock), which grows with `llm_calls`
+    (docs/scaling.md), and the engine would otherwise stand idle through it. One store at a time, in the order
+    handed off: a batch waits for the one before, so memory holds at most two batches, and a kill loses at most
+    the answers not yet stored (asked again on the next run, as before). `flush` waits for it and stores what is
+    left before returning; an error of a store is raised there, or at the next hand-off."""
 
     def __init__(self, store: CallStore, engine: LLMEngine, model: str, every: int, at_batch_end: bool):
         self.store, self.engine, self.model = store, engine, model
         self.every, self.at_batch_end = every, at_batch_end
         self.buffer: list[tuple[str, LLMRequest, Answered]] = []
         self.last_store = time.monotonic()
+        self._storing: threading.Thread | None = None
+        self._failed: BaseException | None = None
 
     def due(self, ends_batch: bool) -> bool:
         """Whether what came should be stored now."""
@@ -290,11 +314,46 @@ class _Saver:
         self.stats.cached_prompt_tokens += res.cached_prompt_tokens or 0
 
     def flush(self) -> int:
-        """Store what came; returns how many answers that was."""
+        """Store what came (after the store handed off, if one is running); returns how many answers that was."""
+        self.wait()
+        chunk = self._take()
+        if chunk:
+            self._store(chunk)
+        return len(chunk)
+
+    def hand_off(self) -> int:
+        """Store what came on a thread of its own, once the store handed off before has ended; returns how many
+        answers that was."""
+        if not STORE_IN_BACKGROUND:
+            return self.flush()
+        self.wait()
+        chunk = self._take()
+        if chunk:
+            self._storing = threading.Thread(target=self._store_handed_off, args=(chunk,), name="store-answers")
+            self._storing.start()
+        return len(chunk)
+
+    def wait(self) -> None:
+        """Until the store handed off has ended; its error, if it failed."""
+        if self._storing is not None:
+            self._storing.join()
+            self._storing = None
+        failed, self._failed = self._failed, None
+        if failed is not None:
+            raise failed
+
+    def _take(self) -> list[tuple[str, LLMRequest, Answered]]:
         chunk, self.buffer = self.buffer, []
         self.last_store = time.monotonic()
-        if not chunk:
-            return 0
+        return chunk
+
+    def _store_handed_off(self, chunk: list[tuple[str, LLMRequest, Answered]]) -> None:
+        try:
+            self._store(chunk)
+        except BaseException as exc:  # raised in the thread that waits for it
+            self._failed = exc
+
+    def _store(self, chunk: list[tuple[str, LLMRequest, Answered]]) -> None:
         faults.point("llm_batch")
         repeated = self.store.store_calls(
             [
@@ -321,4 +380,3 @@ class _Saver:
         if repeated:  # another run stored these first: its answer is the one on record, and the one used
             self.stats.asked_twice += len(repeated)
             self.stored.update(self.store.lookup_calls(repeated))
-        return len(chunk)
