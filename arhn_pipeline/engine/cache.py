@@ -3,7 +3,8 @@
 A request whose key is already stored is never sent again, so a run killed midway resumes where it
 stopped and a changed prompt re-asks only the requests it changed. Answers are stored as they come, a few dozen at a
 time, in a `CallStore` (the DuckDB file's `llm_calls` table: store.DuckDBStore), which is open only to look up
-and to store. The engine streams its answers (`LLMEngine.stream`): an in-process engine a batch at a time, a
+and to store; each batch is stored on a thread of its own while the engine answers the next (`_Saver.hand_off`).
+The engine streams its answers (`LLMEngine.stream`): an in-process engine a batch at a time, a
 remote one with a window of requests in flight across batch boundaries; a Batch API engine through
 engine/batch_api.py.
 """
