@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import duckdb
@@ -27,6 +27,9 @@ from arhn_pipeline import faults, settings
 from arhn_pipeline.schema import create_schema
 from arhn_pipeline.storage import Storage, StorageError, from_env, open_connection, session, writing
 from arhn_pipeline.vocab import BATCH_COLLECTED
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 PARTITIONED_TABLES = ("queries", "candidates", "quarantine")  # written by raw_triplets
 
@@ -68,9 +71,17 @@ def replace_partition(
             conn.execute(f"DELETE FROM {table} WHERE subset = ? AND method IN (SELECT unnest(?))", [subset, methods])
         faults.point("table_write")
         if frame.height:
-            conn.register("_partition_rows", frame.select(cols))
+            conn.register("_partition_rows", as_arrow(frame.select(cols)))
             conn.execute(f"INSERT INTO {table} SELECT * FROM _partition_rows")
             conn.unregister("_partition_rows")
+
+
+def as_arrow(frame: pl.DataFrame) -> pa.Table:
+    """The frame as Arrow for DuckDB to read, its text as Arrow string views: the frame's own buffers, not a copy.
+    Registered as is, a frame is converted with plain Arrow strings, every value copied out; a partition's
+    decisions repeat long texts on every row (the gate's reason, the models, the call ids), and that copy was
+    most of what writing them cost in memory (bench/table_write.py)."""
+    return frame.to_arrow(compat_level=pl.CompatLevel.newest())
 
 
 class UndeclaredRows(ValueError):

@@ -124,7 +124,7 @@ def test_a_run_killed_mid_llm_stage_on_ducklake_resumes_without_asking_again(pg,
     """SIGKILL in the middle of the snippets stage (the run holding the write lock at times): the next run
     is not blocked, completes, sends only what was not stored, and no row is lost or duplicated."""
     env = lake_env(pg, tmp_path, "killed")
-    kill_mid_snippets_then_rerun(env, tmp_path / "sent.log")
+    kill_mid_snippets_then_rerun(env, tmp_path / "sent.log", lambda: _stored_call_ids(env))
     with storage.session(lake_of(env), read_only=True) as conn:
         assert conn.execute("SELECT count(*), count(DISTINCT call_id) FROM llm_calls").fetchone() == (176, 176)
         assert conn.execute("SELECT count(*), count(DISTINCT (query_id, passage_id)) FROM snippets").fetchone() == (
@@ -134,6 +134,11 @@ def test_a_run_killed_mid_llm_stage_on_ducklake_resumes_without_asking_again(pg,
         for table, n in (("queries", 16), ("candidates", 176), ("passages", 38)):
             assert conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == n, table
         assert conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name LIKE '_stage_%'").fetchone()[0] == 0
+
+
+def _stored_call_ids(env: dict[str, str]) -> set[str]:
+    with storage.session(lake_of(env), read_only=True) as conn:
+        return {k for (k,) in conn.execute("SELECT call_id FROM llm_calls").fetchall()}
 
 
 def _record(key: str, answer: str) -> CallRecord:
