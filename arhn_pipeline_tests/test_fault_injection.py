@@ -150,4 +150,6 @@ def test_sigkill_at_five_points_then_each_next_run_recovers(tmp_path, monkeypatc
         assert one("SELECT count(*) FROM duckdb_tables() WHERE table_name LIKE '_stage_%'") == (0,)
         assert one("SELECT count(DISTINCT variant) FROM retriever_eval")[0] >= 3
     report["rows_lost_or_duplicated"] = 0
+    report["calls_sent"] = len(calls_log.read_text().split())
+    report["calls_stored"] = len(stored_calls(db))
     print("fault injection:", json.dumps(report))
