@@ -76,6 +76,7 @@ def relabeled(context: dg.AssetExecutionContext, config: RelabeledConfig, duckdb
     references = {name: e for name, e in registry.items() if e.reference is not None}
     verdicts = qualify.gate_verdicts(measured, proposed.judges, config.min_kappa, config.min_reviews)
     decisions = qualify.apply_gate(proposed.frame, verdicts)
+    proposed.frame = decisions.clear()  # the gated rows are the ones kept: one set of rows in memory from here
     methods = proposed.methods
     with duckdb.get_connection() as conn:
         replace_partition(conn, "decisions", subset, decisions, methods=methods)
@@ -93,9 +94,12 @@ def relabeled(context: dg.AssetExecutionContext, config: RelabeledConfig, duckdb
         context.log.debug(f"{v.method}: {v.reason}")
     summary = decisions.group_by("method", "action", "rule").len().sort("method", "action", "rule")
     gate_table = dg.MetadataValue.md(md_table(qualify.SUMMARY_HEADERS, qualify.summary_rows(verdicts.values())))
-    negatives = decisions.filter(pl.col("role") == "negative")
-    changed = negatives.group_by("method").agg(
-        applied=(pl.col("action") != "keep").mean(), proposed=(pl.col("proposed_action") != "keep").mean()
+    changed = (  # lazily: only the four columns it reads are gathered, not a copy of every negative's row
+        decisions.lazy()
+        .filter(pl.col("role") == "negative")
+        .group_by("method")
+        .agg(applied=(pl.col("action") != "keep").mean(), proposed=(pl.col("proposed_action") != "keep").mean())
+        .collect()
     )
     headers = ["method", "query_id", "query", "passage", "action", "rule", "snippet status", "snippet", "rank",
                "positive rank", "verdict", "full evidence"]  # fmt: skip
@@ -147,7 +151,12 @@ def _agreement_check(
     if entry is None or entry.reference is None or not entry.reference.path.is_file():
         return dg.AssetCheckResult(check_name=AGREEMENT, passed=True, metadata={"reference": "none for this partition"})
     ref = ag.load_reference(entry.reference.format, entry.reference.path)
-    predicted = ag.decision_predictions(conn.execute("SELECT * FROM decisions WHERE subset = ?", [subset]).pl())
+    predicted = ag.decision_predictions(
+        conn.execute(
+            "SELECT method, query_id, passage_id, role, proposed_action, proposed_rule FROM decisions WHERE subset = ?",
+            [subset],
+        ).pl()
+    )
     scored = {m: ag.scores(predicted.get(m, {}), ref) for m in methods}
     rows = [[m] + [s[c] for c in ag.COLUMNS] for m, s in scored.items()]
     below = sorted(m for m in methods if verdicts[m].qualified and float(scored[m]["kappa"]) < min_kappa)
