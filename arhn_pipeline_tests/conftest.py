@@ -72,6 +72,14 @@ def write_jsonl(path: Path, rows: list) -> Path:
     return path
 
 
+def stored_call_ids(db: Path) -> set[str]:
+    """The keys of the answers a DuckDB file's call cache holds (none when the file is not there yet)."""
+    if not db.exists():
+        return set()
+    with duckdb.connect(str(db), read_only=True) as conn:
+        return {k for (k,) in conn.execute("SELECT call_id FROM llm_calls").fetchall()}
+
+
 def write_registry(path: Path, entries: dict) -> Path:
     import yaml
 

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from arhn_pipeline.procs import processes
-from arhn_pipeline_tests.conftest import PROJECT, write_jsonl, write_registry
+from arhn_pipeline_tests.conftest import PROJECT, stored_call_ids, write_jsonl, write_registry
 
 pytestmark = pytest.mark.vllm
 ARHN = Path(sys.executable).parent / "arhn"
@@ -49,13 +49,6 @@ def rows() -> list[dict]:
 def session_processes(sid: int) -> list[int]:
     """Live processes of session `sid` (the killed run and everything it started), zombies excluded."""
     return [pid for pid, found in processes().items() if found.sid == sid and found.state != "Z"]
-
-
-def stored_calls(db: Path) -> set[str]:
-    if not db.exists():
-        return set()
-    with duckdb.connect(str(db), read_only=True) as conn:
-        return {k for (k,) in conn.execute("SELECT call_id FROM llm_calls").fetchall()}
 
 
 def test_sigkill_at_five_points_then_each_next_run_recovers(tmp_path, monkeypatch):
@@ -117,7 +110,7 @@ def test_sigkill_at_five_points_then_each_next_run_recovers(tmp_path, monkeypatc
         else:
             assert code == 0, log[-5000:]
             report["runs_completed"] += 1
-        answered_before = stored_calls(db)
+        answered_before = stored_call_ids(db)
 
     instance = dg.DagsterInstance.get()
     pool = instance.event_log_storage.get_concurrency_info("llm_engine")
@@ -151,5 +144,5 @@ def test_sigkill_at_five_points_then_each_next_run_recovers(tmp_path, monkeypatc
         assert one("SELECT count(DISTINCT variant) FROM retriever_eval")[0] >= 3
     report["rows_lost_or_duplicated"] = 0
     report["calls_sent"] = len(calls_log.read_text().split())
-    report["calls_stored"] = len(stored_calls(db))
+    report["calls_stored"] = len(stored_call_ids(db))
     print("fault injection:", json.dumps(report))

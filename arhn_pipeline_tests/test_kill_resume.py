@@ -12,12 +12,7 @@ from pathlib import Path
 
 import duckdb
 
-from arhn_pipeline_tests.conftest import PROJECT
-
-
-def stored_call_ids(db: Path) -> set[str]:
-    with duckdb.connect(str(db), read_only=True) as conn:
-        return {k for (k,) in conn.execute("SELECT call_id FROM llm_calls").fetchall()}
+from arhn_pipeline_tests.conftest import PROJECT, stored_call_ids
 
 
 def batches(log):

@@ -21,7 +21,7 @@ import pytest
 from arhn_pipeline.engine.base import LLMRequest, Sampling, Structured
 from arhn_pipeline.engine.cache import EngineCallsFailed, cached_generate
 from arhn_pipeline.engine.openai_engine import OpenAIEngine
-from arhn_pipeline_tests.conftest import write_jsonl, write_registry
+from arhn_pipeline_tests.conftest import stored_call_ids, write_jsonl, write_registry
 
 # case -> how many first attempts misbehave (then the server answers properly)
 CASES = {"ok": 0, "429once": 1, "500twice": 2, "garbage": 1, "slow": 1, "drop": 1, "always500": 99, "bad400": 99}
@@ -299,8 +299,7 @@ def test_the_default_config_against_a_vllm_serve_asks_every_llm_stage_and_resume
         arhn = [sys.executable, "-m", "arhn_pipeline.cli", "run", "--subset", "toy", "--no-train"]
         killed = subprocess.run(arhn, env={**env, "ARHN_FAULT": "llm_batch:2"}, capture_output=True, text=True)
         assert killed.returncode == -9, killed.stderr[-3000:]
-        with duckdb.connect(str(tmp_path / "arhn.duckdb"), read_only=True) as conn:
-            stored_at_kill = {k for (k,) in conn.execute("SELECT call_id FROM llm_calls").fetchall()}
+        stored_at_kill = stored_call_ids(tmp_path / "arhn.duckdb")
         sent_before = calls.read_text().split()
         assert stored_at_kill and len(stored_at_kill) < len(set(sent_before))  # killed mid-stage
         done = subprocess.run(arhn, env=env, capture_output=True, text=True)
